@@ -1,0 +1,60 @@
+"""Tiny randomly initialised models of every architecture family, built offline."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPTNeoConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerBase,
+)
+from transformers import AutoModelForCausalLM
+
+from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
+
+TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama")
+
+
+def tiny_config(family: str, vocab_size: int):
+    """A 3-layer, 4-head config of ``family`` with the given vocabulary."""
+    common = {"vocab_size": vocab_size}
+    if family == "gpt2":
+        cfg = GPT2Config(n_layer=3, n_head=4, n_embd=32, n_positions=128, **common)
+    elif family == "gpt-neo":
+        cfg = GPTNeoConfig(
+            num_layers=3, num_heads=4, hidden_size=32, max_position_embeddings=128,
+            attention_types=[[["global", "local"], 1], [["global"], 1]], window_size=8, **common
+        )
+    elif family == "opt":
+        cfg = OPTConfig(
+            num_hidden_layers=3, num_attention_heads=4, hidden_size=32, ffn_dim=64,
+            word_embed_proj_dim=32, max_position_embeddings=128, **common
+        )
+    elif family == "pythia":
+        cfg = GPTNeoXConfig(
+            num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+            max_position_embeddings=128, rotary_pct=0.25, **common
+        )
+    elif family == "llama":
+        cfg = LlamaConfig(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+            intermediate_size=64, max_position_embeddings=128, **common
+        )
+    else:
+        raise ValueError(family)
+    return cfg
+
+
+def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LoadedModel:
+    """A random tiny model of ``family`` wrapped by the project's loader."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(family, len(tokenizer))
+    hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    spec = ModelSpec(
+        model_id=f"tiny-{family}", family=family, source="hub",
+        hf_name=f"tiny-{family}", prepend_bos=family != "llama",
+    )
+    return wrap_model(spec, hf_model, tokenizer, torch.device("cpu"))
