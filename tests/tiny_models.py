@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     GPT2Config,
     GPTNeoConfig,
     GPTNeoXConfig,
@@ -11,7 +12,6 @@ from transformers import (
     OPTConfig,
     PreTrainedTokenizerBase,
 )
-from transformers import AutoModelForCausalLM
 
 from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
 

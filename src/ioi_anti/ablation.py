@@ -1,0 +1,293 @@
+"""Hooking and per-head ablation on a ``TransformerBridge``: exact sweep, naive reference,
+and attribution patching.
+
+Ablation replaces one head's ``z`` (``blocks.{L}.attn.hook_z``, the input of the output
+projection, ``[batch, pos, head, d_head]``) at every position by an *ablation value*:
+
+* ``mean``: the position-wise mean of that head's ``z`` over the pool prompts of the same
+  template (ABC prompts for IOI, non-copy prompts for anti-repetition);
+* ``zero``: zeros;
+* ``resample``: the ``z`` of one other pool prompt of the same template (seeded).
+
+The exact sweep is fast without changing the numbers: a clean pass records what enters every
+block (the residual stream and the keyword arguments the HF model passes: masks, rotary
+tables, position ids), so ablating a head in layer L replays only blocks L..N-1; all heads of
+a layer are ablated at once in a batch of copies; logits are computed at END only.
+:func:`reference_layer_metrics` is the plain one-full-forward-per-head version it is tested
+against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ioi_anti.metrics import task_accuracy, task_metric
+from ioi_anti.models import LoadedModel
+
+ABLATIONS = ("mean", "zero", "resample")
+REFERENCE_ROLES = {"ioi": ("ref", "pool"), "anti": ("clean", "pool")}
+
+
+def z_hook_name(layer: int) -> str:
+    """Name of the hook on a layer's per-head attention output before W_O."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+@dataclass
+class PromptGroup:
+    """Prompts of one token length (so END is the last position of every row): no padding."""
+
+    prompt_ids: np.ndarray
+    pair_ids: np.ndarray
+    template_ids: np.ndarray
+    input_ids: Int[Tensor, "b p"]
+    tokens: Int[Tensor, "b k"]
+    weights: Float[Tensor, "b k"]
+
+    @property
+    def size(self) -> int:
+        return len(self.prompt_ids)
+
+
+def make_groups(tokens: pd.DataFrame, device: torch.device, max_batch: int = 64) -> list[PromptGroup]:
+    """Group tokenised prompts by length (then chunk), so that no batch is ever padded."""
+    if tokens.empty:
+        raise ValueError("Empty prompt set: there is nothing to measure.")
+    groups = []
+    for _, frame in tokens.sort_values(["n_tokens", "prompt_id"]).groupby("n_tokens", sort=True):
+        for start in range(0, len(frame), max_batch):
+            chunk = frame.iloc[start : start + max_batch]
+            width = max(len(t) for t in chunk["metric_token_ids"])
+            tok = np.zeros((len(chunk), width), dtype=np.int64)
+            wts = np.zeros((len(chunk), width), dtype=np.float32)
+            for i, (t, w) in enumerate(zip(chunk["metric_token_ids"], chunk["metric_weights"], strict=True)):
+                tok[i, : len(t)], wts[i, : len(w)] = t, w
+            groups.append(PromptGroup(
+                prompt_ids=chunk["prompt_id"].to_numpy(), pair_ids=chunk["pair_id"].to_numpy(),
+                template_ids=chunk["template_id"].to_numpy(),
+                input_ids=torch.tensor(np.stack(chunk["input_ids"].to_numpy()), device=device),
+                tokens=torch.tensor(tok, device=device), weights=torch.tensor(wts, device=device),
+            ))
+    return groups
+
+
+@dataclass
+class CleanPass:
+    """What one un-ablated forward pass of a group leaves behind for the sweep."""
+
+    group: PromptGroup
+    cand_logits: Float[Tensor, "b k"]
+    resid: list[Tensor] = field(default_factory=list)
+    block_args: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
+    z: Float[Tensor, "layer b p head d_head"] | None = None
+
+    @property
+    def metric(self) -> Float[Tensor, " b"]:
+        return task_metric(self.cand_logits, self.group.weights)
+
+
+def end_candidates(lm: LoadedModel, resid_end: Float[Tensor, "n d"], tokens: Int[Tensor, "n k"]) -> Tensor:
+    """Final norm and unembedding of END residuals only, read at the candidate tokens."""
+    logits = lm.bridge.unembed(lm.bridge.ln_final(resid_end))
+    return logits.gather(-1, tokens)
+
+
+@contextlib.contextmanager
+def _capture_block_inputs(lm: LoadedModel) -> Iterator[list[tuple[tuple, dict[str, Any]]]]:
+    """Record the positional and keyword inputs of every block during one forward pass.
+
+    Plain torch pre-hooks (not TransformerLens hooks): the replay needs the exact arguments the
+    HF model hands each block (masks, rotary tables), which no TransformerLens hook exposes.
+    """
+    captured: list[tuple[tuple, dict[str, Any]]] = [((), {}) for _ in lm.bridge.blocks]
+    handles = []
+    for layer, block in enumerate(lm.bridge.blocks):
+        def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict, layer: int = layer) -> None:
+            captured[layer] = (args, dict(kwargs))
+        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def clean_pass(lm: LoadedModel, group: PromptGroup, keep_resid: bool, keep_z: bool) -> CleanPass:
+    """One forward pass recording END candidate logits and, on request, block inputs and z."""
+    z_store: dict[int, Tensor] = {}
+    hooks = []
+    if keep_z:
+        for layer in range(lm.n_layers):
+            def save(z: Tensor, hook: Any, layer: int = layer) -> None:
+                z_store[layer] = z.detach().clone()
+            hooks.append((z_hook_name(layer), save))
+    with torch.no_grad(), _capture_block_inputs(lm) as block_inputs:
+        logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+    result = CleanPass(group=group, cand_logits=logits[:, -1].gather(-1, group.tokens))
+    if keep_resid:
+        for args, kwargs in block_inputs:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            result.resid.append(hidden.detach())
+            result.block_args.append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+    if keep_z:
+        result.z = torch.stack([z_store[layer] for layer in range(lm.n_layers)])
+    return result
+
+
+def _repeat_batch(value: Any, batch: int, times: int) -> Any:
+    """Tile every tensor whose leading dim is the batch ``times`` times (in nested containers too)."""
+    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch:
+        return value.repeat(times, *([1] * (value.ndim - 1)))
+    if isinstance(value, tuple | list):
+        return type(value)(_repeat_batch(v, batch, times) for v in value)
+    if isinstance(value, dict):
+        return {k: _repeat_batch(v, batch, times) for k, v in value.items()}
+    return value
+
+
+def _run_blocks_from(lm: LoadedModel, clean: CleanPass, layer: int, x: Tensor, times: int) -> Tensor:
+    """Replay blocks ``layer..N-1`` on ``x`` (``times`` stacked copies of the group)."""
+    for k in range(layer, lm.n_layers):
+        args, kwargs = clean.block_args[k]
+        args = _repeat_batch(args, clean.group.size, times)
+        kwargs = _repeat_batch(kwargs, clean.group.size, times)
+        out = lm.bridge.blocks[k](x, *args, **kwargs)
+        x = out[0] if isinstance(out, tuple) else out
+    return x
+
+
+def _set_heads(values: Float[Tensor, "b p head d_head"], heads: Sequence[int]) -> Callable[[Tensor, Any], Tensor]:
+    """Hook: in copy i of the stacked batch, replace head ``heads[i]``'s z by its value."""
+    batch = values.shape[0]
+
+    def hook(z: Tensor, hook: Any) -> Tensor:
+        z = z.clone()
+        for i, head in enumerate(heads):
+            z[i * batch : (i + 1) * batch, :, head] = values[:, :, head]
+        return z
+
+    return hook
+
+
+def ablated_layer_metrics(
+    lm: LoadedModel, clean: CleanPass, values: Float[Tensor, "b p head d_head"], layer: int,
+    max_rows: int = 512,
+) -> Float[Tensor, "head b"]:
+    """Task metric of each prompt with each head of ``layer`` ablated (fast exact path)."""
+    b = clean.group.size
+    per_chunk = max(1, max_rows // b)
+    out = []
+    for start in range(0, lm.n_heads, per_chunk):
+        heads = list(range(start, min(start + per_chunk, lm.n_heads)))
+        x = clean.resid[layer].repeat(len(heads), 1, 1)
+        with torch.no_grad(), lm.bridge.hooks(fwd_hooks=[(z_hook_name(layer), _set_heads(values, heads))]):
+            x = _run_blocks_from(lm, clean, layer, x, len(heads))
+            cand = end_candidates(lm, x[:, -1], clean.group.tokens.repeat(len(heads), 1))
+        out.append(task_metric(cand, clean.group.weights.repeat(len(heads), 1)).view(len(heads), b))
+    return torch.cat(out)
+
+
+def reference_layer_metrics(
+    lm: LoadedModel, group: PromptGroup, values: Float[Tensor, "b p head d_head"], layer: int
+) -> Float[Tensor, "head b"]:
+    """Naive reference: one full forward pass per head through the bridge's hooks."""
+    out = []
+    for head in range(lm.n_heads):
+        def hook(z: Tensor, hook: Any, head: int = head) -> Tensor:
+            z = z.clone()
+            z[:, :, head] = values[:, :, head]
+            return z
+        with torch.no_grad():
+            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=[(z_hook_name(layer), hook)], use_cache=False)
+        out.append(task_metric(logits[:, -1].gather(-1, group.tokens), group.weights))
+    return torch.stack(out)
+
+
+class AblationValues:
+    """Per-prompt ablation values of every layer's heads, from a pool of same-template prompts."""
+
+    def __init__(self, kind: str, lm: LoadedModel, pool: list[PromptGroup], seed: int) -> None:
+        if kind not in ABLATIONS:
+            raise ValueError(f"Unknown ablation {kind!r}; choose one of {ABLATIONS}.")
+        self.kind, self.seed, self.lm = kind, seed, lm
+        self.stacks: dict[int, Tensor] = {}
+        self.stack_ids: dict[int, np.ndarray] = {}
+        if kind == "zero":
+            return
+        by_template: dict[int, list[tuple[int, Tensor]]] = {}
+        for group in pool:
+            z = clean_pass(lm, group, keep_resid=False, keep_z=True).z
+            for i, (pid, tid) in enumerate(zip(group.prompt_ids, group.template_ids, strict=True)):
+                by_template.setdefault(int(tid), []).append((int(pid), z[:, i]))
+        for tid, items in by_template.items():
+            self.stack_ids[tid] = np.array([pid for pid, _ in items])
+            self.stacks[tid] = torch.stack([z for _, z in items])  # [n, layer, p, head, d_head]
+
+    def for_group(self, group: PromptGroup) -> Float[Tensor, "layer b p head d_head"]:
+        """Ablation values for every layer and prompt of ``group``."""
+        shape = (self.lm.n_layers, group.size, group.input_ids.shape[1], self.lm.n_heads, self.lm.d_head)
+        if self.kind == "zero":
+            return torch.zeros(shape, device=group.input_ids.device, dtype=self._dtype())
+        per_prompt = []
+        for pid, tid in zip(group.prompt_ids, group.template_ids, strict=True):
+            if int(tid) not in self.stacks:
+                raise ValueError(f"No pool prompts for template {tid}: cannot build {self.kind} ablation values.")
+            stack = self.stacks[int(tid)]
+            if self.kind == "mean":
+                per_prompt.append(stack.mean(0))
+            else:
+                others = np.flatnonzero(self.stack_ids[int(tid)] != pid)
+                if len(others) == 0:
+                    raise ValueError(f"Template {tid} has no other pool prompt to resample from.")
+                pick = np.random.default_rng([self.seed, int(pid)]).choice(others)
+                per_prompt.append(stack[pick])
+        return torch.stack(per_prompt, dim=1)
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.lm.bridge.parameters()).dtype
+
+
+def attribution_metrics(
+    lm: LoadedModel, group: PromptGroup, values: Float[Tensor, "layer b p head d_head"]
+) -> Float[Tensor, "layer head b"]:
+    """Attribution patching: first-order estimate of each head's ablation effect on the metric.
+
+    One forward and one backward pass: ``(value - z) . d metric / d z`` summed over positions
+    and ``d_head``, per prompt, for every head at once.
+    """
+    leaves: dict[int, Tensor] = {}
+    hooks = []
+    for layer in range(lm.n_layers):
+        def make_leaf(z: Tensor, hook: Any, layer: int = layer) -> Tensor:
+            leaves[layer] = z.detach().requires_grad_(True)
+            return leaves[layer]
+        hooks.append((z_hook_name(layer), make_leaf))
+    with torch.enable_grad():
+        logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+        metric = task_metric(logits[:, -1].gather(-1, group.tokens), group.weights)
+        grads = torch.autograd.grad(metric.sum(), [leaves[layer] for layer in range(lm.n_layers)])
+    z = torch.stack([leaves[layer].detach() for layer in range(lm.n_layers)])
+    return ((values - z) * torch.stack(grads)).sum(dim=(2, 4)).permute(0, 2, 1)
+
+
+def candidate_logits(lm: LoadedModel, groups: Sequence[PromptGroup]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-prompt metric and accuracy (plain forward passes), in order of ``prompt_id``."""
+    ids, metric, acc = [], [], []
+    for group in groups:
+        with torch.no_grad():
+            logits = lm.bridge(group.input_ids, use_cache=False)
+        cand = logits[:, -1].gather(-1, group.tokens)
+        ids.append(group.prompt_ids)
+        metric.append(task_metric(cand, group.weights).float().cpu().numpy())
+        acc.append(task_accuracy(cand, group.weights).cpu().numpy())
+    order = np.argsort(np.concatenate(ids))
+    return np.concatenate(ids)[order], np.concatenate(metric)[order], np.concatenate(acc)[order]
