@@ -87,6 +87,7 @@ class CleanPass:
     group: PromptGroup
     cand_logits: Float[Tensor, "b k"]
     resid: list[Tensor] = field(default_factory=list)
+    resid_final: Tensor | None = None
     block_args: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
     z: Float[Tensor, "layer b p head d_head"] | None = None
 
@@ -130,10 +131,16 @@ def clean_pass(lm: LoadedModel, group: PromptGroup, keep_resid: bool, keep_z: bo
             def save(z: Tensor, hook: Any, layer: int = layer) -> None:
                 z_store[layer] = z.detach().clone()
             hooks.append((z_hook_name(layer), save))
-    with torch.no_grad(), _capture_block_inputs(lm) as block_inputs:
-        logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+    final: list[Tensor] = []
+    handle = lm.bridge.ln_final.register_forward_pre_hook(lambda module, args: final.append(args[0].detach()))
+    try:
+        with torch.no_grad(), _capture_block_inputs(lm) as block_inputs:
+            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+    finally:
+        handle.remove()
     result = CleanPass(group=group, cand_logits=logits[:, -1].gather(-1, group.tokens))
     if keep_resid:
+        result.resid_final = final[-1]
         for args, kwargs in block_inputs:
             hidden = args[0] if args else kwargs["hidden_states"]
             result.resid.append(hidden.detach())
@@ -154,9 +161,11 @@ def _repeat_batch(value: Any, batch: int, times: int) -> Any:
     return value
 
 
-def _run_blocks_from(lm: LoadedModel, clean: CleanPass, layer: int, x: Tensor, times: int) -> Tensor:
-    """Replay blocks ``layer..N-1`` on ``x`` (``times`` stacked copies of the group)."""
-    for k in range(layer, lm.n_layers):
+def run_blocks(
+    lm: LoadedModel, clean: CleanPass, layer: int, x: Tensor, times: int, stop: int | None = None
+) -> Tensor:
+    """Replay blocks ``layer..stop-1`` (default: to the end) on ``x`` (``times`` stacked copies)."""
+    for k in range(layer, lm.n_layers if stop is None else stop):
         args, kwargs = clean.block_args[k]
         args = _repeat_batch(args, clean.group.size, times)
         kwargs = _repeat_batch(kwargs, clean.group.size, times)
@@ -165,17 +174,37 @@ def _run_blocks_from(lm: LoadedModel, clean: CleanPass, layer: int, x: Tensor, t
     return x
 
 
-def _set_heads(values: Float[Tensor, "b p head d_head"], heads: Sequence[int]) -> Callable[[Tensor, Any], Tensor]:
-    """Hook: in copy i of the stacked batch, replace head ``heads[i]``'s z by its value."""
-    batch = values.shape[0]
+Variant = tuple[int, Tensor]
+"""One edit of a layer: a head index and the ``[b, p, d_head]`` value its ``z`` is set to."""
+
+
+def _set_variants(variants: Sequence[Variant], batch: int) -> Callable[[Tensor, Any], Tensor]:
+    """Hook: in copy i of the stacked batch, set head ``variants[i][0]``'s z to ``variants[i][1]``."""
 
     def hook(z: Tensor, hook: Any) -> Tensor:
         z = z.clone()
-        for i, head in enumerate(heads):
-            z[i * batch : (i + 1) * batch, :, head] = values[:, :, head]
+        for i, (head, value) in enumerate(variants):
+            z[i * batch : (i + 1) * batch, :, head] = value
         return z
 
     return hook
+
+
+def variant_metrics(
+    lm: LoadedModel, clean: CleanPass, layer: int, variants: Sequence[Variant], max_rows: int = 512
+) -> Float[Tensor, "variant b"]:
+    """Task metric of each prompt under each single-head edit of ``layer`` (replaying L..N-1)."""
+    b = clean.group.size
+    per_chunk = max(1, max_rows // b)
+    out = []
+    for start in range(0, len(variants), per_chunk):
+        chunk = variants[start : start + per_chunk]
+        x = clean.resid[layer].repeat(len(chunk), 1, 1)
+        with torch.no_grad(), lm.bridge.hooks(fwd_hooks=[(z_hook_name(layer), _set_variants(chunk, b))]):
+            x = run_blocks(lm, clean, layer, x, len(chunk))
+            cand = end_candidates(lm, x[:, -1], clean.group.tokens.repeat(len(chunk), 1))
+        out.append(task_metric(cand, clean.group.weights.repeat(len(chunk), 1)).view(len(chunk), b))
+    return torch.cat(out)
 
 
 def ablated_layer_metrics(
@@ -183,17 +212,8 @@ def ablated_layer_metrics(
     max_rows: int = 512,
 ) -> Float[Tensor, "head b"]:
     """Task metric of each prompt with each head of ``layer`` ablated (fast exact path)."""
-    b = clean.group.size
-    per_chunk = max(1, max_rows // b)
-    out = []
-    for start in range(0, lm.n_heads, per_chunk):
-        heads = list(range(start, min(start + per_chunk, lm.n_heads)))
-        x = clean.resid[layer].repeat(len(heads), 1, 1)
-        with torch.no_grad(), lm.bridge.hooks(fwd_hooks=[(z_hook_name(layer), _set_heads(values, heads))]):
-            x = _run_blocks_from(lm, clean, layer, x, len(heads))
-            cand = end_candidates(lm, x[:, -1], clean.group.tokens.repeat(len(heads), 1))
-        out.append(task_metric(cand, clean.group.weights.repeat(len(heads), 1)).view(len(heads), b))
-    return torch.cat(out)
+    variants = [(head, values[:, :, head]) for head in range(lm.n_heads)]
+    return variant_metrics(lm, clean, layer, variants, max_rows)
 
 
 def reference_layer_metrics(

@@ -1,0 +1,20 @@
+"""head_ablation pipeline: resumable per-layer sweep -> per-head table with intervals."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import summarise_heads, sweep_heads
+
+MODELS = ["params:models", "params:model_registry", "params:runtime"]
+
+
+def create_pipeline(**kwargs: object) -> Pipeline:
+    """Measure every head of every model of the run for both tasks."""
+    return Pipeline([
+        Node(sweep_heads, ["tokenised_prompts", "baseline_partitions", "head_effects_partitions_done", *MODELS,
+                           "params:head_ablation", "params:seed"], "head_effects_partitions", name="sweep_heads"),
+        Node(summarise_heads, ["head_effects_partitions", "baseline_partitions", "tokenised_prompts", *MODELS,
+                               "params:head_ablation", "params:seed"],
+             ["per_head", "attribution_agreement", "run_metadata"], name="summarise_heads"),
+    ])

@@ -1,0 +1,121 @@
+"""The exact sweep against a naive reference, and ablations with a known answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import TINY_FAMILIES, tiny_model
+from transformers.pytorch_utils import Conv1D
+
+from ioi_anti import prompts as P
+from ioi_anti.ablation import (
+    ABLATIONS,
+    REFERENCE_ROLES,
+    AblationValues,
+    ablated_layer_metrics,
+    attribution_metrics,
+    clean_pass,
+    make_groups,
+    reference_layer_metrics,
+)
+
+
+@pytest.fixture(scope="module")
+def tokens_by_task(smol_tokenizer):
+    from conftest import project_params
+
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
+    params["anti"].update(n_prompts=10, mean_pool_per_template=2)
+    vocab, _ = P.build_vocabulary(params, {"smol": smol_tokenizer})
+    frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
+    return {task: P.tokenise_prompts(frame, smol_tokenizer, False) for task, frame in frames.items()}
+
+
+def _setup(lm, tokens, task, kind, max_batch=6):
+    groups = make_groups(tokens[tokens["role"] == "clean"], lm.device, max_batch)
+    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
+    return groups, AblationValues(kind, lm, pool, seed=0)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("kind", ABLATIONS)
+def test_fast_sweep_equals_naive_reference(family, kind, smol_tokenizer, tokens_by_task) -> None:
+    lm = tiny_model(family, smol_tokenizer)
+    for task, tokens in tokens_by_task.items():
+        groups, values = _setup(lm, tokens, task, kind)
+        for group in groups[:2]:
+            clean = clean_pass(lm, group, keep_resid=True, keep_z=False)
+            v = values.for_group(group)
+            for layer in range(lm.n_layers):
+                fast = ablated_layer_metrics(lm, clean, v[layer], layer, max_rows=2 * group.size)
+                naive = reference_layer_metrics(lm, group, v[layer], layer)
+                torch.testing.assert_close(fast, naive, atol=1e-4, rtol=1e-4)
+                assert not torch.allclose(naive, clean.metric.expand_as(naive), atol=1e-6), "ablation did nothing"
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_ablating_a_head_to_its_own_value_changes_nothing(family, smol_tokenizer, tokens_by_task) -> None:
+    lm = tiny_model(family, smol_tokenizer)
+    group = make_groups(tokens_by_task["ioi"][tokens_by_task["ioi"]["role"] == "clean"], lm.device)[0]
+    clean = clean_pass(lm, group, keep_resid=True, keep_z=True)
+    for layer in range(lm.n_layers):
+        ablated = ablated_layer_metrics(lm, clean, clean.z[layer], layer)
+        torch.testing.assert_close(ablated, clean.metric.expand_as(ablated), atol=1e-5, rtol=0)
+    attribution = attribution_metrics(lm, group, clean.z)
+    torch.testing.assert_close(attribution, torch.zeros_like(attribution))
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_head_with_zeroed_output_projection_has_no_zero_ablation_effect(family, smol_tokenizer, tokens_by_task):
+    lm = tiny_model(family, smol_tokenizer)
+    layer, head, d_head = 1, 2, lm.d_head
+    o_proj = lm.bridge.blocks[layer].attn.o.original_component
+    columns = slice(head * d_head, (head + 1) * d_head)
+    with torch.no_grad():
+        if isinstance(o_proj, Conv1D):  # GPT-2 stores the projection transposed: [in, out]
+            o_proj.weight[columns, :] = 0
+        else:
+            o_proj.weight[:, columns] = 0
+    group = make_groups(tokens_by_task["anti"][tokens_by_task["anti"]["role"] == "clean"], lm.device)[0]
+    clean = clean_pass(lm, group, keep_resid=True, keep_z=False)
+    zeros = AblationValues("zero", lm, [], seed=0).for_group(group)
+    ablated = ablated_layer_metrics(lm, clean, zeros[layer], layer)
+    torch.testing.assert_close(ablated[head], clean.metric, atol=1e-5, rtol=0)
+    assert not torch.allclose(ablated[(head + 1) % lm.n_heads], clean.metric, atol=1e-5)
+
+
+def test_attribution_patching_tracks_exact_effects_on_small_changes(smol_tokenizer, tokens_by_task) -> None:
+    """For a small ablation (z moved 1 % toward its value) attribution is first-order exact."""
+    lm = tiny_model("gpt2", smol_tokenizer)
+    tokens = tokens_by_task["ioi"]
+    groups, values = _setup(lm, tokens, "ioi", "mean")
+    group = groups[0]
+    clean = clean_pass(lm, group, keep_resid=True, keep_z=True)
+    v = clean.z + 0.01 * (values.for_group(group) - clean.z)
+    attribution = attribution_metrics(lm, group, v)
+    for layer in range(lm.n_layers):
+        exact = ablated_layer_metrics(lm, clean, v[layer], layer) - clean.metric
+        torch.testing.assert_close(attribution[layer], exact, atol=1e-4, rtol=0.05)
+
+
+def test_unknown_ablation_and_missing_template_are_errors(smol_tokenizer, tokens_by_task) -> None:
+    lm = tiny_model("llama", smol_tokenizer)
+    with pytest.raises(ValueError, match="Unknown ablation 'shuffle'"):
+        AblationValues("shuffle", lm, [], seed=0)
+    group = make_groups(tokens_by_task["ioi"][tokens_by_task["ioi"]["role"] == "clean"], lm.device)[0]
+    with pytest.raises(ValueError, match="No pool prompts for template"):
+        AblationValues("mean", lm, [], seed=0).for_group(group)
+
+
+@pytest.mark.integration
+def test_fast_sweep_equals_reference_on_embedded_model(smol, tokens_by_task) -> None:
+    for task, tokens in tokens_by_task.items():
+        groups, values = _setup(smol, tokens, task, "mean", max_batch=4)
+        group = groups[0]
+        clean = clean_pass(smol, group, keep_resid=True, keep_z=False)
+        v = values.for_group(group)
+        for layer in (0, 14, smol.n_layers - 1):
+            fast = ablated_layer_metrics(smol, clean, v[layer], layer)
+            naive = reference_layer_metrics(smol, group, v[layer], layer)
+            torch.testing.assert_close(fast, naive, atol=2e-3, rtol=1e-3)

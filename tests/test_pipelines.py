@@ -1,0 +1,86 @@
+"""The project assembles: pipelines register, configuration loads, kedro-viz serves the lineage."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from kedro.framework.project import configure_project, pipelines
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from conftest import PROJECT
+
+PIPELINES = ("data_generation", "head_ablation", "categorisation", "reporting", "hero_heads")
+
+
+@pytest.fixture(scope="module")
+def project() -> Path:
+    bootstrap_project(PROJECT)
+    configure_project("ioi_anti")
+    return PROJECT
+
+
+def test_five_pipelines_and_default(project: Path) -> None:
+    assert set(PIPELINES) <= set(pipelines)
+    default = pipelines["__default__"]
+    for name in PIPELINES:
+        assert set(pipelines[name].nodes) <= set(default.nodes)
+        assert pipelines[name].nodes, name
+    outputs = default.all_outputs()
+    assert {"ioi_prompts", "anti_prompts", "baseline", "per_head", "report"} <= outputs
+
+
+def test_every_dataset_is_in_the_catalog_and_results_are_versioned(project: Path) -> None:
+    with KedroSession.create(project_path=project) as session:
+        catalog = session.load_context().catalog
+        for name in pipelines["__default__"].datasets():
+            if name.startswith("params:") or name == "parameters":
+                continue
+            assert name in catalog, f"{name} is not in the catalog"
+        for name in ("baseline", "per_head", "ioi_prompts", "run_metadata"):
+            assert catalog.get(name)._version is not None, f"{name} should be versioned"
+
+
+def test_paper_environment_switches_the_model_list(project: Path) -> None:
+    with KedroSession.create(project_path=project, env="paper") as session:
+        params = session.load_context().params
+    assert len(params["models"]) == 9 and "smollm2-135m" not in params["models"]
+    assert params["data_generation"]["ioi"]["n_prompts"] >= 200
+    assert params["data_generation"]["anti"]["n_prompts"] >= 200
+    assert params["data_generation"]["ioi"]["baba_templates"], "soft merge keeps the base templates"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_kedro_viz_serves_the_lineage(project: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    cmd = [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, data = time.monotonic() + 180, None
+        while time.monotonic() < deadline and data is None:
+            try:
+                data = requests.get(f"http://127.0.0.1:{port}/api/main", timeout=5).json()
+            except requests.RequestException:
+                assert server.poll() is None, "kedro viz exited early"
+                time.sleep(2)
+        assert data is not None, "kedro viz did not answer within 3 minutes"
+        names = {node["name"] for node in data["nodes"]}
+        for name in PIPELINES:
+            assert {n.name for n in pipelines[name].nodes} <= names, name
+        assert {p["id"] for p in data["pipelines"]} >= set(PIPELINES)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
