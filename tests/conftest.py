@@ -6,10 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from transformers import PreTrainedTokenizerBase
 
+from ioi_anti import prompts as P
+from ioi_anti.ablation import REFERENCE_ROLES, AblationValues, make_groups
 from ioi_anti.models import LoadedModel, ModelSpec, load_model, load_tokenizer
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
@@ -47,3 +50,21 @@ def smol(smol_spec: ModelSpec) -> LoadedModel:
 @pytest.fixture()
 def dg_params() -> dict[str, Any]:
     return project_params("parameters_data_generation.yml")["data_generation"]
+
+
+@pytest.fixture(scope="session")
+def tokens_by_task(smol_tokenizer: PreTrainedTokenizerBase) -> dict[str, pd.DataFrame]:
+    """Small tokenised IOI and anti-repetition prompt sets (12 and 10 clean prompts)."""
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
+    params["anti"].update(n_prompts=10, mean_pool_per_template=2)
+    vocab, _ = P.build_vocabulary(params, {"smol": smol_tokenizer})
+    frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
+    return {task: P.tokenise_prompts(frame, smol_tokenizer, False) for task, frame in frames.items()}
+
+
+def setup_task(lm: LoadedModel, tokens: pd.DataFrame, task: str, kind: str, max_batch: int = 6):
+    groups = make_groups(tokens[tokens["role"] == "clean"], lm.device, max_batch)
+    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
+    """Clean groups of a task and its ablation values."""
+    return groups, AblationValues(kind, lm, pool, seed=0)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import setup_task as _setup
 from tiny_models import TINY_FAMILIES, tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from ioi_anti import prompts as P
 from ioi_anti.ablation import (
     ABLATIONS,
-    REFERENCE_ROLES,
     AblationValues,
     ablated_layer_metrics,
     attribution_metrics,
@@ -18,24 +17,6 @@ from ioi_anti.ablation import (
     make_groups,
     reference_layer_metrics,
 )
-
-
-@pytest.fixture(scope="module")
-def tokens_by_task(smol_tokenizer):
-    from conftest import project_params
-
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
-    params["anti"].update(n_prompts=10, mean_pool_per_template=2)
-    vocab, _ = P.build_vocabulary(params, {"smol": smol_tokenizer})
-    frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
-    return {task: P.tokenise_prompts(frame, smol_tokenizer, False) for task, frame in frames.items()}
-
-
-def _setup(lm, tokens, task, kind, max_batch=6):
-    groups = make_groups(tokens[tokens["role"] == "clean"], lm.device, max_batch)
-    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
-    return groups, AblationValues(kind, lm, pool, seed=0)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ablation import _setup, tokens_by_task  # noqa: F401  (fixture)
+from conftest import setup_task as _setup
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import hero

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import PROJECT
 from kedro.framework.project import configure_project, pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
-
-from conftest import PROJECT
 
 PIPELINES = ("data_generation", "head_ablation", "categorisation", "reporting", "hero_heads")
 

@@ -11,15 +11,29 @@ query, key or value input), recomputing everything after the receiver from there
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ioi_anti.ablation import CleanPass, end_candidates, run_blocks, task_metric, variant_metrics, z_hook_name
+from ioi_anti.ablation import (
+    REFERENCE_ROLES,
+    AblationValues,
+    CleanPass,
+    clean_pass,
+    end_candidates,
+    make_groups,
+    run_blocks,
+    task_metric,
+    variant_metrics,
+    z_hook_name,
+)
 from ioi_anti.models import LoadedModel
 
 QKV = ("q", "k", "v")
@@ -151,3 +165,41 @@ def item_positions(input_ids: Sequence[int], context_tokens: Sequence[int]) -> l
     """Positions of in-context list items in a list prompt (END excluded)."""
     wanted = set(context_tokens)
     return [i for i, t in enumerate(list(input_ids)[:-1]) if t in wanted]
+
+
+def parse_head(label: str) -> tuple[int, int]:
+    """``"L34H2"`` -> ``(34, 2)``; anything else is a clear error."""
+    match = re.fullmatch(r"L(\d+)H(\d+)", label.strip())
+    if not match:
+        raise ValueError(f"Head {label!r} is not of the form L<layer>H<head>, e.g. L34H2.")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass
+class HeroTask:
+    """One task's clean passes (a prompt subset), ablation values and gap, for case studies."""
+
+    task: str
+    clean: list[CleanPass]
+    values: list[Tensor]
+    gap: float
+
+    def deltas(self, metric_fn: Callable[[CleanPass, Tensor], Tensor]) -> np.ndarray:
+        """Per-prompt ``(metric - clean) / gap`` over every group, for one intervention."""
+        parts = [(metric_fn(cp, values) - cp.metric).float().cpu().numpy()
+                 for cp, values in zip(self.clean, self.values, strict=True)]
+        return np.concatenate(parts, axis=-1) / self.gap
+
+
+def prepare_hero_task(
+    lm: LoadedModel, tokens: pd.DataFrame, task: str, ablation: str, seed: int, gap: float,
+    max_prompts: int, max_batch: int,
+) -> HeroTask:
+    """Clean passes (residuals and z kept) on the first ``max_prompts`` clean prompts of a task."""
+    rows = tokens[tokens["task"] == task]
+    clean_rows = rows[rows["role"] == "clean"].sort_values("pair_id").head(max_prompts)
+    pool = make_groups(rows[rows["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
+    values = AblationValues(ablation, lm, pool, seed)
+    groups = make_groups(clean_rows, lm.device, max_batch)
+    return HeroTask(task=task, clean=[clean_pass(lm, g, keep_resid=True, keep_z=True) for g in groups],
+                    values=[values.for_group(g) for g in groups], gap=gap)

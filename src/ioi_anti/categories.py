@@ -1,0 +1,248 @@
+"""Head categories, strong-head counts and Δ_IOI–Δ_anti correlations: pure table functions.
+
+A head is *strong* for a task when ``|Δ| >= τ`` and *robust* when its whole 95% interval lies
+beyond τ on one side (``low >= τ`` or ``high <= -τ``). The category of a head combines the two
+tasks: "IOI-only", "anti-only", "shared" (both strong) or "weak" (neither). Δ < 0 means the
+head supports the behaviour (ablating it hurts), Δ > 0 that it opposes it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+TASKS = ("ioi", "anti")
+CATEGORIES = ("IOI-only", "anti-only", "shared", "weak")
+STRONG_CATEGORIES = CATEGORIES[:3]
+MODEL_COLUMNS = ("model", "family", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
+REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head") + tuple(
+    f"delta_{task}{suffix}" for task in TASKS for suffix in ("", "_low", "_high")
+)
+# |Δ| is compared with τ up to float round-off, so that a Δ of exactly τ (e.g. 0.15 - 0.1) is strong;
+# far below the precision of any measured Δ.
+_TAU_ATOL = 1e-12
+
+
+def validate_tau(tau: float) -> float:
+    """Return ``tau`` as a float if it lies strictly inside (0, 1), else raise ValueError."""
+    value = float(tau)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"τ must lie strictly inside (0, 1); got {tau!r}.")
+    return value
+
+
+def tau_grid(tau: float, sensitivity_taus: Iterable[float]) -> list[float]:
+    """Sorted, de-duplicated, validated τ values: the default τ plus the sensitivity list."""
+    return sorted({validate_tau(t) for t in (tau, *sensitivity_taus)})
+
+
+def _check_columns(per_head: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in per_head.columns]
+    if missing:
+        raise ValueError(f"per-head table lacks column(s) {missing}.")
+
+
+def _check_model_grid(model: str, rows: pd.DataFrame) -> None:
+    """Raise ValueError unless ``rows`` are exactly the model's layer x head grid, with finite Δ."""
+    for column in ("n_layers", "n_heads"):
+        if rows[column].nunique() != 1:
+            raise ValueError(f"model {model!r}: {column} is not constant ({sorted(rows[column].unique())}).")
+    n_layers, n_heads = int(rows["n_layers"].iloc[0]), int(rows["n_heads"].iloc[0])
+    pairs = list(zip(rows["layer"].astype(int), rows["head"].astype(int), strict=True))
+    duplicated = sorted({p for p, dup in zip(pairs, rows.duplicated(["layer", "head"]), strict=True) if dup})
+    if duplicated:
+        raise ValueError(f"model {model!r}: duplicated (layer, head) pair(s) {duplicated[:5]}.")
+    expected = {(layer, head) for layer in range(n_layers) for head in range(n_heads)}
+    outside = sorted(set(pairs) - expected)
+    if outside:
+        raise ValueError(
+            f"model {model!r}: (layer, head) pair(s) {outside[:5]} outside the {n_layers} x {n_heads} grid."
+        )
+    missing = sorted(expected - set(pairs))
+    if missing:
+        raise ValueError(f"model {model!r}: {len(missing)} head(s) missing from the grid, e.g. {missing[:5]}.")
+    for column in ("delta_ioi", "delta_anti"):
+        n_bad = int((~np.isfinite(rows[column].to_numpy(dtype=float))).sum())
+        if n_bad:
+            raise ValueError(f"model {model!r}: {n_bad} non-finite value(s) in {column}.")
+
+
+def validate_grid(per_head: pd.DataFrame) -> None:
+    """Check every model covers its full ``range(n_layers) x range(n_heads)`` grid exactly once.
+
+    Raises ValueError naming the model and the problem (duplicate, out-of-range or missing head,
+    or NaN Δ), since any of these silently biases counts and correlations.
+    """
+    _check_columns(per_head, REQUIRED_COLUMNS)
+    if per_head.empty:
+        raise ValueError("per-head table is empty.")
+    for model, rows in per_head.groupby("model", sort=True):
+        _check_model_grid(str(model), rows)
+
+
+def _category(ioi: pd.Series, anti: pd.Series) -> np.ndarray:
+    """Category name per head from two boolean 'strong' (or 'robust') flags."""
+    return np.select([ioi & anti, ioi, anti], ["shared", "IOI-only", "anti-only"], default="weak")
+
+
+def categorise(per_head: pd.DataFrame, tau: float) -> pd.DataFrame:
+    """Categorise every head at one τ.
+
+    Adds, per task, ``strong_<task>`` (|Δ| >= τ), ``robust_<task>`` (interval entirely beyond τ on
+    one side) and ``sign_<task>`` ("supports" for Δ < 0, "opposes" for Δ > 0, "none" for 0), plus
+    ``category``, ``category_robust`` and ``borderline`` (strong for a task but not robust for it).
+    """
+    tau = validate_tau(tau)
+    _check_columns(per_head, REQUIRED_COLUMNS)
+    out = per_head.copy()
+    out["tau"] = tau
+    for task in TASKS:
+        delta = out[f"delta_{task}"].astype(float)
+        out[f"strong_{task}"] = delta.abs() >= tau - _TAU_ATOL
+        out[f"robust_{task}"] = (out[f"delta_{task}_low"] >= tau - _TAU_ATOL) | (
+            out[f"delta_{task}_high"] <= -tau + _TAU_ATOL
+        )
+        out[f"sign_{task}"] = np.select([delta < 0, delta > 0], ["supports", "opposes"], default="none")
+    out["category"] = _category(out["strong_ioi"], out["strong_anti"])
+    out["category_robust"] = _category(out["robust_ioi"], out["robust_anti"])
+    out["borderline"] = (out["strong_ioi"] & ~out["robust_ioi"]) | (out["strong_anti"] & ~out["robust_anti"])
+    return out
+
+
+def depth_fraction(layer: pd.Series, n_layers: pd.Series) -> pd.Series:
+    """Layer as a fraction of depth, ``layer / (n_layers - 1)`` (0 for one-layer models)."""
+    denominator = (n_layers - 1).where(n_layers > 1, 1)
+    return layer / denominator
+
+
+def depth_bin(fraction: pd.Series, n_bins: int) -> pd.Series:
+    """Index of the equal-width depth bin, in ``range(n_bins)``, of each depth fraction."""
+    if n_bins < 1:
+        raise ValueError(f"n_depth_bins must be >= 1; got {n_bins}.")
+    return np.minimum(np.floor(fraction * n_bins), n_bins - 1).astype(int)
+
+
+def categorise_all_taus(per_head: pd.DataFrame, tau: float, sensitivity_taus: Iterable[float]) -> pd.DataFrame:
+    """Long table: one row per head per τ of the default τ and the sensitivity list.
+
+    ``is_default_tau`` marks the rows at the default τ; ``depth_frac`` is the layer's depth fraction.
+    """
+    validate_grid(per_head)
+    default = validate_tau(tau)
+    tables = [categorise(per_head, t).assign(is_default_tau=(t == default)) for t in tau_grid(tau, sensitivity_taus)]
+    table = pd.concat(tables, ignore_index=True)
+    table["depth_frac"] = depth_fraction(table["layer"], table["n_layers"])
+    return table.sort_values(["tau", "model", "layer", "head"], ignore_index=True)
+
+
+def _model_info(heads: pd.DataFrame) -> pd.DataFrame:
+    """One row of model-level columns (family, size, ablation, gap flag) per model."""
+    return heads.groupby("model", sort=True)[list(MODEL_COLUMNS[1:])].first().reset_index()
+
+
+def strong_head_counts(head_categories: pd.DataFrame) -> pd.DataFrame:
+    """Heads per model x τ x category (every category, zeros included).
+
+    ``count`` counts heads of the category; ``n_robust`` those whose robust category is the same;
+    ``frac`` is their share of all the model's heads (``n_heads`` stays heads per layer).
+    """
+    keys = ["model", "tau", "category"]
+    counts = head_categories.groupby(keys).size().rename("count")
+    robust = head_categories["category"] == head_categories["category_robust"]
+    n_robust = head_categories[robust].groupby(keys).size().rename("n_robust")
+    grid = pd.MultiIndex.from_product(
+        [sorted(head_categories["model"].unique()), sorted(head_categories["tau"].unique()), CATEGORIES], names=keys
+    )
+    table = pd.concat([counts, n_robust], axis=1).reindex(grid, fill_value=0).fillna(0).astype(int).reset_index()
+    default = head_categories.groupby("tau")["is_default_tau"].first().rename("is_default_tau")
+    table = table.merge(_model_info(head_categories), on="model").merge(default, on="tau")
+    table["frac"] = table["count"] / (table["n_layers"] * table["n_heads"])
+    return table
+
+
+def layer_counts(head_categories: pd.DataFrame, n_depth_bins: int) -> pd.DataFrame:
+    """Heads per model x τ x layer x category, with the layer's depth fraction and depth bin."""
+    keys = ["model", "tau", "layer", "category"]
+    counts = head_categories.groupby(keys).size().rename("count")
+    frames = []
+    for (model, tau), rows in head_categories.groupby(["model", "tau"], sort=True):
+        layers = range(int(rows["n_layers"].iloc[0]))
+        frames.append(pd.MultiIndex.from_product([[model], [tau], layers, CATEGORIES], names=keys).to_frame())
+    grid = pd.MultiIndex.from_frame(pd.concat(frames, ignore_index=True))
+    table = counts.reindex(grid, fill_value=0).reset_index()
+    default = head_categories.groupby("tau")["is_default_tau"].first().rename("is_default_tau")
+    table = table.merge(_model_info(head_categories), on="model").merge(default, on="tau")
+    table["depth_frac"] = depth_fraction(table["layer"], table["n_layers"])
+    table["depth_bin"] = depth_bin(table["depth_frac"], n_depth_bins)
+    table["n_depth_bins"] = n_depth_bins
+    return table
+
+
+def rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt((xc**2).sum(axis=-1) * (yc**2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (xc * yc).sum(axis=-1) / denominator, np.nan)
+
+
+def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation (Pearson of average ranks) along the last axis."""
+    return rowwise_pearson(rankdata(x, axis=-1), rankdata(y, axis=-1))
+
+
+def _model_seed(seed: int, model: str) -> np.random.Generator:
+    """A generator per model that does not depend on which other models are in the run."""
+    return np.random.default_rng([seed, zlib.crc32(model.encode())])
+
+
+def bootstrap_correlations(
+    x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator, level: float
+) -> dict[str, float]:
+    """Pearson and Spearman of ``x`` vs ``y`` with percentile bootstrap intervals over the pairs."""
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    tail = 100 * (1 - level) / 2
+    result: dict[str, float] = {}
+    for name, fn in (("pearson", rowwise_pearson), ("spearman", rowwise_spearman)):
+        samples = fn(x[idx], y[idx])
+        finite = samples[np.isfinite(samples)]
+        low, high = np.percentile(finite, [tail, 100 - tail]) if finite.size else (np.nan, np.nan)
+        result |= {name: float(fn(x, y)), f"{name}_low": float(low), f"{name}_high": float(high)}
+    return result
+
+
+def correlations(per_head: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -> pd.DataFrame:
+    """Per model, Pearson and Spearman of Δ_IOI vs Δ_anti over ALL its heads, bootstrapped over heads.
+
+    Here ``n_heads`` is the number of heads correlated (n_layers x heads per layer).
+
+    Using every head (not a union of top-k heads) avoids the selection bias that inflates |r|.
+    """
+    validate_grid(per_head)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must lie strictly inside (0, 1); got {level}.")
+    rows = []
+    for model, heads in per_head.groupby("model", sort=True):
+        x, y = heads["delta_ioi"].to_numpy(float), heads["delta_anti"].to_numpy(float)
+        stats = bootstrap_correlations(x, y, n_boot, _model_seed(seed, str(model)), level)
+        rows.append({"model": model, "n_heads": len(heads), **stats})
+    info = _model_info(per_head).drop(columns="n_heads")
+    table = pd.DataFrame(rows).merge(info, on="model")
+    table["n_boot"], table["level"] = n_boot, level
+    return table
+
+
+def default_tau_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """The rows of a categorised table at its default τ, and that τ."""
+    rows = table[table["is_default_tau"]]
+    taus = rows["tau"].unique()
+    if len(taus) != 1:
+        raise ValueError(f"expected exactly one default τ in the table; found {sorted(taus)}.")
+    return rows.reset_index(drop=True), float(taus[0])

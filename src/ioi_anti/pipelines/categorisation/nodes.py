@@ -1,0 +1,29 @@
+"""Node functions of the categorisation pipeline: thin wrappers over :mod:`ioi_anti.categories`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ioi_anti import categories
+
+
+def categorise_heads(per_head: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Validate the head grid and categorise every head at the default and sensitivity τ values."""
+    return categories.categorise_all_taus(per_head, params["tau"], params["sensitivity_taus"])
+
+
+def count_strong_heads(head_categories: pd.DataFrame) -> pd.DataFrame:
+    """Heads per model x τ x category."""
+    return categories.strong_head_counts(head_categories)
+
+
+def count_heads_by_layer(head_categories: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Heads per model x τ x layer x category, with depth fraction and depth bin."""
+    return categories.layer_counts(head_categories, int(params["n_depth_bins"]))
+
+
+def correlate_deltas(per_head: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Per-model Pearson and Spearman of Δ_IOI vs Δ_anti over all heads, with bootstrap intervals."""
+    return categories.correlations(per_head, int(params["n_boot"]), int(params["seed"]), float(params["ci_level"]))

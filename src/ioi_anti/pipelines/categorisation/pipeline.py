@@ -1,0 +1,23 @@
+"""Categorisation pipeline: per_head -> head_categories, strong_head_counts, layer_counts, correlations."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from ioi_anti.pipelines.categorisation.nodes import (
+    categorise_heads,
+    correlate_deltas,
+    count_heads_by_layer,
+    count_strong_heads,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Build the categorisation pipeline."""
+    return Pipeline([
+        Node(categorise_heads, ["per_head", "params:categorisation"], "head_categories", name="categorise_heads"),
+        Node(count_strong_heads, "head_categories", "strong_head_counts", name="count_strong_heads"),
+        Node(count_heads_by_layer, ["head_categories", "params:categorisation"], "layer_counts",
+             name="count_heads_by_layer"),
+        Node(correlate_deltas, ["per_head", "params:categorisation"], "correlations", name="correlate_deltas"),
+    ])

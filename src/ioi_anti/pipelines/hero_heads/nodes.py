@@ -1,0 +1,219 @@
+"""Nodes of the hero_heads pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from ioi_anti import hero, hero_plots, plotting
+from ioi_anti.ablation import variant_metrics
+from ioi_anti.categories import STRONG_CATEGORIES, categorise
+from ioi_anti.metrics import bootstrap_indices, interval
+from ioi_anti.models import LoadedModel, load_model
+from ioi_anti.run_models import resolve_models
+from ioi_anti.sweep import TASKS
+
+logger = logging.getLogger(__name__)
+
+HEAD_COLUMNS = ["model", "family", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low", "delta_ioi_high",
+                "delta_anti", "delta_anti_low", "delta_anti_high"]
+
+
+def _strength(frame: pd.DataFrame, category: str) -> pd.Series:
+    """How strongly a head plays its category's role (the weaker task for shared heads)."""
+    ioi, anti = frame["delta_ioi"].abs(), frame["delta_anti"].abs()
+    return {"IOI-only": ioi, "anti-only": anti}.get(category, np.minimum(ioi, anti))
+
+
+def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]) -> pd.DataFrame:
+    """Per model: the strongest robust heads of each category, plus the heads named in config."""
+    heads = categorise(per_head, tau)
+    rows = []
+    for model, frame in heads.groupby("model", sort=False):
+        for category in STRONG_CATEGORIES:
+            robust = frame[frame["category_robust"] == category]
+            top = robust.assign(strength=_strength(robust, category)).nlargest(params["top_per_category"], "strength")
+            rows += [r | {"selected_by": "auto"} for r in top.to_dict("records")]
+        for label in params.get("named", {}).get(model, []):
+            layer, head = hero.parse_head(label)
+            n_layers, n_heads = int(frame["n_layers"].iloc[0]), int(frame["n_heads"].iloc[0])
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"Named hero head {label} is outside {model}'s grid ({n_layers} layers x "
+                                 f"{n_heads} heads).")
+            match = frame[(frame["layer"] == layer) & (frame["head"] == head)]
+            rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
+    for model in set(params.get("named", {})) - set(heads["model"]):
+        logger.info("Named hero heads of %s ignored: the model is not in this run.", model)
+    columns = [*HEAD_COLUMNS, "category", "category_robust", "selected_by"]
+    result = pd.DataFrame(rows, columns=columns).drop_duplicates(["model", "layer", "head"])
+    result.insert(3, "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
+    return result.reset_index(drop=True)
+
+
+def _summary(deltas: np.ndarray, idx_seed: int, n_boot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over prompts (last axis) with a percentile bootstrap interval."""
+    idx = bootstrap_indices(deltas.shape[-1], n_boot, idx_seed)
+    low, high = interval(deltas[..., idx].mean(-1))
+    return deltas.mean(-1), low, high
+
+
+def study_hero_heads(
+    heroes: pd.DataFrame,
+    per_head: pd.DataFrame,
+    tokenised: dict[str, Callable[[], pd.DataFrame]],
+    models: list[str],
+    registry: dict[str, Any],
+    runtime: dict[str, Any],
+    ablation_params: dict[str, Any],
+    tau: float,
+    params: dict[str, Any],
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Dose-response curves, cumulative top-k ablation, path patching and attention, per model."""
+    params = {**params, "tau": tau}
+    tables: dict[str, list[pd.DataFrame]] = {"dose": [], "topk": [], "paths": [], "attention": []}
+    for spec in resolve_models(models, registry):
+        model_heroes = heroes[heroes["model"] == spec.model_id]
+        if model_heroes.empty:
+            logger.warning("%s: no hero heads (no head's interval clears tau): nothing to study.", spec.model_id)
+            continue
+        lm = load_model(spec, runtime["device"], runtime["dtype"])
+        model_heads = per_head[per_head["model"] == spec.model_id]
+        tasks = {task: hero.prepare_hero_task(
+            lm, tokenised[spec.model_id](), task, ablation_params["ablation"], seed,
+            float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
+            for task in TASKS}
+        study = _ModelStudy(lm, tasks, params, seed)
+        for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
+            tables["dose"].append(study.dose(row.layer, row.head).assign(hero=row.hero))
+            tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(hero=row.hero))
+            tables["attention"].append(study.attention(row.layer, row.head).assign(hero=row.hero))
+        tables["topk"].append(study.topk(model_heads))
+        for name in tables:
+            if tables[name]:
+                tables[name][-1] = tables[name][-1].assign(model=spec.model_id)
+    return tuple(pd.concat(t, ignore_index=True) if t else pd.DataFrame() for t in tables.values())  # type: ignore[return-value]
+
+
+class _ModelStudy:
+    """Case studies of one model's hero heads on both tasks, as tidy tables of Delta."""
+
+    def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: dict[str, Any], seed: int) -> None:
+        self.lm, self.tasks, self.params, self.seed = lm, tasks, params, seed
+
+    def _rows(self, task: str, deltas: np.ndarray, **columns: Any) -> pd.DataFrame:
+        mean, low, high = _summary(deltas, self.seed, self.params["n_boot"])
+        return pd.DataFrame({"task": task, **columns, "delta": mean, "delta_low": low, "delta_high": high})
+
+    def dose(self, layer: int, head: int) -> pd.DataFrame:
+        """Both metrics as the head's z moves step by step from clean to its ablation value."""
+        alphas = np.linspace(0.0, 1.0, self.params["dose_steps"])
+        frames = []
+        for task, ht in self.tasks.items():
+            deltas = ht.deltas(lambda cp, v: hero.dose_response(
+                self.lm, cp, layer, head, cp.z[layer][:, :, head], v[layer][:, :, head], alphas))
+            frames.append(self._rows(task, deltas, alpha=alphas))
+        return pd.concat(frames, ignore_index=True)
+
+    def paths(self, layer: int, head: int, heads: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+        """Total, direct, all-paths and per-receiver (q/k/v of a downstream head) effects."""
+        receivers = _receivers(heads, layer, params)
+        frames = []
+        for task, ht in self.tasks.items():
+            def contribution(cp: Any, v: Any) -> Any:
+                return hero.contribution(self.lm, cp, layer, head, v[layer][:, :, head])
+            total = ht.deltas(lambda cp, v: variant_metrics(self.lm, cp, layer, [(head, v[layer][:, :, head])])[0])
+            direct = ht.deltas(lambda cp, v: hero.direct_metric(self.lm, cp, contribution(cp, v)))
+            every = ht.deltas(lambda cp, v: hero.all_paths_metric(self.lm, cp, layer, contribution(cp, v)))
+            frames.append(self._rows(task, np.stack([total, direct, every]), path=["total", "direct", "all paths"],
+                                     receiver_layer=-1, receiver_head=-1, receiver_input="", receiver_category=""))
+            for r_layer, r_heads in receivers.groupby("layer"):
+                hs = r_heads["head"].tolist()
+                keys = [(h, kind) for h in hs for kind in hero.QKV]
+
+                def via(cp: Any, v: Any, r_layer: int = int(r_layer), hs: list[int] = hs, keys: list = keys) -> Any:
+                    metrics = hero.receiver_metrics(self.lm, cp, contribution(cp, v), r_layer, hs)
+                    return torch.stack([metrics[key] for key in keys])
+
+                category = dict(zip(r_heads["head"], r_heads["category"], strict=True))
+                frames.append(self._rows(
+                    task, ht.deltas(via), path=[f"L{r_layer}H{h}.{k}" for h, k in keys],
+                    receiver_layer=int(r_layer), receiver_head=[h for h, _ in keys],
+                    receiver_input=[k for _, k in keys], receiver_category=[category[h] for h, _ in keys]))
+        return pd.concat(frames, ignore_index=True)
+
+    def attention(self, layer: int, head: int) -> pd.DataFrame:
+        """Mean attention from END to IO, S1, S2 (IOI) and to in-context items (anti)."""
+        rows = []
+        for task, ht in self.tasks.items():
+            for cp in ht.clean:
+                pattern = hero.attention_from_end(self.lm, cp, layer, head)
+                for i, ids in enumerate(cp.group.input_ids.tolist()):
+                    tokens, weights = cp.group.tokens[i].tolist(), cp.group.weights[i].tolist()
+                    if task == "ioi":
+                        for target, pos in hero.ioi_positions(ids, tokens[0], tokens[1]).items():
+                            rows.append({"task": task, "target": target, "attention": pattern[i, pos]})
+                    else:
+                        context = [t for t, w in zip(tokens, weights, strict=True) if w < 0]
+                        positions = hero.item_positions(ids, context)
+                        rows += [{"task": task, "target": "all list items", "attention": pattern[i, positions].sum()},
+                                 {"task": task, "target": "last list item", "attention": pattern[i, positions[-1]]}]
+        frame = pd.DataFrame(rows)
+        return frame.groupby(["task", "target"], sort=False)["attention"].agg(["mean", "std", "count"]).reset_index()
+
+    def topk(self, heads: pd.DataFrame) -> pd.DataFrame:
+        """Both metrics with the top-k heads of each category ablated together, k = 1..K."""
+        categorised = categorise(heads, self.params["tau"])
+        frames = []
+        for category in STRONG_CATEGORIES:
+            members = categorised[categorised["category"] == category]
+            ranked = members.assign(strength=_strength(members, category)).sort_values("strength", ascending=False)
+            order = list(zip(ranked["layer"], ranked["head"], strict=True))[: self.params["topk_max"]]
+            for k in range(1, len(order) + 1):
+                for task, ht in self.tasks.items():
+                    deltas = ht.deltas(lambda cp, v, top=order[:k]: hero.joint_ablation(self.lm, cp, v, top))
+                    frames.append(self._rows(task, deltas[None], category=category, k=k,
+                                             heads=" ".join(f"L{a}H{b}" for a, b in order[:k])))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any]) -> pd.DataFrame:
+    """Downstream heads to trace: all of them, or the strongest non-weak ones (``receivers``)."""
+    downstream = categorise(heads, params["tau"])
+    downstream = downstream[downstream["layer"] > layer]
+    if params["receivers"] == "all":
+        return downstream
+    strong = downstream[downstream["category"] != "weak"]
+    score = np.maximum(strong["delta_ioi"].abs(), strong["delta_anti"].abs())
+    return strong.assign(score=score).nlargest(params["max_receivers"], "score")
+
+
+def _style(params: dict[str, Any]) -> plotting.FigureStyle:
+    return plotting.FigureStyle(params["fig_width_in"], params["font_size"], params["panel_height_in"])
+
+
+def plot_dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Dose-response curves of every hero head."""
+    return hero_plots.dose_response(dose, heroes, _style(params))
+
+
+def plot_topk(topk: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Cumulative top-k ablation curves per model and category."""
+    return hero_plots.topk(topk, _style(params))
+
+
+def plot_paths(paths: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Path-patching bars of every hero head."""
+    return hero_plots.paths(paths, heroes, _style(params))
+
+
+def plot_attention(attention: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Attention summaries of every hero head."""
+    return hero_plots.attention(attention, heroes, _style(params))

@@ -1,0 +1,84 @@
+"""Node functions of the reporting pipeline: tables in, Figures / Markdown out (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ioi_anti import plotting
+from ioi_anti.categories import default_tau_rows
+from ioi_anti.report import build_report, layer_hist_key, model_order
+
+CORR_TABLE_COLUMNS = (
+    "model", "family", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
+    "spearman", "spearman_low", "spearman_high", "n_boot", "level", "ablation", "gap_ok",
+)
+
+
+def _style(params: dict[str, Any]) -> plotting.FigureStyle:
+    return plotting.FigureStyle(
+        width_in=float(params["fig_width_in"]),
+        font_size=float(params["font_size"]),
+        panel_height_in=float(params["panel_height_in"]),
+    )
+
+
+def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
+    """The numbers behind the correlation-vs-scale figure, by family and size."""
+    order = {model: i for i, model in enumerate(model_order(correlations))}
+    ordered = correlations.sort_values("model", key=lambda s: s.map(order))
+    return ordered[list(CORR_TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def plot_corr_vs_scale(correlations: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Correlation of Δ_IOI and Δ_anti against parameter count, per family."""
+    return plotting.corr_vs_scale_cross_family(correlations, _style(params))
+
+
+def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Strong-head counts by category against parameter count, at the default τ."""
+    counts, tau = default_tau_rows(strong_head_counts)
+    return plotting.strong_head_scaling(counts, tau, _style(params))
+
+
+def plot_all_heads_phase_space(head_categories: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Δ_IOI vs Δ_anti of every head, at the default τ."""
+    heads, tau = default_tau_rows(head_categories)
+    return plotting.all_heads_phase_space(heads, tau, _style(params))
+
+
+def plot_family_grid(head_categories: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Per-model phase-space panels grouped by family, at the default τ."""
+    heads, tau = default_tau_rows(head_categories)
+    return plotting.family_grid(heads, tau, _style(params))
+
+
+def plot_layer_hists(layer_counts: pd.DataFrame, params: dict[str, Any]) -> dict[str, Figure]:
+    """One stacked per-layer category histogram per model, keyed ``layer_hist_<model>``."""
+    counts, tau = default_tau_rows(layer_counts)
+    style = _style(params)
+    return {
+        layer_hist_key(str(model)): plotting.layer_hist(rows, tau, style)
+        for model, rows in counts.groupby("model", sort=True)
+    }
+
+
+def write_report(
+    baseline: pd.DataFrame,
+    run_metadata: dict[str, Any],
+    head_categories: pd.DataFrame,
+    strong_head_counts: pd.DataFrame,
+    correlations: pd.DataFrame,
+    attribution_agreement: pd.DataFrame,
+    hero_heads: pd.DataFrame,
+    hero_paths: pd.DataFrame,
+    hero_attention: pd.DataFrame,
+    params: dict[str, Any],
+) -> str:
+    """The Markdown report of the run, hero-head case studies included."""
+    return build_report(
+        baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
+        str(params["output_dir"]), (hero_heads, hero_paths, hero_attention),
+    )

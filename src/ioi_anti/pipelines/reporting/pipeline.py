@@ -1,0 +1,39 @@
+"""Reporting pipeline: categorisation tables + baseline/metadata -> figures, correlation table, report."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from ioi_anti.pipelines.reporting.nodes import (
+    corr_vs_scale_table,
+    plot_all_heads_phase_space,
+    plot_corr_vs_scale,
+    plot_family_grid,
+    plot_layer_hists,
+    plot_strong_head_scaling,
+    write_report,
+)
+
+PARAMS = "params:reporting"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Build the reporting pipeline."""
+    return Pipeline([
+        Node(corr_vs_scale_table, "correlations", "corr_vs_scale_cross_family", name="corr_vs_scale_table"),
+        Node(plot_corr_vs_scale, ["correlations", PARAMS], "corr_vs_scale_cross_family_plot",
+             name="plot_corr_vs_scale"),
+        Node(plot_strong_head_scaling, ["strong_head_counts", PARAMS], "strong_head_scaling_plot",
+             name="plot_strong_head_scaling"),
+        Node(plot_all_heads_phase_space, ["head_categories", PARAMS], "all_heads_phase_space_plot",
+             name="plot_all_heads_phase_space"),
+        Node(plot_family_grid, ["head_categories", PARAMS], "family_grid_plot", name="plot_family_grid"),
+        Node(plot_layer_hists, ["layer_counts", PARAMS], "layer_hists", name="plot_layer_hists"),
+        Node(
+            write_report,
+            ["baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
+             "attribution_agreement", "hero_heads_for_paper", "hero_paths", "hero_attention", PARAMS],
+            "report",
+            name="write_report",
+        ),
+    ])

@@ -1,0 +1,447 @@
+"""Figure builders for the report: tables in, matplotlib Figures out (no I/O, no pyplot state).
+
+Figures are built on the object-oriented API with an Agg canvas, so they render headless and are
+untouched by ``plt.close("all")`` (which kedro's MatplotlibDataset calls after every save).
+Colours are Okabe–Ito (colour-blind safe); family is also encoded by marker shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
+
+# Same order as ioi_anti.models.FAMILIES, which is not imported here because that module loads torch.
+FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama")
+FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00"}
+FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v"}
+CATEGORY_COLOURS = {"IOI-only": "#0072B2", "anti-only": "#D55E00", "shared": "#009E73", "weak": "#AAAAAA"}
+UNKNOWN_COLOUR, UNKNOWN_MARKER = "#000000", "P"
+FLAG_COLOUR = "#B00000"
+GAP_WARNING = "gap ≤ 0: Δ not meaningful"
+X_DELTA = r"$\Delta_{\mathrm{IOI}}$ (fraction of IOI gap; < 0: head supports IOI)"
+Y_DELTA = r"$\Delta_{\mathrm{anti}}$ (fraction of anti-rep. gap; < 0: supports)"
+DODGE_STEP = 1.04  # multiplicative x offset between families on log axes (a few % of a model's size)
+GRID_MARGIN_IN, GRID_LEGEND_WIDTH_IN = 0.9, 1.9  # room for the family/Δ labels, and for a side legend
+SCALING_ROWS = ((False, "Strong heads (count)"), (True, "Strong heads (% of all)"))
+
+
+@dataclass(frozen=True)
+class FigureStyle:
+    """Paper-size layout: figure width, base font size (>= 8 pt) and height of one panel row."""
+
+    width_in: float = 7.0
+    font_size: float = 8.0
+    panel_height_in: float = 2.2
+
+    def __post_init__(self) -> None:
+        if self.font_size < 8:
+            raise ValueError(f"font_size must be >= 8 pt to stay readable at paper size; got {self.font_size}.")
+        if self.width_in <= 0 or self.panel_height_in <= 0:
+            raise ValueError("figure width and panel height must be positive.")
+
+
+def format_params(n_params: float) -> str:
+    """Parameter count as a short label: 124M, 1.0B."""
+    if n_params >= 1e9:
+        return f"{n_params / 1e9:.1f}B"
+    if n_params >= 1e6:
+        return f"{n_params / 1e6:.0f}M"
+    return f"{n_params / 1e3:.0f}K"
+
+
+def ablation_label(table: pd.DataFrame) -> str:
+    """The ablation type(s) recorded in a table, e.g. "mean"."""
+    return "/".join(sorted(map(str, table["ablation"].unique())))
+
+
+def family_colour(family: str) -> str:
+    """Okabe–Ito colour of a model family (black for an unknown family)."""
+    return FAMILY_COLOURS.get(family, UNKNOWN_COLOUR)
+
+
+def family_marker(family: str) -> str:
+    """Marker of a model family."""
+    return FAMILY_MARKERS.get(family, UNKNOWN_MARKER)
+
+
+def ordered_families(families: pd.Series) -> list[str]:
+    """Families present, in the canonical order, unknown ones last."""
+    present = set(families)
+    return [f for f in FAMILY_ORDER if f in present] + sorted(present - set(FAMILY_ORDER))
+
+
+def flagged_models(table: pd.DataFrame) -> list[str]:
+    """Models whose task gap is not clearly positive (``gap_ok`` False)."""
+    return sorted(table.loc[~table["gap_ok"].astype(bool), "model"].unique())
+
+
+@contextmanager
+def styled(style: FigureStyle) -> Iterator[None]:
+    """Font sizes and spines of ``style`` for every artist created inside the block."""
+    rc = {
+        "font.size": style.font_size, "axes.titlesize": style.font_size + 1, "axes.labelsize": style.font_size,
+        "xtick.labelsize": style.font_size, "ytick.labelsize": style.font_size, "legend.fontsize": style.font_size,
+        "legend.title_fontsize": style.font_size, "figure.titlesize": style.font_size + 2,
+        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+    }
+    with matplotlib.rc_context(rc):
+        yield
+
+
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A constrained-layout Figure on an Agg canvas."""
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _suptitle(fig: Figure, title: str, flagged: list[str], flag_verb: str = "flagged") -> None:
+    """Figure title, plus a warning line naming models whose Δ are not meaningful."""
+    if flagged:
+        title += f"\n{flag_verb} ({GAP_WARNING}): {', '.join(flagged)}"
+    fig.suptitle(title, color=FLAG_COLOUR if flagged else "black")
+
+
+def _log_params_axis(ax: Axes, n_params: pd.Series) -> None:
+    """Log x axis for parameter counts, padded so a single model still has a readable range."""
+    ax.set_xscale("log")
+    ax.set_xlim(n_params.min() / 1.6, n_params.max() * 1.6)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: format_params(value)))
+    ax.set_xlabel("Parameters (log scale)")
+
+
+def _flag_points(ax: Axes, x: pd.Series, y: pd.Series) -> None:
+    """Overlay a cross on points of models whose gap is not positive."""
+    ax.scatter(x, y, marker="x", s=60, color=FLAG_COLOUR, linewidths=1.5, zorder=5)
+
+
+def _dodged(rows: pd.DataFrame, families: list[str]) -> pd.Series:
+    """Parameter counts shifted by a few % per family, so families of equal size do not overlap."""
+    index = rows["family"].map({family: i for i, family in enumerate(families)}).astype(float)
+    return rows["n_params"] * DODGE_STEP ** (index - (len(families) - 1) / 2)
+
+
+def _flag_handle() -> Line2D:
+    return Line2D([], [], marker="x", color=FLAG_COLOUR, linestyle="none", markersize=7, label=GAP_WARNING)
+
+
+def _family_handles(families: list[str]) -> list[Line2D]:
+    return [Line2D([], [], color=family_colour(f), marker=family_marker(f), label=f) for f in families]
+
+
+def _correlation_limits(corr: pd.DataFrame) -> tuple[float, float]:
+    """y range holding 0 and every finite correlation and interval end, within [-1, 1] plus a margin."""
+    values = corr[[f"{s}{e}" for s in ("pearson", "spearman") for e in ("", "_low", "_high")]].to_numpy(float)
+    finite = np.append(values[np.isfinite(values)], 0.0)
+    pad = 0.08 * max(finite.max() - finite.min(), 0.1)
+    return max(finite.min() - pad, -1.05), min(finite.max() + pad, 1.05)
+
+
+def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = None) -> Figure:
+    """Pearson and Spearman correlation of Δ_IOI vs Δ_anti over all heads, against model size.
+
+    One line per family; error bars are the bootstrap intervals over heads.
+    """
+    style = style or FigureStyle()
+    flagged = flagged_models(corr)
+    families = ordered_families(corr["family"])
+    level = float(corr["level"].iloc[0])
+    with styled(style):
+        fig = new_figure(style.width_in, style.panel_height_in * 1.5 + 0.9)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, stat, name in zip(axes, ("pearson", "spearman"), ("Pearson r", "Spearman ρ"), strict=True):
+            ax.axhline(0.0, color="#777777", linewidth=0.8, linestyle=":")
+            for family in families:
+                rows = corr[corr["family"] == family].sort_values("n_params")
+                yerr = np.vstack([rows[stat] - rows[f"{stat}_low"], rows[f"{stat}_high"] - rows[stat]])
+                ax.errorbar(
+                    _dodged(rows, families), rows[stat], yerr=np.clip(yerr, 0, None), color=family_colour(family),
+                    marker=family_marker(family), markersize=5, capsize=2.5, linewidth=1.2, label=family,
+                )
+            bad = corr[corr["model"].isin(flagged)]
+            _flag_points(ax, _dodged(bad, families), bad[stat])
+            _log_params_axis(ax, corr["n_params"])
+            ax.set_title(name)
+        axes[0].set_ylabel(r"Correlation of $\Delta_{\mathrm{IOI}}$ and $\Delta_{\mathrm{anti}}$ over heads")
+        axes[0].set_ylim(*_correlation_limits(corr))
+        handles = _family_handles(families) + ([_flag_handle()] if flagged else [])
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="Model family")
+        _suptitle(
+            fig,
+            f"Head effects on IOI vs anti-repetition: correlation over all heads by model size\n"
+            f"{ablation_label(corr)} ablation · no τ threshold · {level:.0%} bootstrap CI over heads",
+            flagged,
+        )
+    return fig
+
+
+def _head_counts(rows: pd.DataFrame, column: str, percent: bool) -> pd.Series:
+    """Head counts of ``column``, or their percentage of all the model's heads."""
+    return 100 * rows[column] / (rows["n_layers"] * rows["n_heads"]) if percent else rows[column]
+
+
+def _scaling_panel(ax: Axes, rows: pd.DataFrame, families: list[str], percent: bool) -> None:
+    """One category's strong-head curve (solid, filled) and robust subset (dotted, hollow) per family."""
+    for family in families:
+        fam = rows[rows["family"] == family].sort_values("n_params")
+        colour, marker = family_colour(family), family_marker(family)
+        x = _dodged(fam, families)
+        ax.plot(x, _head_counts(fam, "count", percent), color=colour, marker=marker, markersize=5, linewidth=1.2)
+        ax.plot(x, _head_counts(fam, "n_robust", percent), color=colour, marker=marker,
+                markersize=5, linewidth=1.0, linestyle=":", markerfacecolor="white")
+
+
+def meaningful_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], str]:
+    """Rows of models with a positive gap, the flagged models and how the title names them.
+
+    Flagged models are left out ("not shown") unless no model has a positive gap, in which case all
+    are shown and "flagged": an empty figure would hide the problem rather than show it.
+    """
+    flagged = flagged_models(table)
+    shown = table[~table["model"].isin(flagged)]
+    if shown.empty:
+        return table, flagged, "flagged"
+    return shown, flagged, "not shown"
+
+
+def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+    """Strong-head counts (top row) and shares of all heads (bottom row) per category vs model size.
+
+    ``counts`` holds one τ; solid filled markers count all strong heads, dotted hollow ones the
+    robust subset whose interval clears τ. Models with a non-positive gap are left out (their
+    counts can be arbitrarily large) unless every model is flagged.
+    """
+    style = style or FigureStyle()
+    shown, flagged, verb = meaningful_rows(counts)
+    families = ordered_families(shown["family"])
+    with styled(style):
+        fig = new_figure(style.width_in, 2 * style.panel_height_in + 1.1)
+        axes = fig.subplots(2, len(STRONG_CATEGORIES), sharex=True, sharey="row")
+        for col, category in enumerate(STRONG_CATEGORIES):
+            rows = shown[shown["category"] == category]
+            bad = rows[rows["model"].isin(flagged)]
+            for row, (percent, label) in enumerate(SCALING_ROWS):
+                ax = axes[row, col]
+                _scaling_panel(ax, rows, families, percent)
+                _flag_points(ax, _dodged(bad, families), _head_counts(bad, "count", percent))
+                _log_params_axis(ax, shown["n_params"])
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+                if col == 0:
+                    ax.set_ylabel(label)
+                if row == 0:
+                    ax.set_title(category, color=CATEGORY_COLOURS[category], fontweight="bold")
+                    ax.set_xlabel("")
+        strong = shown[shown["category"].isin(STRONG_CATEGORIES)]
+        for row, (percent, _label) in enumerate(SCALING_ROWS):
+            axes[row, 0].set_ylim(0, max(1.0, 1.1 * float(_head_counts(strong, "count", percent).max())))
+        handles = _family_handles(families) + ([_flag_handle()] if verb == "flagged" else [])
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="Model family")
+        _suptitle(
+            fig,
+            f"Strong heads by category vs model size ({ablation_label(counts)} ablation, τ = {tau:g})\n"
+            "solid, filled: all strong heads (|Δ| ≥ τ); dotted, hollow: robust subset (95% CI beyond τ)",
+            flagged,
+            flag_verb=verb,
+        )
+    return fig
+
+
+def _tau_guides(ax: Axes, tau: float) -> None:
+    """Shaded weak box |Δ| < τ on both tasks, dashed lines at ±τ and thin zero lines."""
+    ax.add_patch(Rectangle((-tau, -tau), 2 * tau, 2 * tau, facecolor="#EEEEEE", edgecolor="none", zorder=0))
+    for value in (-tau, tau):
+        ax.axvline(value, color="#888888", linestyle="--", linewidth=0.7, zorder=1)
+        ax.axhline(value, color="#888888", linestyle="--", linewidth=0.7, zorder=1)
+    ax.axvline(0.0, color="#BBBBBB", linewidth=0.5, zorder=1)
+    ax.axhline(0.0, color="#BBBBBB", linewidth=0.5, zorder=1)
+
+
+def _scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str], size: float) -> None:
+    """Heads coloured by category; strong ones filled if robust, hollow if borderline."""
+    weak = heads[heads["category"] == "weak"]
+    for family, rows in weak.groupby("family"):
+        ax.scatter(rows["delta_ioi"], rows["delta_anti"], s=size * 0.35, marker=marker_of(str(family)),
+                   color=CATEGORY_COLOURS["weak"], alpha=0.6, linewidths=0, zorder=2)
+    strong = heads[heads["category"] != "weak"]
+    for (category, family, borderline), rows in strong.groupby(["category", "family", "borderline"]):
+        colour = CATEGORY_COLOURS[str(category)]
+        ax.scatter(rows["delta_ioi"], rows["delta_anti"], s=size, marker=marker_of(str(family)),
+                   facecolors="none" if borderline else colour, edgecolors=colour, linewidths=0.9, zorder=3)
+
+
+def _symmetric_limit(values: pd.Series, tau: float) -> float:
+    """Half-width of a symmetric axis range holding every value and the ±τ guides."""
+    return 1.08 * max(float(np.abs(values).max()) if len(values) else 0.0, 2 * tau)
+
+
+def _category_handles(heads: pd.DataFrame | None = None) -> list[Line2D]:
+    """Category legend entries, with head counts when ``heads`` is given."""
+    counts = heads["category"].value_counts() if heads is not None else None
+    return [
+        Line2D([], [], marker="o", linestyle="none", color=CATEGORY_COLOURS[c],
+               label=c if counts is None else f"{c} ({counts.get(c, 0)})")
+        for c in CATEGORIES
+    ]
+
+
+def _robust_handles() -> list[Line2D]:
+    return [
+        Line2D([], [], marker="o", linestyle="none", color="#444444", label="robust (95% CI beyond τ)"),
+        Line2D([], [], marker="o", linestyle="none", color="#444444", markerfacecolor="none",
+               label="borderline (CI crosses τ)"),
+    ]
+
+
+def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+    """Δ_IOI vs Δ_anti for every head of every model at one τ, with the τ bands and weak box.
+
+    Models whose gap is not positive are left out (their Δ are not meaningful) and named in the title,
+    unless every model is flagged.
+    """
+    style = style or FigureStyle()
+    shown, flagged, verb = meaningful_rows(heads)
+    families = ordered_families(shown["family"])
+    with styled(style):
+        fig = new_figure(style.width_in, style.width_in * 0.68)
+        ax = fig.subplots()
+        _tau_guides(ax, tau)
+        _scatter_heads(ax, shown, family_marker, size=22)
+        ax.set_xlim(-_symmetric_limit(shown["delta_ioi"], tau), _symmetric_limit(shown["delta_ioi"], tau))
+        ax.set_ylim(-_symmetric_limit(shown["delta_anti"], tau), _symmetric_limit(shown["delta_anti"], tau))
+        ax.set_xlabel(X_DELTA)
+        ax.set_ylabel(Y_DELTA)
+        family_handles = [
+            Line2D([], [], marker=family_marker(f), linestyle="none", color="#444444", label=f) for f in families
+        ]
+        weak_box = Patch(facecolor="#EEEEEE", edgecolor="#888888", linestyle="--", label=f"weak box (|Δ| < {tau:g})")
+        fig.legend(handles=_category_handles(shown) + [weak_box], loc="outside right upper", title="Category (heads)")
+        fig.legend(handles=family_handles, loc="outside right center", title="Family")
+        fig.legend(handles=_robust_handles(), loc="outside right lower", title="Interval")
+        n_models = shown["model"].nunique()
+        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): effect on IOI vs anti-repetition\n"
+                       f"{ablation_label(heads)} ablation, τ = {tau:g}", flagged, flag_verb=verb)
+    return fig
+
+
+def _grid_layout(heads: pd.DataFrame) -> list[list[str]]:
+    """Models per family row, families in canonical order and models by size."""
+    sizes = heads.groupby("model")[["family", "n_params"]].first()
+    return [
+        list(sizes[sizes["family"] == family].sort_values("n_params").index)
+        for family in ordered_families(sizes["family"])
+    ]
+
+
+def _grid_panel(ax: Axes, rows: pd.DataFrame, tau: float, flagged: bool, limits: tuple[float, float]) -> None:
+    """One model's phase-space panel; a flagged model gets a red warning title."""
+    _tau_guides(ax, tau)
+    _scatter_heads(ax, rows, lambda _family: "o", size=10)
+    first = rows.iloc[0]
+    title = f"{first['model']} ({format_params(first['n_params'])})"
+    outside = int(((rows["delta_ioi"].abs() > limits[0]) | (rows["delta_anti"].abs() > limits[1])).sum())
+    if outside:
+        title += f"\n{outside} head(s) off-axis"
+    if flagged:
+        title += f"\n{GAP_WARNING}"
+    ax.set_title(title, color=FLAG_COLOUR if flagged else "black", fontsize=ax.xaxis.label.get_size())
+
+
+def _grid_size(layout: list[list[str]], style: FigureStyle) -> tuple[float, float]:
+    """Figure width and height for near-square panels, with a legend column when no grid slot is free."""
+    n_rows, n_cols = len(layout), max(len(row) for row in layout)
+    legend_width = 0.0 if any(len(row) < n_cols for row in layout) else GRID_LEGEND_WIDTH_IN
+    panel = min((style.width_in - GRID_MARGIN_IN - legend_width) / n_cols, style.panel_height_in)
+    width = max(n_cols * panel + GRID_MARGIN_IN + legend_width, 4.5)
+    return width, n_rows * (panel + 0.4) + 0.9
+
+
+def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+    """The phase space with one panel per model, a row per family, shared axes.
+
+    Axis limits come from the models with a positive gap, so a flagged model cannot squash the rest.
+    The legend goes into the first empty grid slot, or to the right when the grid is full.
+    """
+    style = style or FigureStyle()
+    layout = _grid_layout(heads)
+    flagged = flagged_models(heads)
+    reference = heads[~heads["model"].isin(flagged)]
+    reference = heads if reference.empty else reference
+    limits = (_symmetric_limit(reference["delta_ioi"], tau), _symmetric_limit(reference["delta_anti"], tau))
+    width, height = _grid_size(layout, style)
+    with styled(style):
+        fig = new_figure(width, height)
+        axes = fig.subplots(len(layout), max(len(row) for row in layout), sharex=True, sharey=True, squeeze=False)
+        free = []
+        for r, models in enumerate(layout):
+            for c, ax in enumerate(axes[r]):
+                if c >= len(models):
+                    ax.axis("off")
+                    free.append(ax)
+                    continue
+                _grid_panel(ax, heads[heads["model"] == models[c]], tau, models[c] in flagged, limits)
+                ax.set_xlim(-limits[0], limits[0])
+                ax.set_ylim(-limits[1], limits[1])
+                ax.xaxis.set_tick_params(labelbottom=True)
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+                ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+            family = heads.loc[heads["model"] == models[0], "family"].iloc[0]
+            axes[r, 0].set_ylabel(family, fontweight="bold", color=family_colour(family))
+        fig.supxlabel(r"$\Delta_{\mathrm{IOI}}$ (fraction of IOI gap)")
+        fig.supylabel(r"$\Delta_{\mathrm{anti}}$ (fraction of anti-repetition gap)")
+        handles = _category_handles() + _robust_handles()
+        if free:
+            free[0].legend(handles=handles, loc="center")
+        else:
+            fig.legend(handles=handles, loc="outside right center")
+        _suptitle(fig, f"Heads per model, by family ({ablation_label(heads)} ablation, τ = {tau:g})", flagged)
+    return fig
+
+
+def layer_hist(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+    """Stacked strong-head counts per layer for one model at one τ (weak heads omitted)."""
+    style = style or FigureStyle()
+    first = counts.iloc[0]
+    n_layers, n_heads = int(first["n_layers"]), int(first["n_heads"])
+    table = counts.pivot_table(index="layer", columns="category", values="count", aggfunc="sum")
+    table = table.reindex(index=range(n_layers), columns=list(STRONG_CATEGORIES), fill_value=0).fillna(0)
+    with styled(style):
+        fig = new_figure(style.width_in, style.panel_height_in + 1.0)
+        ax = fig.subplots()
+        bottom = np.zeros(n_layers)
+        for category in STRONG_CATEGORIES:
+            values = table[category].to_numpy(float)
+            ax.bar(table.index, values, bottom=bottom, color=CATEGORY_COLOURS[category], width=0.8,
+                   label=f"{category} ({int(values.sum())})")
+            bottom += values
+        if bottom.sum() == 0:
+            ax.text(0.5, 0.5, f"no strong heads at τ = {tau:g}", transform=ax.transAxes, ha="center", va="center")
+        ax.set_xlim(-0.6, n_layers - 0.4)
+        ax.set_ylim(0, max(bottom.max() * 1.1, 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_layers, 16)))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Layer")
+        ax.set_ylabel(f"Strong heads (count, of {n_heads}/layer)")
+        if n_layers > 1:
+            depth = ax.secondary_xaxis("top", functions=(lambda x: x / (n_layers - 1), lambda f: f * (n_layers - 1)))
+            depth.set_xlabel("Depth fraction")
+        fig.legend(loc="outside right upper", title="Category (heads)")
+        gap_ok = bool(first["gap_ok"])
+        title = (f"{first['model']} ({first['family']}, {format_params(first['n_params'])}): strong heads by layer\n"
+                 f"{ablation_label(counts)} ablation, τ = {tau:g}")
+        fig.suptitle(title if gap_ok else f"{title}\n{GAP_WARNING}", color="black" if gap_ok else FLAG_COLOUR)
+    return fig

@@ -1,0 +1,324 @@
+"""The Markdown report: run settings, baseline, figures, strong-head and correlation tables, warnings.
+
+Tables are written by :func:`markdown_table` rather than ``DataFrame.to_markdown``, which needs the
+optional ``tabulate`` package (not a project dependency); a pipe table needs no more than this.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ioi_anti.categories import CATEGORIES, default_tau_rows
+from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
+
+NOT_RECORDED = "not recorded"
+LAYER_HISTS_DIR = "layer_hists"
+KNOWN_METADATA = ("models", "seed", "ablation", "n_prompts_ioi", "n_prompts_anti", "versions", "device")
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    """A figure dataset: its catalog name, file name under the reporting folder, and what it shows."""
+
+    dataset: str
+    file_name: str
+    caption: str
+
+
+FIGURES = (
+    FigureEntry(
+        "corr_vs_scale_cross_family_plot", "corr_vs_scale_cross_family.png",
+        "Pearson (left) and Spearman (right) correlation of Δ_IOI with Δ_anti over all heads of each model "
+        "against parameter count, one line per family, with bootstrap intervals over heads (families are "
+        "offset by a few % on the log x axis so equal sizes do not overlap); the numbers are in "
+        "`corr_vs_scale_cross_family.csv`.",
+    ),
+    FigureEntry(
+        "strong_head_scaling_plot", "strong_head_scaling.png",
+        "Number (top) and share (bottom) of IOI-only, anti-only and shared heads at the default τ against "
+        "parameter count, marker per family; dotted hollow markers count the robust subset whose 95% "
+        "interval clears τ.",
+    ),
+    FigureEntry(
+        "all_heads_phase_space_plot", "all_heads_phase_space.png",
+        "Δ_IOI against Δ_anti for every head of every model with a positive gap, coloured by category at "
+        "the default τ, marker per family, with the ±τ lines and the shaded weak box; hollow markers are "
+        "borderline heads whose interval crosses τ.",
+    ),
+    FigureEntry(
+        "family_grid_plot", "family_grid.png",
+        "The same phase space with one panel per model, a row per family, on shared axes.",
+    ),
+)
+
+
+def layer_hist_key(model: str) -> str:
+    """Partition name (file stem) of a model's layer histogram, safe as a file name."""
+    return "layer_hist_" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+
+
+def _cell(value: Any, float_format: str) -> str:
+    """A table cell: floats formatted, NaN as an en dash, pipes escaped."""
+    if isinstance(value, float | np.floating):
+        return "–" if np.isnan(value) else float_format.format(value)
+    return str(value).replace("|", r"\|")
+
+
+def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    """A GitHub-flavoured Markdown pipe table of ``frame`` (index dropped)."""
+    header = "| " + " | ".join(_cell(c, float_format) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v, float_format) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def with_interval(value: float, low: float, high: float, float_format: str = "{:.3f}") -> str:
+    """``value [low, high]`` as text."""
+    return f"{_cell(value, float_format)} [{_cell(low, float_format)}, {_cell(high, float_format)}]"
+
+
+def model_order(table: pd.DataFrame) -> list[str]:
+    """Models by family (canonical order) and then size."""
+    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    models = table.groupby("model")[["family", "n_params"]].first()
+    models["rank"] = models["family"].map(rank).fillna(len(rank))
+    return list(models.sort_values(["rank", "n_params"]).index)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    order = {model: i for i, model in enumerate(model_order(table))}
+    return table.assign(_order=table["model"].map(order)).sort_values(["_order"], kind="stable").drop(columns="_order")
+
+
+def _setting(metadata: Mapping[str, Any], key: str) -> str:
+    value = metadata.get(key)
+    return NOT_RECORDED if value is None else str(value)
+
+
+def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
+    """Models, prompt counts, ablation, τ values, seed, device, package versions and other settings."""
+    models = model_order(heads)
+    sizes = heads.groupby("model")[["family", "n_params", "n_layers", "n_heads"]].first()
+    taus = sorted(heads["tau"].unique())
+    _rows, tau = default_tau_rows(heads)
+    listed = [str(m) for m in metadata.get("models") or []]
+    missing = sorted(set(listed) - set(models))
+    lines = [
+        "## Run",
+        "",
+        "- Models: " + ", ".join(
+            f"{m} ({sizes.at[m, 'family']}, {format_params(sizes.at[m, 'n_params'])}, "
+            f"{sizes.at[m, 'n_layers']}x{sizes.at[m, 'n_heads']} heads)"
+            for m in models
+        ),
+        f"- Prompts: IOI {_setting(metadata, 'n_prompts_ioi')}, anti-repetition {_setting(metadata, 'n_prompts_anti')}",
+        f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
+        f"- τ (strong head: |Δ| ≥ τ): {tau:g}; sensitivity τ: {', '.join(f'{t:g}' for t in taus)}",
+        f"- Seed: {_setting(metadata, 'seed')}; device: {_setting(metadata, 'device')}",
+    ]
+    if missing:
+        lines.append(f"- Listed in run metadata but absent from the per-head results: {', '.join(missing)}")
+    extra = {k: v for k, v in metadata.items() if k not in KNOWN_METADATA}
+    lines += [f"- {key}: {value}" for key, value in sorted(extra.items())]
+    versions = metadata.get("versions") or {}
+    if not versions:
+        return "\n".join([*lines, f"- Package versions: {NOT_RECORDED}"])
+    table = markdown_table(pd.DataFrame(sorted(versions.items()), columns=["package", "version"]))
+    return "\n".join([*lines, "", "Package versions:", "", table])
+
+
+def warnings_section(baseline: pd.DataFrame, heads: pd.DataFrame) -> str:
+    """A warning line per model whose task gap is not clearly positive (empty when there is none)."""
+    flagged = sorted(set(flagged_models(heads)) | set(flagged_models(baseline)))
+    lines = []
+    for model in flagged:
+        gaps = baseline[baseline["model"] == model]
+        detail = "; ".join(
+            f"{row.task} gap {with_interval(row.gap, row.gap_low, row.gap_high)}" for row in gaps.itertuples()
+        )
+        lines.append(
+            f"> **WARNING — {model}: {GAP_WARNING}.** The task gap is not clearly positive"
+            f"{f' ({detail})' if detail else ''}, so its normalised Δ are meaningless. It is left out of "
+            "`all_heads_phase_space.png` and `strong_head_scaling.png` (unless every model is flagged), crossed "
+            "in red in `corr_vs_scale_cross_family.png`, titled in red in `family_grid.png` and its layer "
+            "histogram, and its rows below should not be interpreted."
+        )
+    return "\n>\n".join(lines)
+
+
+def baseline_section(baseline: pd.DataFrame) -> str:
+    """Clean and reference task metric, gap and accuracy per model and task, with 95% intervals."""
+    table = pd.DataFrame({
+        "model": baseline["model"],
+        "task": baseline["task"],
+        "prompts": baseline["n_prompts"],
+        "clean metric": [with_interval(*v) for v in baseline[["clean_metric", "clean_low", "clean_high"]].to_numpy()],
+        "reference metric": [with_interval(*v) for v in baseline[["ref_metric", "ref_low", "ref_high"]].to_numpy()],
+        "gap": [with_interval(*v) for v in baseline[["gap", "gap_low", "gap_high"]].to_numpy()],
+        "accuracy": [with_interval(*v) for v in baseline[["accuracy", "accuracy_low", "accuracy_high"]].to_numpy()],
+        "gap ok": baseline["gap_ok"].map({True: "yes", False: "**NO**"}),
+        "family": baseline["family"],
+        "n_params": baseline["n_params"],
+    })
+    table = _ordered(table).drop(columns=["family", "n_params"])
+    return "\n".join([
+        "## Baseline",
+        "",
+        "Task metric on clean and reference prompts, the gap between them (the unit of every Δ) and "
+        "accuracy, with 95% bootstrap intervals over prompts.",
+        "",
+        markdown_table(table),
+    ])
+
+
+def figures_section(models: list[str], tau: float, ablation: str, output_dir: str) -> str:
+    """Each figure by file name with one sentence on what it shows, and where the files land."""
+    lines = [
+        "## Figures",
+        "",
+        f"All figures use {ablation} ablation and τ = {tau:g}. Figures are versioned datasets: each run writes "
+        f"`{output_dir}/<file>/<version>/<file>` (the version is the run's timestamp); the layer "
+        f"histograms are overwritten in `{output_dir}/{LAYER_HISTS_DIR}/`.",
+        "",
+    ]
+    lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`): {fig.caption}" for fig in FIGURES]
+    lines += [
+        f"- `{LAYER_HISTS_DIR}/{layer_hist_key(m)}.png` (dataset `layer_hists`): strong heads of each category "
+        f"per layer of {m} at τ = {tau:g}, stacked, with the depth fraction on the top axis."
+        for m in models
+    ]
+    return "\n".join(lines)
+
+
+def strong_counts_section(counts: pd.DataFrame) -> str:
+    """One table per τ: heads per category and model, as ``count (robust)``."""
+    lines = [
+        "## Strong heads",
+        "",
+        "Heads per category as `count (robust)`: robust heads are those whose 95% interval lies entirely "
+        "beyond τ for each task they are strong on.",
+    ]
+    for tau, rows in counts.groupby("tau", sort=True):
+        cells = rows.assign(cell=rows["count"].astype(str) + " (" + rows["n_robust"].astype(str) + ")")
+        table = cells.pivot(index="model", columns="category", values="cell").reindex(columns=list(CATEGORIES))
+        table = table.reindex(model_order(rows)).reset_index()
+        default = " (default)" if bool(rows["is_default_tau"].iloc[0]) else ""
+        lines += ["", f"### τ = {tau:g}{default}", "", markdown_table(table)]
+    return "\n".join(lines)
+
+
+def correlation_section(corr: pd.DataFrame) -> str:
+    """Pearson and Spearman of Δ_IOI vs Δ_anti per model, over all heads, with bootstrap intervals."""
+    corr = _ordered(corr)
+    table = pd.DataFrame({
+        "model": corr["model"],
+        "family": corr["family"],
+        "params": corr["n_params"].map(format_params),
+        "heads": corr["n_heads"],
+        "Pearson r": [with_interval(*v) for v in corr[["pearson", "pearson_low", "pearson_high"]].to_numpy()],
+        "Spearman ρ": [with_interval(*v) for v in corr[["spearman", "spearman_low", "spearman_high"]].to_numpy()],
+        "gap ok": corr["gap_ok"].map({True: "yes", False: "**NO**"}),
+    })
+    level, n_boot = float(corr["level"].iloc[0]), int(corr["n_boot"].iloc[0])
+    return "\n".join([
+        "## Correlation of Δ_IOI and Δ_anti",
+        "",
+        f"Over all heads of each model (no top-k selection), with {level:.0%} percentile bootstrap "
+        f"intervals from {n_boot} resamples of heads.",
+        "",
+        markdown_table(table),
+    ])
+
+
+def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
+    """Rank agreement of attribution patching with the exact Δ, per model (in ``models`` order) and task."""
+    columns = [c for c in ("model", "task", "spearman", "n_heads") if c in agreement.columns]
+    rank = {model: i for i, model in enumerate(models)}
+    agreement = agreement.sort_values("model", key=lambda s: s.map(rank), kind="stable")
+    return "\n".join([
+        "## Attribution patching agreement",
+        "",
+        "Spearman rank correlation between the attribution-patching estimate and the exact ablation Δ "
+        "over heads.",
+        "",
+        markdown_table(agreement[columns]) if len(agreement) else "No attribution agreement was recorded.",
+    ])
+
+
+def build_report(
+    baseline: pd.DataFrame,
+    run_metadata: Mapping[str, Any],
+    head_categories: pd.DataFrame,
+    strong_head_counts: pd.DataFrame,
+    correlations: pd.DataFrame,
+    attribution_agreement: pd.DataFrame,
+    output_dir: str,
+    hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+) -> str:
+    """The whole Markdown report (with the hero-heads section when its tables are given)."""
+    heads, tau = default_tau_rows(head_categories)
+    warnings = warnings_section(baseline, heads)
+    sections = [
+        "# IOI and anti-repetition: per-head ablation report",
+        warnings,
+        run_section(run_metadata, head_categories),
+        baseline_section(baseline),
+        figures_section(model_order(heads), tau, ablation_label(heads), output_dir),
+        strong_counts_section(strong_head_counts),
+        correlation_section(correlations),
+        attribution_section(attribution_agreement, model_order(heads)),
+        hero_section(*hero, output_dir) if hero is not None else "",
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+HERO_FIGURES = (
+    FigureEntry("hero_dose_response_plot", "hero_dose_response.png",
+                "Δ of both tasks as each hero head's z is moved step by step from clean (α = 0) to its ablation "
+                "value (α = 1), with bootstrap bands over prompts."),
+    FigureEntry("hero_topk_plot", "hero_topk.png",
+                "Δ of both tasks when the top-k heads of each category are ablated together, k = 1..K: how much "
+                "of each behaviour the category carries."),
+    FigureEntry("hero_paths_plot", "hero_paths.png",
+                "Path patching: each hero head's total effect, its direct effect on the logits, all paths at "
+                "once (a check: equals the total), and its effect routed through the query, key or value input "
+                "of the most involved downstream heads."),
+    FigureEntry("hero_attention_plot", "hero_attention.png",
+                "Mean attention from END of each hero head to the IO, S1 and S2 names (IOI prompts) and to the "
+                "in-context list items (list prompts)."),
+)
+
+
+def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, output_dir: str) -> str:
+    """Hero heads: the selection, their direct vs total effect and main mediators, and the figures."""
+    lines = ["## Hero heads", ""]
+    if heroes.empty:
+        return "\n".join([*lines, "No head's interval clears τ for any category: no hero heads in this run."])
+    lines += ["Selected per model: the strongest head of each category whose 95 % interval clears τ (`auto`), "
+              "plus heads named in `hero_heads.named` (`named`). Table: `hero_heads_for_paper.csv`.", ""]
+    shown = heroes[["model", "hero", "category", "category_robust", "selected_by", "delta_ioi", "delta_anti"]]
+    lines += [markdown_table(shown), ""]
+    fixed = paths[paths["path"].isin(["total", "direct", "all paths"])]
+    if not fixed.empty:
+        wide = fixed.pivot_table(index=["model", "hero", "task"], columns="path", values="delta").reset_index()
+        lines += ["Total vs direct effect (Δ, fraction of the task gap; `all paths` patches the head's output into "
+                  "every downstream reader at once and must equal `total`):", "", markdown_table(wide), ""]
+        receivers = paths[~paths["path"].isin(["total", "direct", "all paths"])]
+        if not receivers.empty:
+            top = (receivers.assign(size=receivers["delta"].abs()).sort_values("size", ascending=False)
+                   .groupby(["model", "hero", "task"], sort=False).head(3))
+            lines += ["Strongest mediators (downstream head and input through which the hero's output acts):", "",
+                      markdown_table(top[["model", "hero", "task", "path", "receiver_category", "delta",
+                                          "delta_low", "delta_high"]]), ""]
+    if not attention.empty:
+        lines += ["Attention from END (mean over prompts):", "",
+                  markdown_table(attention[["model", "hero", "task", "target", "mean"]]), ""]
+    lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`, in `{output_dir}/`): {fig.caption}"
+              for fig in HERO_FIGURES]
+    return "\n".join(lines)

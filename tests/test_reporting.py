@@ -1,0 +1,274 @@
+"""Reporting: every figure and the report from synthetic tables, flagging of gap_ok False, pipelines, catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+from matplotlib.figure import Figure
+from synthetic import (
+    FOUR_MODELS,
+    SINGLE_MODEL,
+    SyntheticModel,
+    make_attribution_agreement,
+    make_baseline,
+    make_per_head,
+    make_run_metadata,
+)
+
+from ioi_anti import plotting
+from ioi_anti.pipelines import categorisation, reporting
+from ioi_anti.pipelines.categorisation.nodes import (
+    categorise_heads,
+    correlate_deltas,
+    count_heads_by_layer,
+    count_strong_heads,
+)
+from ioi_anti.pipelines.reporting import nodes
+from ioi_anti.report import FIGURES, GAP_WARNING, markdown_table
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "seed": 0, "ci_level": 0.95,
+              "n_depth_bins": 5}
+REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
+FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
+RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED}
+
+
+def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
+    """Every input of the reporting pipeline, built through the categorisation nodes."""
+    per_head = make_per_head(models)
+    head_categories = categorise_heads(per_head, CAT_PARAMS)
+    return {
+        "per_head": per_head,
+        "head_categories": head_categories,
+        "strong_head_counts": count_strong_heads(head_categories),
+        "layer_counts": count_heads_by_layer(head_categories, CAT_PARAMS),
+        "correlations": correlate_deltas(per_head, CAT_PARAMS),
+        "baseline": make_baseline(per_head),
+        "run_metadata": make_run_metadata(per_head),
+        "attribution_agreement": make_attribution_agreement(per_head),
+    }
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    return request.param, tables_for(RUNS[request.param])
+
+
+def figures_of(tables: dict[str, Any]) -> dict[str, Figure]:
+    figures = {
+        "corr_vs_scale_cross_family_plot": nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS),
+        "strong_head_scaling_plot": nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS),
+        "all_heads_phase_space_plot": nodes.plot_all_heads_phase_space(tables["head_categories"], REP_PARAMS),
+        "family_grid_plot": nodes.plot_family_grid(tables["head_categories"], REP_PARAMS),
+    }
+    return figures | nodes.plot_layer_hists(tables["layer_counts"], REP_PARAMS)
+
+
+def report_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None = None) -> str:
+    return nodes.write_report(
+        tables["baseline"], tables["run_metadata"] if run_metadata is None else run_metadata,
+        tables["head_categories"], tables["strong_head_counts"], tables["correlations"],
+        tables["attribution_agreement"], REP_PARAMS,
+    )
+
+
+def _labelled(fig: Figure) -> bool:
+    """The figure has data axes, and x and y labels on them or as figure super-labels."""
+    data_axes = [ax for ax in fig.axes if ax.axison and (ax.collections or ax.lines or ax.patches)]
+    x_ok = fig.get_supxlabel() or any(ax.get_xlabel() for ax in data_axes)
+    y_ok = fig.get_supylabel() or any(ax.get_ylabel() for ax in data_axes)
+    return bool(data_axes) and bool(x_ok) and bool(y_ok)
+
+
+def test_every_figure_is_drawn_labelled_and_saved(run: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    name, tables = run
+    figures = figures_of(tables)
+    models = tables["per_head"]["model"].unique()
+    assert {k for k in figures if k.startswith("layer_hist_")} == {f"layer_hist_{m}" for m in models}
+    for key, fig in figures.items():
+        assert isinstance(fig, Figure) and fig.axes, key
+        assert _labelled(fig), key
+        title = fig.get_suptitle()
+        assert "mean ablation" in title, key
+        assert "τ = 0.05" in title or "no τ threshold" in title, key
+        assert all(t.get_fontsize() >= 8 for t in fig.findobj(lambda a: hasattr(a, "get_fontsize"))), key
+        path = tmp_path / f"{name}_{key}.png"
+        fig.savefig(path, dpi=60)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000, key
+
+
+def test_flagged_model_is_visible_in_every_figure() -> None:
+    tables = tables_for(FLAGGED)
+    figures = figures_of(tables)
+    for key in ("corr_vs_scale_cross_family_plot", "strong_head_scaling_plot", "family_grid_plot"):
+        assert GAP_WARNING in figures[key].get_suptitle() and "opt-125m" in figures[key].get_suptitle(), key
+    phase = figures["all_heads_phase_space_plot"]
+    assert "not shown" in phase.get_suptitle() and "opt-125m" in phase.get_suptitle()
+    shown = sum(len(c.get_offsets()) for c in phase.axes[0].collections)
+    assert shown == len(tables["per_head"][tables["per_head"]["gap_ok"]])
+    grid_titles = [ax.get_title() for ax in figures["family_grid_plot"].axes]
+    assert any("opt-125m" in t and GAP_WARNING in t for t in grid_titles)
+    assert GAP_WARNING in figures["layer_hist_opt-125m"].get_suptitle()
+    assert GAP_WARNING not in figures["layer_hist_gpt2"].get_suptitle()
+
+
+def test_all_flagged_models_are_shown_rather_than_an_empty_figure() -> None:
+    tables = tables_for((dataclasses.replace(SINGLE_MODEL[0], gap_ok=False),))
+    figures = figures_of(tables)
+    phase = figures["all_heads_phase_space_plot"]
+    assert sum(len(c.get_offsets()) for c in phase.axes[0].collections) == len(tables["per_head"])
+    for key in ("all_heads_phase_space_plot", "strong_head_scaling_plot"):
+        assert f"flagged ({GAP_WARNING}): smollm2-135m" in figures[key].get_suptitle(), key
+    assert "WARNING — smollm2-135m" in report_of(tables)
+
+
+def test_unflagged_run_has_no_warning() -> None:
+    tables = tables_for(FOUR_MODELS)
+    assert all(GAP_WARNING not in fig.get_suptitle() for fig in figures_of(tables).values())
+    assert "WARNING" not in report_of(tables)
+
+
+def test_family_grid_has_one_panel_per_model_in_family_rows() -> None:
+    tables = tables_for(FOUR_MODELS)
+    fig = nodes.plot_family_grid(tables["head_categories"], REP_PARAMS)
+    titles = [ax.get_title().split(" ")[0] for ax in fig.axes if ax.axison]
+    assert titles == ["gpt2", "gpt2-medium", "opt-125m", "pythia-160m"]  # family order, then size
+    assert len(fig.axes) == 3 * 2  # rows gpt2, opt, pythia; two columns
+
+
+def test_corr_table_is_ordered_and_complete() -> None:
+    tables = tables_for(FOUR_MODELS)
+    table = nodes.corr_vs_scale_table(tables["correlations"])
+    assert table["model"].tolist() == ["gpt2", "gpt2-medium", "opt-125m", "pythia-160m"]
+    assert list(table.columns) == list(nodes.CORR_TABLE_COLUMNS)
+
+
+def test_report_contents(run: tuple[str, dict[str, Any]]) -> None:
+    name, tables = run
+    report = report_of(tables)
+    meta = tables["run_metadata"]
+    for model in meta["models"]:
+        assert model in report
+        assert f"layer_hists/layer_hist_{model}.png" in report
+    assert "IOI 40, anti-repetition 45" in report
+    assert "Ablation: mean" in report
+    assert "τ (strong head: |Δ| ≥ τ): 0.05; sensitivity τ: 0.03, 0.05" in report
+    assert "Seed: 0; device: cpu" in report
+    assert "| torch | 2.13.0 |" in report
+    assert "data/08_reporting/<file>/<version>/<file>" in report
+    for fig in FIGURES:
+        assert f"`{fig.file_name}`" in report
+    for heading in ("## Baseline", "## Strong heads", "### τ = 0.03", "### τ = 0.05 (default)",
+                    "## Correlation of Δ_IOI and Δ_anti", "## Attribution patching agreement"):
+        assert heading in report
+    n_strong_rows = report.split("### τ = 0.05 (default)")[1].split("##")[0].count("\n| ")
+    assert n_strong_rows == len(meta["models"]) + 1  # header + one row per model
+    assert ("WARNING — opt-125m" in report) == (name == "flagged")
+
+
+def test_report_counts_match_the_table() -> None:
+    tables = tables_for(FOUR_MODELS)
+    counts = tables["strong_head_counts"]
+    row = counts[(counts["model"] == "gpt2") & (counts["tau"] == 0.05) & (counts["category"] == "IOI-only")].iloc[0]
+    section = report_of(tables).split("### τ = 0.05 (default)")[1]
+    gpt2_line = next(line for line in section.splitlines() if line.startswith("| gpt2 |"))
+    assert gpt2_line.split(" | ")[1] == f"{row['count']} ({row['n_robust']})"
+
+
+def test_report_tolerates_missing_metadata() -> None:
+    tables = tables_for(SINGLE_MODEL)
+    report = report_of(tables, run_metadata={"models": ["smollm2-135m", "gpt2-xl"], "commit": "abc123"})
+    assert "IOI not recorded, anti-repetition not recorded" in report
+    assert "Seed: not recorded" in report
+    assert "Package versions: not recorded" in report
+    assert "absent from the per-head results: gpt2-xl" in report
+    assert "- commit: abc123" in report
+
+
+def test_markdown_table_formats_and_escapes() -> None:
+    frame = pd.DataFrame({"a": ["x|y", "z"], "b": [0.12345, np.nan], "c": [3, 4]})
+    assert markdown_table(frame).splitlines() == [
+        "| a | b | c |", "|---|---|---|", r"| x\|y | 0.123 | 3 |", "| z | – | 4 |",
+    ]
+
+
+def test_family_order_matches_the_model_registry() -> None:
+    from ioi_anti.models import FAMILIES
+
+    assert plotting.FAMILY_ORDER == FAMILIES
+
+
+def test_figure_style_rejects_small_fonts() -> None:
+    with pytest.raises(ValueError, match="font_size"):
+        plotting.FigureStyle(font_size=6)
+
+
+def test_reporting_pipeline_assembles() -> None:
+    pipeline = reporting.create_pipeline()
+    assert pipeline.inputs() == {
+        "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
+        "attribution_agreement", "params:reporting",
+    }
+    assert pipeline.outputs() == {
+        "corr_vs_scale_cross_family", "corr_vs_scale_cross_family_plot", "strong_head_scaling_plot",
+        "all_heads_phase_space_plot", "family_grid_plot", "layer_hists", "report",
+    }
+
+
+def _config() -> OmegaConfigLoader:
+    return OmegaConfigLoader(
+        str(CONF), base_env="base", default_run_env="local",
+        config_patterns={"catalog": ["catalog_reporting*"],
+                         "parameters": ["parameters_categorisation*", "parameters_reporting*"]},
+    )
+
+
+def test_catalog_and_parameters_match_the_code() -> None:
+    config = _config()
+    catalog, params = config["catalog"], config["parameters"]
+    produced = categorisation.create_pipeline().all_outputs() | reporting.create_pipeline().all_outputs()
+    assert produced == set(catalog)
+    for fig in FIGURES:
+        assert catalog[fig.dataset]["filepath"] == f"{params['reporting']['output_dir']}/{fig.file_name}"
+    assert catalog["layer_hists"]["path"] == f"{params['reporting']['output_dir']}/layer_hists"
+    assert set(CAT_PARAMS) == set(params["categorisation"])
+    assert set(REP_PARAMS) == set(params["reporting"])
+
+
+def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
+    config = _config()
+    entries = {}
+    for name, entry in config["catalog"].items():
+        key = "path" if "path" in entry else "filepath"
+        entries[name] = {**entry, key: str(tmp_path / entry[key])}
+    catalog = DataCatalog.from_config(entries)
+    tables = tables_for(FOUR_MODELS)
+    for name in ("per_head", "baseline", "run_metadata", "attribution_agreement"):
+        catalog[name] = tables[name]
+    for name, value in config["parameters"].items():
+        catalog[f"params:{name}"] = value
+    pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
+    SequentialRunner().run(pipeline, catalog)
+    out = tmp_path / "data"
+    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4
+    assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES)
+    assert {p.name for p in (out / "08_reporting" / "layer_hists").iterdir()} == {
+        f"layer_hist_{m}.png" for m in tables["per_head"]["model"].unique()
+    }
+    report = next((out / "08_reporting").glob("report.md/*/report.md")).read_text()
+    assert report.startswith("# IOI and anti-repetition")
+    saved = catalog.load("head_categories")
+    assert len(saved) == 2 * len(tables["per_head"])
+    assert catalog.load("corr_vs_scale_cross_family")["model"].tolist() == [
+        "gpt2", "gpt2-medium", "opt-125m", "pythia-160m",
+    ]
