@@ -12,7 +12,7 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from ioi_anti import prompts as P
-from ioi_anti.ablation import REFERENCE_ROLES, AblationValues, make_groups
+from ioi_anti.ablation import REFERENCE_ROLES, AblationValues, PromptGroup, make_groups
 from ioi_anti.models import LoadedModel, ModelSpec, load_model, load_tokenizer
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
@@ -63,8 +63,10 @@ def tokens_by_task(smol_tokenizer: PreTrainedTokenizerBase) -> dict[str, pd.Data
     return {task: P.tokenise_prompts(frame, smol_tokenizer, False) for task, frame in frames.items()}
 
 
-def setup_task(lm: LoadedModel, tokens: pd.DataFrame, task: str, kind: str, max_batch: int = 6):
+def setup_task(
+    lm: LoadedModel, tokens: pd.DataFrame, task: str, kind: str, max_batch: int = 6
+) -> tuple[list[PromptGroup], AblationValues]:
+    """Clean groups of a task and its ablation values."""
     groups = make_groups(tokens[tokens["role"] == "clean"], lm.device, max_batch)
     pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
-    """Clean groups of a task and its ablation values."""
     return groups, AblationValues(kind, lm, pool, seed=0)

@@ -115,3 +115,103 @@ def make_attribution_agreement(per_head: pd.DataFrame) -> pd.DataFrame:
         for task in ("ioi", "anti")
     ]
     return pd.DataFrame(rows)
+
+
+HERO_MODELS = {"gpt2": 3, "pythia-160m": 2}  # models with hero heads -> automatic heroes (plus one named)
+ATTENTION_TARGETS = {"ioi": ("IO", "S1", "S2"), "anti": ("all list items", "last list item")}
+HERO_COLUMNS = ["model", "family", "n_params", "hero", "layer", "head", "delta_ioi", "delta_ioi_low", "delta_ioi_high",
+                "delta_anti", "delta_anti_low", "delta_anti_high", "category", "category_robust", "selected_by"]
+STUDY_COLUMNS = {  # as ioi_anti.pipelines.hero_heads.nodes.STUDY_COLUMNS (not imported: that module loads torch)
+    "dose": ["task", "alpha", "delta", "delta_low", "delta_high", "hero", "model"],
+    "topk": ["task", "category", "k", "heads", "delta", "delta_low", "delta_high", "model"],
+    "paths": ["task", "path", "receiver_layer", "receiver_head", "receiver_input", "receiver_category", "delta",
+              "delta_low", "delta_high", "hero", "model"],
+    "attention": ["task", "target", "mean", "std", "count", "hero", "model"],
+}
+
+
+def make_heroes(per_head: pd.DataFrame, n_auto: dict[str, int] | None = None, tau: float = 0.05) -> pd.DataFrame:
+    """A ``hero_heads_for_paper`` table: per model, its strongest heads plus one named last-layer head.
+
+    Models of ``per_head`` not in ``n_auto`` (default :data:`HERO_MODELS`) get no hero, as when no
+    head's interval clears τ.
+    """
+    from ioi_anti.categories import categorise
+
+    heads = categorise(per_head, tau)
+    rows = []
+    for model, n in (HERO_MODELS if n_auto is None else n_auto).items():
+        frame = heads[heads["model"] == model]
+        strength = np.maximum(frame["delta_ioi"].abs(), frame["delta_anti"].abs())
+        auto = frame.loc[strength.nlargest(n).index].assign(selected_by="auto")
+        last = frame["layer"].max()
+        named = frame[(frame["layer"] == last) & (frame["head"] == 0)].assign(selected_by="named")
+        rows.append(pd.concat([auto, named]))
+    if not rows:
+        return pd.DataFrame(columns=HERO_COLUMNS)
+    table = pd.concat(rows, ignore_index=True)
+    table["hero"] = [f"L{r.layer}H{r.head}" for r in table.itertuples()]
+    return table[HERO_COLUMNS]
+
+
+def _interval(rng: np.random.Generator, delta: np.ndarray) -> dict[str, np.ndarray]:
+    half = rng.uniform(0.005, 0.03, len(delta))
+    return {"delta": delta, "delta_low": delta - half, "delta_high": delta + half}
+
+
+def make_hero_studies(
+    heroes: pd.DataFrame, per_head: pd.DataFrame, seed: int = 0, dose_steps: int = 6, topk_max: int = 5,
+    max_receivers: int = 6, tau: float = 0.05,
+) -> dict[str, pd.DataFrame]:
+    """``hero_dose_response``, ``hero_topk``, ``hero_paths`` and ``hero_attention`` for ``heroes``.
+
+    Like the pipeline, models without heroes have no rows and an empty study keeps its columns.
+    """
+    from ioi_anti.categories import categorise
+
+    rng = np.random.default_rng(seed)
+    heads = categorise(per_head, tau)
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
+    for model, model_heroes in heroes.groupby("model", sort=False):
+        model_heads = heads[heads["model"] == model]
+        for row in model_heroes.itertuples():
+            ids = {"hero": row.hero, "model": model}
+            receivers = model_heads[(model_heads["layer"] > row.layer) & (model_heads["category"] != "weak")]
+            receivers = receivers.loc[np.maximum(receivers["delta_ioi"].abs(), receivers["delta_anti"].abs())
+                                      .nlargest(max_receivers).index]
+            for task in ("ioi", "anti"):
+                total = float(getattr(row, f"delta_{task}"))
+                alpha = np.linspace(0.0, 1.0, dose_steps)
+                tables["dose"].append(pd.DataFrame(
+                    {"task": task, "alpha": alpha, **_interval(rng, total * alpha ** rng.uniform(0.7, 1.5))} | ids))
+                fixed = np.array([total, total * rng.uniform(0.1, 0.6), total + rng.normal(0, 0.002)])
+                tables["paths"].append(pd.DataFrame(
+                    {"task": task, "path": ["total", "direct", "all paths"], "receiver_layer": -1,
+                     "receiver_head": -1, "receiver_input": "", "receiver_category": "", **_interval(rng, fixed)}
+                    | ids))
+                keys = [(r.layer, r.head, r.category, kind) for r in receivers.itertuples() for kind in "qkv"]
+                if keys:
+                    via = rng.laplace(0.0, abs(total) / 4 + 1e-3, len(keys))
+                    tables["paths"].append(pd.DataFrame(
+                        {"task": task, "path": [f"L{a}H{b}.{k}" for a, b, _, k in keys],
+                         "receiver_layer": [a for a, *_ in keys], "receiver_head": [b for _, b, *_ in keys],
+                         "receiver_input": [k for *_, k in keys], "receiver_category": [c for *_, c, _ in keys],
+                         **_interval(rng, via)} | ids))
+                targets = ATTENTION_TARGETS[task]
+                mean = rng.dirichlet(np.ones(len(targets) + 1))[: len(targets)]
+                if task == "anti":
+                    mean = np.array([mean[0] + mean[1], mean[1]])
+                tables["attention"].append(pd.DataFrame(
+                    {"task": task, "target": targets, "mean": mean, "std": rng.uniform(0.02, 0.2, len(targets)),
+                     "count": 16} | ids))
+        for category in ("IOI-only", "anti-only", "shared"):
+            members = model_heads[model_heads["category"] == category]
+            order = [f"L{a}H{b}" for a, b in zip(members["layer"], members["head"], strict=True)][:topk_max]
+            for k in range(1, len(order) + 1):
+                for task in ("ioi", "anti"):
+                    delta = np.array([-0.1 * k if task == "ioi" else -0.04 * k]) + rng.normal(0, 0.02, 1)
+                    tables["topk"].append(pd.DataFrame(
+                        {"task": task, "category": category, "k": k, "heads": " ".join(order[:k]),
+                         **_interval(rng, delta), "model": model}))
+    return {name: pd.concat(frames, ignore_index=True)[STUDY_COLUMNS[name]] if frames
+            else pd.DataFrame(columns=STUDY_COLUMNS[name]) for name, frames in tables.items()}

@@ -16,10 +16,13 @@ from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 from synthetic import (
     FOUR_MODELS,
+    HERO_MODELS,
     SINGLE_MODEL,
     SyntheticModel,
     make_attribution_agreement,
     make_baseline,
+    make_hero_studies,
+    make_heroes,
     make_per_head,
     make_run_metadata,
 )
@@ -33,7 +36,7 @@ from ioi_anti.pipelines.categorisation.nodes import (
     count_strong_heads,
 )
 from ioi_anti.pipelines.reporting import nodes
-from ioi_anti.report import FIGURES, GAP_WARNING, markdown_table
+from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, markdown_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "seed": 0, "ci_level": 0.95,
@@ -41,12 +44,18 @@ CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "see
 REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
 FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
 RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED}
+HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention")
 
 
 def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
-    """Every input of the reporting pipeline, built through the categorisation nodes."""
+    """Every input of the reporting pipeline, built through the categorisation nodes.
+
+    Hero heads are those of :func:`synthetic.make_heroes` for the models of the run that it knows.
+    """
     per_head = make_per_head(models)
     head_categories = categorise_heads(per_head, CAT_PARAMS)
+    heroes = make_heroes(per_head, {m: n for m, n in HERO_MODELS.items() if m in set(per_head["model"])})
+    studies = make_hero_studies(heroes, per_head)
     return {
         "per_head": per_head,
         "head_categories": head_categories,
@@ -56,6 +65,9 @@ def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
         "baseline": make_baseline(per_head),
         "run_metadata": make_run_metadata(per_head),
         "attribution_agreement": make_attribution_agreement(per_head),
+        "hero_heads_for_paper": heroes,
+        "hero_paths": studies["paths"],
+        "hero_attention": studies["attention"],
     }
 
 
@@ -78,7 +90,7 @@ def report_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None = None
     return nodes.write_report(
         tables["baseline"], tables["run_metadata"] if run_metadata is None else run_metadata,
         tables["head_categories"], tables["strong_head_counts"], tables["correlations"],
-        tables["attribution_agreement"], REP_PARAMS,
+        tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS), REP_PARAMS,
     )
 
 
@@ -169,8 +181,11 @@ def test_report_contents(run: tuple[str, dict[str, Any]]) -> None:
     for fig in FIGURES:
         assert f"`{fig.file_name}`" in report
     for heading in ("## Baseline", "## Strong heads", "### τ = 0.03", "### τ = 0.05 (default)",
-                    "## Correlation of Δ_IOI and Δ_anti", "## Attribution patching agreement"):
+                    "## Correlation of Δ_IOI and Δ_anti", "## Attribution patching agreement", "## Hero heads"):
         assert heading in report
+    hero_section = report.split("## Hero heads")[1]
+    assert ("no hero heads in this run" in hero_section) == (name == "single")  # smollm2 has no synthetic hero
+    assert all((f"`{fig.file_name}`" in hero_section) == (name != "single") for fig in HERO_FIGURES)
     n_strong_rows = report.split("### τ = 0.05 (default)")[1].split("##")[0].count("\n| ")
     assert n_strong_rows == len(meta["models"]) + 1  # header + one row per model
     assert ("WARNING — opt-125m" in report) == (name == "flagged")
@@ -217,7 +232,7 @@ def test_reporting_pipeline_assembles() -> None:
     pipeline = reporting.create_pipeline()
     assert pipeline.inputs() == {
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
-        "attribution_agreement", "params:reporting",
+        "attribution_agreement", *HERO_INPUTS, "params:reporting",
     }
     assert pipeline.outputs() == {
         "corr_vs_scale_cross_family", "corr_vs_scale_cross_family_plot", "strong_head_scaling_plot",
@@ -247,26 +262,34 @@ def test_catalog_and_parameters_match_the_code() -> None:
 
 def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     config = _config()
+    hero_config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
+                                    config_patterns={"catalog": ["catalog.yml"]})["catalog"]
+    # the hero tables (outputs of the hero_heads pipeline) go through their real datasets of catalog.yml
+    hero_entries = {name: hero_config[name] for name in ("hero_heads_for_paper", "hero_{study}")}
     entries = {}
-    for name, entry in config["catalog"].items():
+    for name, entry in (config["catalog"] | hero_entries).items():
         key = "path" if "path" in entry else "filepath"
         entries[name] = {**entry, key: str(tmp_path / entry[key])}
     catalog = DataCatalog.from_config(entries)
     tables = tables_for(FOUR_MODELS)
     for name in ("per_head", "baseline", "run_metadata", "attribution_agreement"):
         catalog[name] = tables[name]
+    for name in HERO_INPUTS:
+        catalog.save(name, tables[name])
     for name, value in config["parameters"].items():
         catalog[f"params:{name}"] = value
     pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
     SequentialRunner().run(pipeline, catalog)
     out = tmp_path / "data"
-    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4
+    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4 + 2  # + hero_paths, hero_attention
     assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES)
     assert {p.name for p in (out / "08_reporting" / "layer_hists").iterdir()} == {
         f"layer_hist_{m}.png" for m in tables["per_head"]["model"].unique()
     }
     report = next((out / "08_reporting").glob("report.md/*/report.md")).read_text()
     assert report.startswith("# IOI and anti-repetition")
+    heroes = tables["hero_heads_for_paper"]
+    assert len(heroes) > 0 and all(f"| {r.model} | {r.hero} | {r.category} |" in report for r in heroes.itertuples())
     saved = catalog.load("head_categories")
     assert len(saved) == 2 * len(tables["per_head"])
     assert catalog.load("corr_vs_scale_cross_family")["model"].tolist() == [

@@ -1,63 +1,109 @@
-"""Figures of the hero-head case studies (same style and palette as :mod:`ioi_anti.plotting`)."""
+"""Figures of the hero-head case studies (same style and palette as :mod:`ioi_anti.plotting`).
+
+Each figure has one panel per hero head (or per model and category), shared axis labels and a task
+legend below the panels, so that no legend sits on data.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
+from ioi_anti.categories import STRONG_CATEGORIES
 from ioi_anti.plotting import CATEGORY_COLOURS, FigureStyle, new_figure, styled
 
 TASK_COLOURS = {"ioi": CATEGORY_COLOURS["IOI-only"], "anti": CATEGORY_COLOURS["anti-only"]}
 TASK_LABELS = {"ioi": "IOI", "anti": "anti-repetition"}
 DELTA_LABEL = "Δ (fraction of task gap)"
+NO_HEROES = "no hero heads in this run\n(no head's interval clears τ)"
+FIXED_PATHS = ("total", "direct", "all paths")
+SHORT_CATEGORY = {"IOI-only": "IOI", "anti-only": "anti", "shared": "shared", "weak": "weak"}
+PATH_ROW_IN = 0.17  # height of one path (two bars) in the path-patching panels
+PANEL_EXTRA_IN = 0.75  # panel title, tick labels and padding around a row of panels
+DODGE = 0.06  # x offset of the two tasks' points at the same k, so their error bars do not hide each other
+ERROR_KW = {"lw": 0.6, "capsize": 1.5, "ecolor": "0.2"}
 
 
-def _panels(n: int, style: FigureStyle, ncols: int = 3) -> tuple[Figure, list[Axes]]:
+def _panels(n: int, style: FigureStyle, ncols: int = 3, row_heights: Sequence[float] = ()) -> tuple[Figure, list[Axes]]:
+    """``n`` panels in rows of ``ncols`` (unused slots hidden), plus 1 in of height for titles and legend."""
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig = new_figure(style.width_in, style.panel_height_in * nrows + 0.6)
-    axes = list(np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel())
+    heights = list(row_heights) or [style.panel_height_in] * nrows
+    fig = new_figure(style.width_in, sum(heights) + 1.0)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": heights}).ravel())
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
 
 
-def _empty(style: FigureStyle, title: str) -> Figure:
+def _empty(style: FigureStyle, title: str, message: str = NO_HEROES) -> Figure:
     fig = new_figure(style.width_in, style.panel_height_in)
     ax = fig.subplots()
-    ax.text(0.5, 0.5, "no hero heads in this run\n(no head's interval clears τ)", ha="center", va="center")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
     ax.set_axis_off()
     fig.suptitle(title)
     return fig
 
 
-def _hero_title(model: str, hero: str, category: str) -> str:
-    return f"{model} {hero} ({category})"
+def _hero_title(row: Any) -> str:
+    """Two-line panel title: model, then head, category and whether it was named in config."""
+    named = ", named" if getattr(row, "selected_by", "") == "named" else ""
+    return f"{row.model}\n{row.hero} ({row.category}{named})"
+
+
+def _finish(fig: Figure, axes: list[Axes], title: str, xlabel: str, ylabel: str, handles: list[Artist]) -> None:
+    """Suptitle, x label under each column's lowest panel, shared y label (none for "") and a legend below."""
+    fig.suptitle(title)
+    ncols = axes[0].get_subplotspec().get_gridspec().ncols
+    for i, ax in enumerate(axes):
+        if ax.axison and (i + ncols >= len(axes) or not axes[i + ncols].axison):
+            ax.set_xlabel(xlabel)
+    if ylabel:
+        fig.supylabel(ylabel)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+
+
+def _task_lines() -> list[Artist]:
+    return [Line2D([], [], color=TASK_COLOURS[t], marker="o", ms=3, label=TASK_LABELS[t]) for t in TASK_COLOURS]
+
+
+def _task_patches(suffix: str = "") -> list[Artist]:
+    return [Patch(color=TASK_COLOURS[t], label=TASK_LABELS[t] + suffix) for t in TASK_COLOURS]
+
+
+def _errors(frame: pd.DataFrame) -> np.ndarray:
+    """Distances from ``delta`` to its interval ends, clipped at 0 (matplotlib rejects negative errors)."""
+    return np.clip([frame["delta"] - frame["delta_low"], frame["delta_high"] - frame["delta"]], 0, None)
 
 
 def dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
     """Delta of both tasks as each hero head is moved from clean (0) to ablated (1)."""
     title = "Dose-response: hero head z moved from clean to its ablation value"
     with styled(style):
-        if dose.empty:
+        if dose.empty or heroes.empty:
             return _empty(style, title)
         fig, axes = _panels(len(heroes), style)
         for ax, row in zip(axes, heroes.itertuples(), strict=True):
             rows = dose[(dose["model"] == row.model) & (dose["hero"] == row.hero)]
             for task, curve in rows.groupby("task", sort=False):
-                ax.plot(curve["alpha"], curve["delta"], marker="o", ms=3, color=TASK_COLOURS[task],
-                        label=TASK_LABELS[task])
+                ax.plot(curve["alpha"], curve["delta"], marker="o", ms=3, color=TASK_COLOURS[task])
                 ax.fill_between(curve["alpha"], curve["delta_low"], curve["delta_high"], color=TASK_COLOURS[task],
                                 alpha=0.2, lw=0)
             ax.axhline(0, color="grey", lw=0.6)
-            ax.set(title=_hero_title(row.model, row.hero, row.category), xlabel="ablation fraction α",
-                   ylabel=DELTA_LABEL)
-        axes[0].legend(loc="best")
-        fig.suptitle(title)
+            ax.set_xticks([0, 0.5, 1], ["0\nclean", "0.5", "1\nablated"])
+            ax.set_title(_hero_title(row))
+        _finish(fig, axes, title + "\n(shaded: 95% bootstrap interval over prompts)",
+                "ablation fraction α", DELTA_LABEL, _task_lines())
     return fig
 
 
@@ -66,65 +112,91 @@ def topk(curves: pd.DataFrame, style: FigureStyle) -> Figure:
     title = "Cumulative ablation of the top-k heads of each category"
     with styled(style):
         if curves.empty:
-            return _empty(style, title)
-        keys = list(curves.groupby(["model", "category"], sort=False).groups)
-        fig, axes = _panels(len(keys), style)
-        for ax, (model, category) in zip(axes, keys, strict=True):
-            rows = curves[(curves["model"] == model) & (curves["category"] == category)]
-            for task, curve in rows.groupby("task", sort=False):
-                ax.errorbar(curve["k"], curve["delta"], yerr=[curve["delta"] - curve["delta_low"],
-                            curve["delta_high"] - curve["delta"]], marker="o", ms=3, capsize=2,
-                            color=TASK_COLOURS[task], label=TASK_LABELS[task])
-            ax.axhline(0, color="grey", lw=0.6)
-            ax.set_xticks(sorted(rows["k"].unique()))
-            ax.set(title=f"{model}: top-k {category} heads", xlabel="k (heads ablated together)",
-                   ylabel=DELTA_LABEL)
-        axes[0].legend(loc="best")
-        fig.suptitle(title)
+            return _empty(style, title, "no strong heads in any category\nof a model with hero heads")
+        present = set(curves["category"])
+        categories = [c for c in STRONG_CATEGORIES if c in present]
+        models = list(dict.fromkeys(curves["model"]))
+        fig, axes = _panels(len(models) * len(categories), style, ncols=len(categories))
+        for i, model in enumerate(models):
+            for ax, category in zip(axes[i * len(categories):], categories, strict=False):
+                rows = curves[(curves["model"] == model) & (curves["category"] == category)]
+                ax.set_title(f"{model}\ntop-k {category} heads")
+                if rows.empty:
+                    ax.text(0.5, 0.5, f"no {category} heads", ha="center", va="center", transform=ax.transAxes)
+                    ax.set_axis_off()
+                    continue
+                for j, (task, curve) in enumerate(rows.groupby("task", sort=False)):
+                    ax.errorbar(curve["k"] + (j - 0.5) * 2 * DODGE, curve["delta"], yerr=_errors(curve), marker="o",
+                                ms=3, color=TASK_COLOURS[task], elinewidth=0.8, capsize=2)
+                ax.axhline(0, color="grey", lw=0.6)
+                ks = sorted(rows["k"].unique())
+                ax.set_xticks(ks)
+                ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+        _finish(fig, axes, title + "\n(bars: 95% bootstrap interval over prompts)", "k (heads ablated together)",
+                DELTA_LABEL, _task_lines())
     return fig
+
+
+def _path_label(path: str, category: str) -> str:
+    return path if path in FIXED_PATHS else f"{path} ({SHORT_CATEGORY.get(category, category)})"
 
 
 def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_receivers: int = 8) -> Figure:
     """Total, direct and per-receiver path-patching effects of each hero head, both tasks."""
     title = "Path patching: where each hero head's effect goes"
     with styled(style):
-        if table.empty:
+        if table.empty or heroes.empty:
             return _empty(style, title)
-        fig, axes = _panels(len(heroes), style, ncols=2)
-        for ax, row in zip(axes, heroes.itertuples(), strict=True):
+        orders = []
+        for row in heroes.itertuples():
             rows = table[(table["model"] == row.model) & (table["hero"] == row.hero)]
-            fixed = ["total", "direct", "all paths"]
-            receivers = rows[~rows["path"].isin(fixed)]
-            top = (receivers.assign(size=receivers["delta"].abs()).groupby("path")["size"].max()
-                   .nlargest(max_receivers).index.tolist())
-            order = fixed + top
+            receivers = rows[~rows["path"].isin(FIXED_PATHS)]
+            top = receivers.assign(size=receivers["delta"].abs()).groupby("path")["size"].max().nlargest(max_receivers)
+            orders.append((row, rows, [*FIXED_PATHS, *top.index]))
+        ncols = 2
+        # every panel of a row gets the row's largest number of paths, so bars are equally thick
+        n_rows = [max(len(o) for _, _, o in orders[i - i % ncols:i - i % ncols + ncols]) for i in range(len(orders))]
+        heights = [PATH_ROW_IN * n + PANEL_EXTRA_IN for n in n_rows[::ncols]]
+        fig, axes = _panels(len(orders), style, ncols=ncols, row_heights=heights)
+        for ax, (row, rows, order), n in zip(axes, orders, n_rows, strict=True):
             y = np.arange(len(order))
             for i, (task, frame) in enumerate(rows.groupby("task", sort=False)):
-                frame = frame.set_index("path").reindex(order)
-                err = [frame["delta"] - frame["delta_low"], frame["delta_high"] - frame["delta"]]
-                ax.barh(y + (i - 0.5) * 0.38, frame["delta"], height=0.38, xerr=err, color=TASK_COLOURS[task],
-                        label=TASK_LABELS[task], error_kw={"lw": 0.6, "capsize": 1.5})
-            ax.set_yticks(y, order)
-            ax.invert_yaxis()
+                frame = frame.drop_duplicates("path").set_index("path").reindex(order)
+                ax.barh(y + (i - 0.5) * 0.4, frame["delta"], height=0.4, xerr=_errors(frame), color=TASK_COLOURS[task],
+                        error_kw=ERROR_KW)
+            categories = rows.drop_duplicates("path").set_index("path")["receiver_category"].reindex(order)
+            ax.set_yticks(y, [_path_label(p, c) for p, c in zip(order, categories, strict=True)])
+            ax.set_ylim(n - 0.5, -0.5)
+            if len(order) > len(FIXED_PATHS):
+                ax.axhline(len(FIXED_PATHS) - 0.5, color="0.6", lw=0.6, ls=":")
             ax.axvline(0, color="grey", lw=0.6)
-            ax.set(title=_hero_title(row.model, row.hero, row.category), xlabel=DELTA_LABEL)
-        axes[0].legend(loc="best")
-        fig.suptitle(title + "\n(receiver paths: the hero's output added only to that head's q, k or v input)")
+            ax.set_title(_hero_title(row))
+        _finish(fig, axes, title + "\n(below the dotted line: the hero's output added only to the q, k or v input\n"
+                "of one downstream head, its category in brackets; bars: 95% bootstrap interval)",
+                DELTA_LABEL, "", _task_patches())
     return fig
+
+
+def _target_label(target: str) -> str:
+    """Tick label of an attention target on two short lines: "all list items" -> "all\\nitems"."""
+    return "\n".join(textwrap.wrap(target.replace(" list ", " "), 6))
 
 
 def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
     """Mean attention from END of each hero head to the IOI names and the in-context list items."""
     title = "Where hero heads attend from the END token"
     with styled(style):
-        if table.empty:
+        if table.empty or heroes.empty:
             return _empty(style, title)
         fig, axes = _panels(len(heroes), style)
         for ax, row in zip(axes, heroes.itertuples(), strict=True):
             rows = table[(table["model"] == row.model) & (table["hero"] == row.hero)]
-            colours = [TASK_COLOURS[t] for t in rows["task"]]
-            ax.bar(np.arange(len(rows)), rows["mean"], yerr=rows["std"], color=colours, error_kw={"lw": 0.6})
-            ax.set_xticks(np.arange(len(rows)), rows["target"], rotation=30, ha="right")
-            ax.set(title=_hero_title(row.model, row.hero, row.category), ylabel="attention weight", ylim=(0, 1))
-        fig.suptitle(title + " (blue: IOI prompts, vermilion: list prompts; bars ± 1 s.d.)")
+            x = np.arange(len(rows)) + 0.6 * (rows["task"] == "anti").to_numpy()  # a gap between the two tasks
+            mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0).to_numpy()
+            err = [np.minimum(std, mean), np.minimum(std, 1 - mean)]
+            ax.bar(x, mean, yerr=err, color=[TASK_COLOURS[t] for t in rows["task"]], error_kw=ERROR_KW)
+            ax.set_xticks(x, [_target_label(t) for t in rows["target"]])
+            ax.set(title=_hero_title(row), ylim=(0, 1))
+        _finish(fig, axes, title + "\n(mean over prompts ± 1 s.d., clipped to [0, 1])", "attended token(s)",
+                "attention weight from END", _task_patches(" prompts"))
     return fig

@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
+from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
 from ioi_anti.sweep import TASKS, ModelSweep, fingerprint, partition_prefix
 
@@ -188,6 +189,7 @@ def run_metadata(per_head: pd.DataFrame, models: list[str], runtime: dict[str, A
         "model_config": first[["family", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
         "ablation": params["ablation"], "n_boot": params["n_boot"], "ci": params["ci"], "seed": seed,
         "n_prompts_ioi": int(first["n_prompts_ioi"].max()), "n_prompts_anti": int(first["n_prompts_anti"].max()),
-        "runtime": dict(runtime), "python": platform.python_version(), "machine": platform.platform(),
+        "runtime": dict(runtime), "device": str(resolve_device(runtime["device"])),
+        "python": platform.python_version(), "machine": platform.platform(),
         "versions": {name: version(name) for name in VERSIONED_PACKAGES},
     }

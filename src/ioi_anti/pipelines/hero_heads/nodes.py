@@ -22,6 +22,13 @@ from ioi_anti.sweep import TASKS
 
 logger = logging.getLogger(__name__)
 
+STUDY_COLUMNS = {
+    "dose": ["task", "alpha", "delta", "delta_low", "delta_high", "hero", "model"],
+    "topk": ["task", "category", "k", "heads", "delta", "delta_low", "delta_high", "model"],
+    "paths": ["task", "path", "receiver_layer", "receiver_head", "receiver_input", "receiver_category", "delta",
+              "delta_low", "delta_high", "hero", "model"],
+    "attention": ["task", "target", "mean", "std", "count", "hero", "model"],
+}
 HEAD_COLUMNS = ["model", "family", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low", "delta_ioi_high",
                 "delta_anti", "delta_anti_low", "delta_anti_high"]
 
@@ -78,7 +85,7 @@ def study_hero_heads(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Dose-response curves, cumulative top-k ablation, path patching and attention, per model."""
     params = {**params, "tau": tau}
-    tables: dict[str, list[pd.DataFrame]] = {"dose": [], "topk": [], "paths": [], "attention": []}
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
     for spec in resolve_models(models, registry):
         model_heroes = heroes[heroes["model"] == spec.model_id]
         if model_heroes.empty:
@@ -91,15 +98,18 @@ def study_hero_heads(
             float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
             for task in TASKS}
         study = _ModelStudy(lm, tasks, params, seed)
+        model = {"model": spec.model_id}
         for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
-            tables["dose"].append(study.dose(row.layer, row.head).assign(hero=row.hero))
-            tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(hero=row.hero))
-            tables["attention"].append(study.attention(row.layer, row.head).assign(hero=row.hero))
-        tables["topk"].append(study.topk(model_heads))
-        for name in tables:
-            if tables[name]:
-                tables[name][-1] = tables[name][-1].assign(model=spec.model_id)
-    return tuple(pd.concat(t, ignore_index=True) if t else pd.DataFrame() for t in tables.values())  # type: ignore[return-value]
+            hero_id = {"hero": row.hero, **model}
+            tables["dose"].append(study.dose(row.layer, row.head).assign(**hero_id))
+            tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(**hero_id))
+            tables["attention"].append(study.attention(row.layer, row.head).assign(**hero_id))
+        tables["topk"].append(study.topk(model_heads).assign(**model))
+    dose, topk, paths, attention = (
+        pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *frames], ignore_index=True)[STUDY_COLUMNS[name]]
+        for name, frames in tables.items()
+    )
+    return dose, topk, paths, attention
 
 
 class _ModelStudy:
@@ -181,7 +191,7 @@ class _ModelStudy:
                     deltas = ht.deltas(lambda cp, v, top=order[:k]: hero.joint_ablation(self.lm, cp, v, top))
                     frames.append(self._rows(task, deltas[None], category=category, k=k,
                                              heads=" ".join(f"L{a}H{b}" for a, b in order[:k])))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STUDY_COLUMNS["topk"])
 
 
 def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any]) -> pd.DataFrame:

@@ -1,0 +1,256 @@
+"""Hero-head figures and report section from synthetic hero tables: several heroes, one, none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
+from matplotlib.axes import Axes
+from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.figure import Figure
+from synthetic import FOUR_MODELS, HERO_MODELS, STUDY_COLUMNS, make_hero_studies, make_heroes, make_per_head
+
+from ioi_anti import hero_plots
+from ioi_anti.plotting import FigureStyle
+from ioi_anti.report import HERO_FIGURES, hero_section
+
+STYLE = FigureStyle(width_in=7.0, font_size=8, panel_height_in=2.2)
+OUTPUT_DIR = "data/08_reporting"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PER_HEAD = make_per_head(FOUR_MODELS)
+
+
+def hero_tables(n_auto: dict[str, int], first: int | None = None) -> dict[str, pd.DataFrame]:
+    """Heroes (the ``first`` ones only, if given) and their four study tables."""
+    heroes = make_heroes(PER_HEAD, n_auto)
+    heroes = heroes if first is None else heroes.iloc[:first].reset_index(drop=True)
+    return {"heroes": heroes, **make_hero_studies(heroes, PER_HEAD)}
+
+
+CASES = {"several": hero_tables(HERO_MODELS), "single": hero_tables({"gpt2": 1}, first=1)}
+EMPTY = hero_tables({})
+
+
+def figures_of(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+    """The four hero figures, keyed by their catalog dataset name."""
+    heroes = tables["heroes"]
+    return {
+        "hero_dose_response_plot": hero_plots.dose_response(tables["dose"], heroes, STYLE),
+        "hero_topk_plot": hero_plots.topk(tables["topk"], STYLE),
+        "hero_paths_plot": hero_plots.paths(tables["paths"], heroes, STYLE),
+        "hero_attention_plot": hero_plots.attention(tables["attention"], heroes, STYLE),
+    }
+
+
+def panels(fig: Figure) -> list[Axes]:
+    """Visible axes with their axis drawn (hidden grid slots and 'no heads' panels excluded)."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+
+
+def panel_of(fig: Figure, model: str, hero: str) -> Axes:
+    (ax,) = [ax for ax in panels(fig) if ax.get_title().split("\n")[:1] == [model]
+             and ax.get_title().split("\n")[1].startswith(f"{hero} ")]
+    return ax
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=60)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 3_000, path
+
+
+def test_synthetic_hero_tables_cover_the_cases() -> None:
+    heroes = CASES["several"]["heroes"]
+    assert set(heroes["model"]) == set(HERO_MODELS) and len(heroes) == sum(HERO_MODELS.values()) + len(HERO_MODELS)
+    assert set(PER_HEAD["model"]) - set(heroes["model"]) == {"gpt2-medium", "opt-125m"}  # models without a hero
+    assert heroes.duplicated("hero").any()  # the same head name in two models
+    assert (heroes["selected_by"] == "named").sum() == len(HERO_MODELS)
+    assert EMPTY["heroes"].empty and list(EMPTY["heroes"].columns) == list(heroes.columns)
+    assert all(EMPTY[name].empty and list(EMPTY[name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_hero_figure_is_drawn_labelled_and_saved(case: str, tmp_path: Path) -> None:
+    tables = CASES[case]
+    heroes, topk = tables["heroes"], tables["topk"]
+    n_topk = topk["model"].nunique() * topk["category"].nunique()
+    expected_panels = {"hero_dose_response_plot": len(heroes), "hero_topk_plot": n_topk,
+                       "hero_paths_plot": len(heroes), "hero_attention_plot": len(heroes)}
+    for key, fig in figures_of(tables).items():
+        assert isinstance(fig, Figure) and fig.get_suptitle(), key
+        assert fig.get_size_inches()[0] == pytest.approx(STYLE.width_in), key
+        axes = panels(fig)
+        assert len(axes) == expected_panels[key], key
+        assert any(ax.get_xlabel() for ax in axes), key
+        assert fig.get_supylabel() or all(ax.get_yticklabels() for ax in axes), key
+        texts = legend_texts(fig)
+        assert [t.split(" ")[0] for t in texts] == ["IOI", "anti-repetition"], key
+        assert all(t.get_fontsize() >= 8 for t in fig.findobj(lambda a: hasattr(a, "get_fontsize"))), key
+        save(fig, tmp_path / f"{case}_{key}.png")
+
+
+def test_each_hero_has_its_own_titled_panel() -> None:
+    tables = CASES["several"]
+    figures = figures_of(tables)
+    for key in ("hero_dose_response_plot", "hero_paths_plot", "hero_attention_plot"):
+        titles = [ax.get_title() for ax in panels(figures[key])]
+        assert titles == [f"{r.model}\n{r.hero} ({r.category}{', named' if r.selected_by == 'named' else ''})"
+                          for r in tables["heroes"].itertuples()], key
+
+
+def test_dose_response_panels_plot_their_own_model() -> None:
+    tables = CASES["several"]
+    fig = figures_of(tables)["hero_dose_response_plot"]
+    dose = tables["dose"]
+    for model in HERO_MODELS:  # L0H11 is a hero of both models
+        ax = panel_of(fig, model, "L0H11")
+        curves = [line for line in ax.lines if len(line.get_xdata()) > 2]
+        assert [line.get_color() for line in curves] == [hero_plots.TASK_COLOURS[t] for t in ("ioi", "anti")]
+        for line, task in zip(curves, ("ioi", "anti"), strict=True):
+            rows = dose[(dose["model"] == model) & (dose["hero"] == "L0H11") & (dose["task"] == task)]
+            np.testing.assert_allclose(line.get_ydata(), rows["delta"])
+            np.testing.assert_allclose(line.get_xdata(), rows["alpha"])
+
+
+def test_topk_has_a_panel_per_model_and_category_with_every_k() -> None:
+    topk = CASES["several"]["topk"]
+    fig = figures_of(CASES["several"])["hero_topk_plot"]
+    titles = [ax.get_title() for ax in panels(fig)]
+    assert titles == [f"{m}\ntop-k {c} heads" for m in HERO_MODELS for c in ("IOI-only", "anti-only", "shared")]
+    for ax in panels(fig):
+        model, category = ax.get_title().split("\n")[0], ax.get_title().split(" ")[1]
+        rows = topk[(topk["model"] == model) & (topk["category"] == category)]
+        assert list(ax.get_xticks()) == sorted(rows["k"].unique())
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 2
+        ioi_y = np.asarray(bars[0].lines[0].get_ydata(), dtype=float)
+        np.testing.assert_allclose(ioi_y, rows[rows["task"] == "ioi"]["delta"])
+
+
+def test_topk_marks_a_category_missing_in_one_model() -> None:
+    tables = CASES["several"]
+    topk = tables["topk"][~((tables["topk"]["model"] == "pythia-160m") & (tables["topk"]["category"] == "shared"))]
+    fig = hero_plots.topk(topk, STYLE)
+    assert len(panels(fig)) == 5
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["no shared heads"]
+
+
+def test_paths_show_fixed_paths_then_the_strongest_receivers() -> None:
+    tables = CASES["several"]
+    fig = figures_of(tables)["hero_paths_plot"]
+    paths = tables["paths"]
+    for hero in tables["heroes"].itertuples():
+        ax = panel_of(fig, hero.model, hero.hero)
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels[:3] == ["total", "direct", "all paths"]
+        rows = paths[(paths["model"] == hero.model) & (paths["hero"] == hero.hero)]
+        receivers = rows[~rows["path"].isin(hero_plots.FIXED_PATHS)]
+        strongest = receivers.assign(size=receivers["delta"].abs()).groupby("path")["size"].max().nlargest(8)
+        assert [label.split(" ")[0] for label in labels[3:]] == list(strongest.index)
+        for label in labels[3:]:
+            row = receivers[receivers["path"] == label.split(" ")[0]].iloc[0]
+            assert label.endswith(f"({hero_plots.SHORT_CATEGORY[row.receiver_category]})")
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        ioi = rows[rows["task"] == "ioi"].set_index("path")["delta"]
+        order = [*hero_plots.FIXED_PATHS, *strongest.index]
+        np.testing.assert_allclose([b.get_width() for b in bars[0]], ioi.reindex(order))
+    last_layer = panel_of(fig, "gpt2", "L11H0")  # no downstream head: the fixed paths only
+    assert [t.get_text() for t in last_layer.get_yticklabels()] == ["total", "direct", "all paths"]
+
+
+def test_paths_tolerate_an_interval_that_misses_its_mean() -> None:
+    tables = CASES["single"]
+    table = tables["paths"].copy()
+    table.loc[0, "delta_low"] = table.loc[0, "delta"] + 0.01  # percentile intervals need not contain the mean
+    fig = hero_plots.paths(table, tables["heroes"], STYLE)
+    assert len(panels(fig)) == 1
+
+
+def test_attention_bars_are_the_means_with_both_tasks_labelled() -> None:
+    tables = CASES["several"]
+    fig = figures_of(tables)["hero_attention_plot"]
+    attention = tables["attention"]
+    for hero in tables["heroes"].itertuples():
+        ax = panel_of(fig, hero.model, hero.hero)
+        rows = attention[(attention["model"] == hero.model) & (attention["hero"] == hero.hero)]
+        np.testing.assert_allclose([p.get_height() for p in ax.patches], rows["mean"])
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["IO", "S1", "S2", "all\nitems", "last\nitem"]
+        assert ax.get_ylim() == (0, 1)
+    assert legend_texts(fig) == ["IOI prompts", "anti-repetition prompts"]
+
+
+def test_no_hero_heads_gives_a_placeholder_figure(tmp_path: Path) -> None:
+    for key, fig in figures_of(EMPTY).items():
+        assert len(fig.axes) == 1 and not fig.axes[0].axison, key
+        (text,) = fig.axes[0].texts
+        expected = "no strong heads" if key == "hero_topk_plot" else "no hero heads in this run"
+        assert text.get_text().startswith(expected), key
+        assert fig.get_suptitle(), key
+        save(fig, tmp_path / f"empty_{key}.png")
+
+
+def test_hero_section_tables_and_figures() -> None:
+    tables = CASES["several"]
+    section = hero_section(tables["heroes"], tables["paths"], tables["attention"], OUTPUT_DIR)
+    assert section.startswith("## Hero heads")
+    for hero in tables["heroes"].itertuples():
+        cells = [hero.model, hero.hero, hero.category, hero.category_robust, hero.selected_by]
+        assert "| " + " | ".join(cells) + " |" in section
+    for heading in ("Total vs direct effect", "Strongest mediators", "Attention from END"):
+        assert heading in section
+    fixed = tables["paths"].query("model == 'gpt2' and hero == 'L10H5' and task == 'ioi'").set_index("path")["delta"]
+    effects = section.split("Total vs direct effect")[1].split("Strongest mediators")[0]
+    (line,) = [line for line in effects.splitlines() if line.startswith("| gpt2 | L10H5 | ioi | ")]
+    expected = sorted(f"{fixed[p]:.3f}" for p in ("total", "direct", "all paths"))
+    assert sorted(line.strip("| ").split(" | ")[3:]) == expected
+    assert "| gpt2 | L10H5 | anti | IO |" not in section and "| gpt2 | L10H5 | ioi | IO |" in section
+    for fig in HERO_FIGURES:
+        assert f"- `{fig.file_name}` (dataset `{fig.dataset}`, in `{OUTPUT_DIR}/`)" in section
+
+
+def test_hero_section_without_heroes() -> None:
+    section = hero_section(EMPTY["heroes"], EMPTY["paths"], EMPTY["attention"], OUTPUT_DIR)
+    assert section.startswith("## Hero heads")
+    assert "no hero heads in this run" in section
+    assert not any(fig.file_name in section for fig in HERO_FIGURES)
+    assert "|" not in section
+
+
+def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> None:
+    from ioi_anti.pipelines import hero_heads
+    from ioi_anti.pipelines.hero_heads.nodes import STUDY_COLUMNS as PIPELINE_COLUMNS
+
+    assert STUDY_COLUMNS == PIPELINE_COLUMNS
+    assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)
+
+    outputs = hero_heads.create_pipeline().all_outputs()
+    config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
+                               config_patterns={"catalog": ["catalog.yml"]})["catalog"]
+    resolver = DataCatalog.from_config(config).config_resolver
+    for fig in HERO_FIGURES:
+        assert fig.dataset in outputs
+        assert resolver.resolve_pattern(fig.dataset)["filepath"] == f"{OUTPUT_DIR}/{fig.file_name}"
+
+
+@pytest.mark.parametrize("case", ["several", "empty"])
+def test_hero_tables_round_trip_through_the_catalog(case: str, tmp_path: Path) -> None:
+    tables = CASES.get(case, EMPTY)
+    config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
+                               config_patterns={"catalog": ["catalog.yml"]})["catalog"]
+    entries = {name: {**config[name], "filepath": str(tmp_path / config[name]["filepath"])}
+               for name in ("hero_heads_for_paper", "hero_{study}")}
+    catalog = DataCatalog.from_config(entries)
+    names = {"heroes": "hero_heads_for_paper", "paths": "hero_paths", "attention": "hero_attention"}
+    for key, name in names.items():
+        catalog.save(name, tables[key])
+    loaded = {key: catalog.load(name) for key, name in names.items()}
+    assert hero_section(loaded["heroes"], loaded["paths"], loaded["attention"], OUTPUT_DIR) == hero_section(
+        tables["heroes"], tables["paths"], tables["attention"], OUTPUT_DIR)
