@@ -80,7 +80,7 @@ def main() -> None:
                 theirs = patching.get_act_patch_attn_head_out_all_pos(lm.bridge, group.input_ids, cache, metric,
                                                                       reduce="none")
             timings["transformer_lens"] += time.perf_counter() - start
-            max_diff = max(max_diff, float((ours - torch.as_tensor(theirs)).abs().max()))
+            max_diff = max(max_diff, float((ours - theirs.values).abs().max()))
 
             start = time.perf_counter()
             attr = attribution_metrics(lm, group, v)

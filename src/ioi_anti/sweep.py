@@ -54,6 +54,18 @@ def partition_prefix(model_id: str, fp: str) -> str:
     return f"{model_id}__{fp}"
 
 
+def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: str) -> pd.DataFrame:
+    """A model's tokenised prompts from the partitioned dataset, or a clear error."""
+    if model_id not in tokenised:
+        raise KeyError(f"No tokenised prompts for {model_id}: run `kedro run --pipeline data_generation` first.")
+    return tokenised[model_id]()
+
+
+def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> str:
+    """Partition key of a model's per-prompt baseline."""
+    return f"{partition_prefix(model_id, fingerprint(model_id, tokens, runtime))}/baseline"
+
+
 def model_facts(lm: LoadedModel) -> dict[str, Any]:
     """Columns every per-model table carries, from the loaded model's config."""
     return {k: v for k, v in lm.describe().items() if k in ("model_id", "family", "n_params", "n_layers", "n_heads")}

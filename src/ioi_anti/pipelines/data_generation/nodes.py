@@ -12,7 +12,7 @@ from ioi_anti import prompts
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
 from ioi_anti.models import load_model, load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import baseline_table, fingerprint, partition_prefix
+from ioi_anti.sweep import baseline_key, baseline_table, model_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def measure_baselines(
     """Per-prompt clean and reference metrics of every model not measured yet (saved lazily)."""
     jobs = {}
     for spec in resolve_models(models, registry):
-        tokens = _model_tokens(tokenised, spec.model_id)
-        key = f"{partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, runtime))}/baseline"
+        tokens = model_tokens(tokenised, spec.model_id)
+        key = baseline_key(spec.model_id, tokens, runtime)
         if key in done:
             logger.info("Baseline of %s already measured (%s): skipped.", spec.model_id, key)
             continue
@@ -71,12 +71,6 @@ def _baseline_job(spec: Any, tokens: pd.DataFrame, runtime: dict[str, Any]) -> C
         lm = load_model(spec, runtime["device"], runtime["dtype"])
         return baseline_table(lm, tokens, runtime["max_batch"])
     return job
-
-
-def _model_tokens(tokenised: dict[str, Callable[[], pd.DataFrame]], model_id: str) -> pd.DataFrame:
-    if model_id not in tokenised:
-        raise KeyError(f"No tokenised prompts for {model_id}: run `kedro run --pipeline data_generation` first.")
-    return tokenised[model_id]()
 
 
 def summarise_baselines(
@@ -95,8 +89,7 @@ def summarise_baselines(
     """
     rows = []
     for spec in resolve_models(models, registry):
-        tokens = _model_tokens(tokenised, spec.model_id)
-        key = f"{partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, runtime))}/baseline"
+        key = baseline_key(spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
         if key not in baseline_partitions:
             raise KeyError(f"Baseline of {spec.model_id} is missing ({key}): re-run data_generation.")
         table = baseline_partitions[key]()

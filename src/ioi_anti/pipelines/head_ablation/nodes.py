@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import TASKS, ModelSweep, fingerprint, partition_prefix
+from ioi_anti.sweep import TASKS, ModelSweep, baseline_key, fingerprint, model_tokens, partition_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,6 @@ VERSIONED_PACKAGES = ("torch", "transformers", "transformer-lens", "kedro", "ked
 
 def _settings(runtime: dict[str, Any], params: dict[str, Any], seed: int) -> dict[str, Any]:
     return {"runtime": runtime, "ablation": params["ablation"], "seed": seed}
-
-
-def _tokens(tokenised: dict[str, Callable[[], pd.DataFrame]], model_id: str) -> pd.DataFrame:
-    if model_id not in tokenised:
-        raise KeyError(f"No tokenised prompts for {model_id}: run `kedro run --pipeline data_generation` first.")
-    return tokenised[model_id]()
 
 
 def sweep_heads(
@@ -52,7 +46,7 @@ def sweep_heads(
     """
     jobs: dict[str, Callable[[], pd.DataFrame]] = {}
     for spec in check_run_models(models, registry):
-        tokens = _tokens(tokenised, spec.model_id)
+        tokens = model_tokens(tokenised, spec.model_id)
         n_layers = int(_baseline(baseline_partitions, spec.model_id, tokens, runtime)["n_layers"].iloc[0])
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, _settings(runtime, params, seed)))
         wanted = [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)] + [f"{prefix}/attribution"]
@@ -91,7 +85,7 @@ def _baseline(
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]], model_id: str, tokens: pd.DataFrame,
     runtime: dict[str, Any],
 ) -> pd.DataFrame:
-    key = f"{partition_prefix(model_id, fingerprint(model_id, tokens, runtime))}/baseline"
+    key = baseline_key(model_id, tokens, runtime)
     if key not in baseline_partitions:
         raise KeyError(f"Baseline of {model_id} is missing ({key}): run `kedro run --pipeline data_generation`.")
     return baseline_partitions[key]()
@@ -111,7 +105,7 @@ def summarise_heads(
     the attribution agreement per model and task, and the run's metadata."""
     tables, agreement = [], []
     for spec in resolve_models(models, registry):
-        tokens = _tokens(tokenised, spec.model_id)
+        tokens = model_tokens(tokenised, spec.model_id)
         baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, _settings(runtime, params, seed)))
         keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))

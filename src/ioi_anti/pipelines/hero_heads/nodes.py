@@ -18,7 +18,7 @@ from ioi_anti.categories import STRONG_CATEGORIES, categorise
 from ioi_anti.metrics import bootstrap_indices, interval
 from ioi_anti.models import LoadedModel, load_model
 from ioi_anti.run_models import resolve_models
-from ioi_anti.sweep import TASKS
+from ioi_anti.sweep import TASKS, model_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def study_hero_heads(
         lm = load_model(spec, runtime["device"], runtime["dtype"])
         model_heads = per_head[per_head["model"] == spec.model_id]
         tasks = {task: hero.prepare_hero_task(
-            lm, tokenised[spec.model_id](), task, ablation_params["ablation"], seed,
+            lm, model_tokens(tokenised, spec.model_id), task, ablation_params["ablation"], seed,
             float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
             for task in TASKS}
         study = _ModelStudy(lm, tasks, params, seed)
