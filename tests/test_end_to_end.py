@@ -54,7 +54,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "conf" / "local").mkdir()
     shutil.copytree(PROJECT / "notebooks", root / "notebooks")
     shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").symlink_to(PROJECT / "src")
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     kedro(root)
     return root
 
