@@ -33,7 +33,7 @@ SWEEP = "data/07_model_output/head_effects_per_prompt"
 def kedro(root: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run the kedro CLI in ``root`` with the small settings."""
     cmd = [sys.executable, "-m", "kedro", "run", "--params", SMALL, *args]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400"}  # one log line each
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
