@@ -238,14 +238,14 @@ def correlation_section(corr: pd.DataFrame) -> str:
 
 def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
     """Rank agreement of attribution patching with the exact Δ, per model (in ``models`` order) and task."""
-    columns = [c for c in ("model", "task", "spearman", "n_heads") if c in agreement.columns]
+    columns = [c for c in ("model", "task", "spearman", "n_heads", "spearman_top", "n_top") if c in agreement.columns]
     rank = {model: i for i, model in enumerate(models)}
     agreement = agreement.sort_values("model", key=lambda s: s.map(rank), kind="stable")
     return "\n".join([
         "## Attribution patching agreement",
         "",
         "Spearman rank correlation between the attribution-patching estimate and the exact ablation Δ "
-        "over heads.",
+        "over all heads (`spearman`) and over the `n_top` heads with the largest exact |Δ| (`spearman_top`).",
         "",
         markdown_table(agreement[columns]) if len(agreement) else "No attribution agreement was recorded.",
     ])
