@@ -106,7 +106,8 @@ def joint_ablation(
 
 def direct_metric(lm: LoadedModel, clean: CleanPass, delta_out: Tensor) -> Float[Tensor, " b"]:
     """Metric when the contribution reaches the unembedding directly and nothing else."""
-    assert clean.resid_final is not None, "clean pass must keep the residual stream"
+    if clean.resid_final is None:
+        raise ValueError("direct_metric needs a clean pass run with keep_resid=True.")
     with torch.no_grad():
         cand = end_candidates(lm, clean.resid_final[:, -1] + delta_out[:, -1], clean.group.tokens)
     return task_metric(cand, clean.group.weights)

@@ -137,8 +137,12 @@ class _ModelStudy:
         receivers = _receivers(heads, layer, params)
         frames = []
         for task, ht in self.tasks.items():
-            def contribution(cp: Any, v: Any) -> Any:
-                return hero.contribution(self.lm, cp, layer, head, v[layer][:, :, head])
+            # The hero's contribution per prompt group, computed once and read by every path below.
+            contributions = {id(cp): hero.contribution(self.lm, cp, layer, head, v[layer][:, :, head])
+                             for cp, v in zip(ht.clean, ht.values, strict=True)}
+
+            def contribution(cp: Any, v: Any, contributions: dict = contributions) -> Any:
+                return contributions[id(cp)]
             total = ht.deltas(lambda cp, v: variant_metrics(self.lm, cp, layer, [(head, v[layer][:, :, head])])[0])
             direct = ht.deltas(lambda cp, v: hero.direct_metric(self.lm, cp, contribution(cp, v)))
             every = ht.deltas(lambda cp, v: hero.all_paths_metric(self.lm, cp, layer, contribution(cp, v)))
