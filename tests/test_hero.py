@@ -28,10 +28,17 @@ def test_patching_every_path_at_once_recovers_the_total_effect(family, smol_toke
         torch.testing.assert_close(hero.all_paths_metric(lm, clean, layer, delta_out), total, atol=1e-4, rtol=1e-4)
 
 
-def test_last_layer_head_direct_effect_equals_total_effect(smol_tokenizer, tokens_by_task) -> None:
-    """In a parallel attention/MLP block (GPT-NeoX) nothing reads a last-layer head but the logits."""
-    lm, clean, values = _hero_setup("pythia", smol_tokenizer, tokens_by_task["anti"], "anti")
+@pytest.mark.parametrize("family", ["pythia", "gemma"])
+def test_last_layer_head_direct_effect_equals_total_effect(family, smol_tokenizer, tokens_by_task) -> None:
+    """Nothing but the logits reads a last-layer head: in a parallel attention/MLP block (GPT-NeoX),
+    and in Gemma's block once its last MLP is silenced. Gemma normalises the attention output
+    before adding it to the residual, so this fails unless the contribution is taken after that norm."""
+    lm, clean, values = _hero_setup(family, smol_tokenizer, tokens_by_task["anti"], "anti")
     layer = lm.n_layers - 1
+    if family == "gemma":
+        with torch.no_grad():
+            lm.bridge.blocks[layer].mlp.out.original_component.weight.zero_()
+        clean = clean_pass(lm, clean.group, keep_resid=True, keep_z=True)
     for head in range(lm.n_heads):
         total = ablated_layer_metrics(lm, clean, values[layer], layer)[head]
         delta_out = hero.contribution(lm, clean, layer, head, values[layer][:, :, head])

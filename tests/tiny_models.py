@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPTNeoConfig,
     GPTNeoXConfig,
@@ -15,7 +16,7 @@ from transformers import (
 
 from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
 
-TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama")
+TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
 
 
 def tiny_config(family: str, vocab_size: int):
@@ -42,6 +43,14 @@ def tiny_config(family: str, vocab_size: int):
         cfg = LlamaConfig(
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
             intermediate_size=64, max_position_embeddings=128, **common
+        )
+    elif family == "gemma":
+        # A window of 4 tokens on layers 0 and 2 and a global layer 1: on prompts of 20+ tokens the
+        # sliding and global masks really differ, as they do for long prompts of Gemma-3.
+        cfg = Gemma3TextConfig(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, head_dim=8, hidden_size=32,
+            intermediate_size=64, max_position_embeddings=128, query_pre_attn_scalar=8, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], **common
         )
     else:
         raise ValueError(family)

@@ -12,7 +12,9 @@ projection, ``[batch, pos, head, d_head]``) at every position by an *ablation va
 The exact sweep is fast without changing the numbers: a clean pass records what enters every
 block (the residual stream and the keyword arguments the HF model passes: masks, rotary
 tables, position ids), so ablating a head in layer L replays only blocks L..N-1; all heads of
-a layer are ablated at once in a batch of copies; logits are computed at END only.
+a layer are ablated at once in a batch of copies; logits are computed at END only, in every pass
+(``logits_to_keep=1``: prompts of a group share their length, so END is the last position; a
+full-vocabulary logits tensor of every position would be ~1.8 GB per batch for Gemma-3).
 :func:`reference_layer_metrics` is the plain one-full-forward-per-head version it is tested
 against.
 """
@@ -135,7 +137,7 @@ def clean_pass(lm: LoadedModel, group: PromptGroup, keep_resid: bool, keep_z: bo
     handle = lm.bridge.ln_final.register_forward_pre_hook(lambda module, args: final.append(args[0].detach()))
     try:
         with torch.no_grad(), _capture_block_inputs(lm) as block_inputs:
-            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     result = CleanPass(group=group, cand_logits=logits[:, -1].gather(-1, group.tokens))
@@ -227,7 +229,8 @@ def reference_layer_metrics(
             z[:, :, head] = values[:, :, head]
             return z
         with torch.no_grad():
-            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=[(z_hook_name(layer), hook)], use_cache=False)
+            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=[(z_hook_name(layer), hook)],
+                                              use_cache=False, logits_to_keep=1)
         out.append(task_metric(logits[:, -1].gather(-1, group.tokens), group.weights))
     return torch.stack(out)
 
@@ -292,7 +295,7 @@ def attribution_metrics(
             return leaves[layer]
         hooks.append((z_hook_name(layer), make_leaf))
     with torch.enable_grad():
-        logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False)
+        logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
         metric = task_metric(logits[:, -1].gather(-1, group.tokens), group.weights)
         grads = torch.autograd.grad(metric.sum(), [leaves[layer] for layer in range(lm.n_layers)])
     z = torch.stack([leaves[layer].detach() for layer in range(lm.n_layers)])
@@ -304,7 +307,7 @@ def candidate_logits(lm: LoadedModel, groups: Sequence[PromptGroup]) -> tuple[np
     ids, metric, acc = [], [], []
     for group in groups:
         with torch.no_grad():
-            logits = lm.bridge(group.input_ids, use_cache=False)
+            logits = lm.bridge(group.input_ids, use_cache=False, logits_to_keep=1)
         cand = logits[:, -1].gather(-1, group.tokens)
         ids.append(group.prompt_ids)
         metric.append(task_metric(cand, group.weights).float().cpu().numpy())

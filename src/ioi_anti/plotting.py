@@ -24,9 +24,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
 
 # Same order as ioi_anti.models.FAMILIES, which is not imported here because that module loads torch.
-FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama")
-FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00"}
-FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v"}
+FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
+FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00",
+                  "gemma": "#56B4E9"}
+FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v", "gemma": "X"}
 CATEGORY_COLOURS = {"IOI-only": "#0072B2", "anti-only": "#D55E00", "shared": "#009E73", "weak": "#AAAAAA"}
 UNKNOWN_COLOUR, UNKNOWN_MARKER = "#000000", "P"
 FLAG_COLOUR = "#B00000"
