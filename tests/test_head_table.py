@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ioi_anti.pipelines.head_ablation.nodes import attribution_agreement, model_head_table
+from ioi_anti.sweep import Screen, screen_selection
 
 N_LAYERS, N_HEADS, N_PROMPTS = 2, 3, 6
 PARAMS = {"n_boot": 500, "ci": 0.95, "ablation": "mean"}
@@ -64,6 +65,48 @@ def test_attribution_agreement_over_all_and_top_heads() -> None:
     long, baseline = _inputs()
     table = model_head_table(long, baseline, PARAMS, seed=0)
     perfect = table.assign(attr_delta_ioi=table["delta_ioi"] * 2, attr_delta_anti=-table["delta_anti"])
-    rows = {row["task"]: row for row in attribution_agreement(perfect)}
-    assert rows["ioi"]["spearman"] == pytest.approx(1.0) and rows["anti"]["spearman"] == pytest.approx(-1.0)
-    assert rows["ioi"]["n_top"] == N_LAYERS * N_HEADS
+    rows = {(row["task"], row["tau"]): row for row in attribution_agreement(perfect, [0.03, 0.05])}
+    ioi, anti = rows[("ioi", 0.05)], rows[("anti", 0.05)]
+    assert ioi["spearman"] == pytest.approx(1.0) and anti["spearman"] == pytest.approx(-1.0)
+    assert ioi["pearson"] == pytest.approx(1.0) and anti["pearson"] == pytest.approx(-1.0)
+    assert ioi["n_top"] == N_LAYERS * N_HEADS
+    assert ioi["recall_at_k"] == 1.0 and ioi["sign_agreement"] == 1.0
+    assert anti["recall_at_k"] == 1.0 and anti["sign_agreement"] == 0.0  # right heads, every sign wrong
+
+
+def test_recall_counts_strong_heads_found_among_the_top_k_estimates() -> None:
+    long, baseline = _inputs()
+    table = model_head_table(long, baseline, PARAMS, seed=0)
+    strongest = table["delta_ioi"].abs().idxmax()
+    hidden = table.assign(attr_delta_ioi=table["delta_ioi"].where(table.index != strongest, 0.0))
+    n_strong = int((table["delta_ioi"].abs() >= 0.05).sum())
+    row = next(r for r in attribution_agreement(hidden, [0.05]) if r["task"] == "ioi")
+    assert row["n_strong"] == n_strong and row["recall_at_k"] == pytest.approx((n_strong - 1) / n_strong)
+
+
+def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere() -> None:
+    long, baseline = _inputs()
+    measured = [(0, 1), (1, 2)]
+    exact_rows = long["method"] == "exact"
+    keep = ~exact_rows | pd.Series(list(zip(long["layer"], long["head"], strict=True))).isin(measured).to_numpy()
+    table = model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured)
+    full = model_head_table(long, baseline, PARAMS, seed=0)
+    is_exact = pd.Series(list(zip(table["layer"], table["head"], strict=True))).isin(measured).to_numpy()
+    assert list(table["measured_by"]) == ["exact" if e else "estimate" for e in is_exact]
+    for task in ("ioi", "anti"):
+        np.testing.assert_allclose(table.loc[is_exact, f"delta_{task}"], full.loc[is_exact, f"delta_{task}"])
+        np.testing.assert_allclose(table.loc[~is_exact, f"delta_{task}"], full.loc[~is_exact, f"attr_delta_{task}"])
+        assert table[f"delta_{task}_low"].notna().all()
+    with pytest.raises(ValueError, match="misses 1 heads"):
+        model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=[*measured, (0, 0)])
+
+
+def test_screen_selection_takes_heads_near_tau_and_the_top_k() -> None:
+    estimates = pd.DataFrame({"task": ["ioi"] * 4 + ["anti"] * 4, "layer": [0, 0, 1, 1] * 2,
+                              "head": [0, 1, 0, 1] * 2,
+                              "estimate": [0.001, -0.016, 0.2, 0.0, 0.0, 0.002, 0.0, 0.003]})
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.015, top_k=0)) == [(0, 1), (1, 0)]
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=0)) == [(1, 0)]
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=1)) == [(1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="margin must lie in"):
+        Screen(tau_min=0.03, margin=0.05, top_k=0)

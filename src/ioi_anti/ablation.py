@@ -285,20 +285,25 @@ def attribution_metrics(
     """Attribution patching: first-order estimate of each head's ablation effect on the metric.
 
     One forward and one backward pass: ``(value - z) . d metric / d z`` summed over positions
-    and ``d_head``, per prompt, for every head at once.
+    and ``d_head``, per prompt, for every head at once. The gradient is taken with respect to a
+    zero-valued leaf *added* to each layer's ``z``, so every path from a head to the metric stays
+    in the graph, through the attention of later layers included (replacing ``z`` by a detached
+    leaf would cut those paths and leave only the last layer's estimates right).
     """
     leaves: dict[int, Tensor] = {}
+    z_clean: dict[int, Tensor] = {}
     hooks = []
     for layer in range(lm.n_layers):
-        def make_leaf(z: Tensor, hook: Any, layer: int = layer) -> Tensor:
-            leaves[layer] = z.detach().requires_grad_(True)
-            return leaves[layer]
-        hooks.append((z_hook_name(layer), make_leaf))
+        def add_leaf(z: Tensor, hook: Any, layer: int = layer) -> Tensor:
+            z_clean[layer] = z.detach()
+            leaves[layer] = torch.zeros_like(z_clean[layer], requires_grad=True)
+            return z + leaves[layer]
+        hooks.append((z_hook_name(layer), add_leaf))
     with torch.enable_grad():
         logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
         metric = task_metric(logits[:, -1].gather(-1, group.tokens), group.weights)
         grads = torch.autograd.grad(metric.sum(), [leaves[layer] for layer in range(lm.n_layers)])
-    z = torch.stack([leaves[layer].detach() for layer in range(lm.n_layers)])
+    z = torch.stack([z_clean[layer] for layer in range(lm.n_layers)])
     return ((values - z) * torch.stack(grads)).sum(dim=(2, 4)).permute(0, 2, 1)
 
 

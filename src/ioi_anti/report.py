@@ -152,6 +152,47 @@ def warnings_section(baseline: pd.DataFrame, heads: pd.DataFrame) -> str:
     return "\n>\n".join(lines)
 
 
+def _model_summary(model: str, base: pd.DataFrame, heads: pd.DataFrame, corr: pd.Series) -> str:
+    """One sentence of numbers on one model: gaps, strong heads by category, where they sit, r."""
+    gaps = {row.task: with_interval(row.gap, row.gap_low, row.gap_high, "{:.2f}") for row in base.itertuples()}
+    counts = heads["category"].value_counts()
+    strong = heads[heads["category"] != "weak"]
+    depth = f", at a median depth of {strong['depth_frac'].median():.0%}" if len(strong) else ""
+    first = heads.iloc[0]
+    r = with_interval(corr["pearson"], corr["pearson_low"], corr["pearson_high"], "{:.2f}")
+    return (
+        f"- **{model}** ({first['family']}, {format_params(first['n_params'])}, {len(heads)} heads): IOI gap "
+        f"{gaps.get('ioi', NOT_RECORDED)}, anti-repetition gap {gaps.get('anti', NOT_RECORDED)}; "
+        + ", ".join(f"{int(counts.get(c, 0))} {c}" for c in CATEGORIES if c != "weak")
+        + f" heads ({len(strong) / len(heads):.0%} of all heads){depth}; "
+        f"Pearson r of Δ_IOI with Δ_anti {r}."
+    )
+
+
+def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.DataFrame, tau: float) -> str:
+    """The models of the run side by side, in words and numbers (at the default τ)."""
+    models = model_order(heads)
+    corr = corr.set_index("model")
+    lines = ["## Models compared", "", f"At τ = {tau:g}, with 95 % intervals:", ""]
+    lines += [_model_summary(m, baseline[baseline["model"] == m], heads[heads["model"] == m], corr.loc[m])
+              for m in models]
+    if len(models) > 1:
+        share = heads.assign(strong=heads["category"] != "weak").groupby("model")["strong"].mean()
+        most, least = share.idxmax(), share.idxmin()
+        r = corr.loc[models, "pearson"]
+        high, low = r.idxmax(), r.idxmin()
+        overlap = corr.at[low, "pearson_high"] >= corr.at[high, "pearson_low"]
+        lines += [
+            "",
+            f"{most} gives a strong role to the largest share of its heads ({share[most]:.0%}, against "
+            f"{share[least]:.0%} for {least}). The IOI/anti-repetition correlation is highest in {high} "
+            f"(r = {r[high]:.2f}) and lowest in {low} (r = {r[low]:.2f}); "
+            + ("their intervals overlap, so this run does not separate them."
+               if overlap else "their intervals do not overlap."),
+        ]
+    return "\n".join(lines)
+
+
 def baseline_section(baseline: pd.DataFrame) -> str:
     """Clean and reference task metric, gap and accuracy per model and task, with 95% intervals."""
     table = pd.DataFrame({
@@ -237,18 +278,40 @@ def correlation_section(corr: pd.DataFrame) -> str:
 
 
 def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
-    """Rank agreement of attribution patching with the exact Δ, per model (in ``models`` order) and task."""
-    columns = [c for c in ("model", "task", "spearman", "n_heads", "spearman_top", "n_top") if c in agreement.columns]
-    rank = {model: i for i, model in enumerate(models)}
-    agreement = agreement.sort_values("model", key=lambda s: s.map(rank), kind="stable")
-    return "\n".join([
+    """Agreement of attribution patching with the exact Δ, per model (in ``models`` order), task and τ."""
+    lines = [
         "## Attribution patching agreement",
         "",
-        "Spearman rank correlation between the attribution-patching estimate and the exact ablation Δ "
-        "over all heads (`spearman`) and over the `n_top` heads with the largest exact |Δ| (`spearman_top`).",
+        "Attribution patching (one forward and one backward pass for all heads) against the exact ablation Δ, "
+        "over the heads measured exactly: Spearman and Pearson correlation, the share of the `n_strong` heads "
+        "with exact |Δ| ≥ τ found among the k = `n_strong` (and 2k) largest estimates, and the share of those "
+        "strong heads whose estimate has the right sign.",
         "",
-        markdown_table(agreement[columns]) if len(agreement) else "No attribution agreement was recorded.",
-    ])
+    ]
+    if agreement.empty:
+        return "\n".join([*lines, "No attribution agreement was recorded."])
+    columns = [c for c in ("model", "task", "n_heads", "spearman", "pearson", "tau", "n_strong", "recall_at_k",
+                           "recall_at_2k", "sign_agreement") if c in agreement.columns]
+    rank = {model: i for i, model in enumerate(models)}
+    agreement = agreement.sort_values("model", key=lambda s: s.map(rank), kind="stable")
+    return "\n".join([*lines, markdown_table(agreement[columns], "{:.2f}")])
+
+
+def screening_section(heads: pd.DataFrame) -> str:
+    """In a screening run: per model, how many heads were measured exactly and which were only estimated."""
+    if "measured_by" not in heads.columns or (heads["measured_by"] == "exact").all():
+        return ""
+    lines = ["## Screening", "",
+             "This run screened heads by attribution patching and measured exactly only those whose estimate "
+             "could reach the smallest τ (docs/metrics.md, \"Screening\"). Heads only estimated keep their "
+             "attribution Δ and interval; no category, count, figure or hero depends on them being exact, since "
+             "they are all weak.", ""]
+    for model, rows in heads.groupby("model", sort=False):
+        estimated = rows[rows["measured_by"] == "estimate"]
+        largest = np.maximum(estimated["delta_ioi"].abs(), estimated["delta_anti"].abs()).max()
+        lines.append(f"- {model}: {len(rows) - len(estimated)} of {len(rows)} heads measured exactly; "
+                     f"{len(estimated)} only estimated (largest estimated |Δ| {largest:.3f}).")
+    return "\n".join(lines)
 
 
 def build_report(
@@ -269,9 +332,11 @@ def build_report(
         warnings,
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
+        comparison_section(baseline, heads, correlations, tau),
         figures_section(model_order(heads), tau, ablation_label(heads), output_dir),
         strong_counts_section(strong_head_counts),
         correlation_section(correlations),
+        screening_section(heads),
         attribution_section(attribution_agreement, model_order(heads)),
         hero_section(*hero, output_dir) if hero is not None else "",
     ]

@@ -1,6 +1,10 @@
 """Per-model measurement jobs: baseline behaviour, the exact head sweep and attribution
 patching, each returning tidy per-prompt tables, plus the run fingerprint used to resume.
 
+Two sweep modes: ``exact`` measures every head exactly; ``screen`` estimates every head by
+attribution patching (one forward and backward pass per prompt group) and measures exactly only
+the heads whose estimate could reach the smallest τ of the run (:func:`screen_selection`).
+
 Pipelines hand these jobs to a partitioned dataset as lazy callables, so each model (and each
 layer of the head sweep) is computed and saved one at a time.
 """
@@ -11,7 +15,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,11 @@ from ioi_anti.ablation import (
     REFERENCE_ROLES,
     AblationValues,
     CleanPass,
-    ablated_layer_metrics,
     attribution_metrics,
     candidate_logits,
     clean_pass,
     make_groups,
+    variant_metrics,
 )
 from ioi_anti.models import LoadedModel, ModelSpec, load_model
 
@@ -89,6 +93,42 @@ def baseline_table(lm: LoadedModel, tokens: pd.DataFrame, max_batch: int) -> pd.
     return pd.concat(frames, ignore_index=True).assign(**model_facts(lm))
 
 
+@dataclass(frozen=True)
+class Screen:
+    """Which heads a screening sweep measures exactly (see docs/metrics.md, "Screening").
+
+    A head is measured exactly when its estimated |Δ| for either task is at least
+    ``tau_min - margin``, or when it is among the ``top_k`` largest estimates of a task.
+    """
+
+    tau_min: float
+    margin: float
+    top_k: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin < self.tau_min:
+            raise ValueError(f"head_ablation.screen.margin must lie in [0, tau_min = {self.tau_min}); "
+                             f"got {self.margin}.")
+        if self.top_k < 0:
+            raise ValueError(f"head_ablation.screen.top_k must be >= 0; got {self.top_k}.")
+
+
+def estimated_deltas(attribution: pd.DataFrame, gaps: Mapping[str, float]) -> pd.DataFrame:
+    """Estimated Δ per task and head: the mean attribution effect over prompts over the task gap."""
+    mean = attribution.groupby(["task", "layer", "head"], as_index=False)["effect"].mean()
+    return mean.assign(estimate=mean["effect"] / mean["task"].map(gaps))
+
+
+def screen_selection(estimates: pd.DataFrame, screen: Screen) -> list[tuple[int, int]]:
+    """The (layer, head) pairs a screening sweep measures exactly, for both tasks."""
+    picked: set[tuple[int, int]] = set()
+    for _, frame in estimates.groupby("task"):
+        size = frame["estimate"].abs()
+        chosen = frame[(size >= screen.tau_min - screen.margin) | frame.index.isin(size.nlargest(screen.top_k).index)]
+        picked |= set(zip(chosen["layer"].astype(int), chosen["head"].astype(int), strict=True))
+    return sorted(picked)
+
+
 @dataclass
 class TaskState:
     """One task's clean passes (with block inputs) and ablation values, ready for the sweep."""
@@ -102,8 +142,18 @@ class ModelSweep:
     """Exact head sweep and attribution patching of one model, computed lazily layer by layer."""
 
     def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any],
-                 ablation: str, seed: int) -> None:
+                 ablation: str, seed: int, saved_attribution: Callable[[], pd.DataFrame] | None = None) -> None:
         self.spec, self.tokens, self.runtime, self.ablation, self.seed = spec, tokens, runtime, ablation, seed
+        self.saved_attribution = saved_attribution
+
+    @functools.cached_property
+    def attribution(self) -> pd.DataFrame:
+        """The attribution estimates: the saved partition on a resumed run, else computed now."""
+        return self.saved_attribution() if self.saved_attribution else self.attribution_effects()
+
+    def selected_heads(self, gaps: Mapping[str, float], screen: Screen) -> list[tuple[int, int]]:
+        """Heads a screening sweep measures exactly (from the attribution estimates)."""
+        return screen_selection(estimated_deltas(self.attribution, gaps), screen)
 
     @functools.cached_property
     def lm(self) -> LoadedModel:
@@ -137,16 +187,21 @@ class ModelSweep:
             }))
         return pd.concat(frames, ignore_index=True)
 
-    def layer_effects(self, layer: int) -> pd.DataFrame:
-        """Exact effect (ablated minus clean metric) of each head of ``layer`` on every prompt."""
-        frames = []
-        for state in self.states:
+    def layer_effects(self, layer: int, heads: Sequence[int] | None = None) -> pd.DataFrame:
+        """Exact effect (ablated minus clean metric) of each head of ``layer`` (or of ``heads``
+        only) on every prompt."""
+        heads = list(range(self.lm.n_heads)) if heads is None else list(heads)
+        frames = [pd.DataFrame(columns=["task", "layer", "head", "pair_id", "effect", "method"])]
+        for state in self.states if heads else []:
             per_group = []
             for cp, values in zip(state.clean, state.values, strict=True):
-                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime["max_rows"])
+                variants = [(head, values[layer][:, :, head]) for head in heads]
+                ablated = variant_metrics(self.lm, cp, layer, variants, self.runtime["max_rows"])
                 per_group.append((ablated - cp.metric).float().cpu().numpy()[None])
-            frames.append(self._tidy(state, lambda _: layer, per_group, "exact"))
-        return pd.concat(frames, ignore_index=True).assign(model_id=self.spec.model_id)
+            frame = self._tidy(state, lambda _: layer, per_group, "exact")
+            frames.append(frame.assign(head=np.asarray(heads)[frame["head"].to_numpy()]))
+        return pd.concat(frames, ignore_index=True).astype({"layer": int, "head": int, "pair_id": int,
+                                                            "effect": "float32"}).assign(model_id=self.spec.model_id)
 
     def attribution_effects(self) -> pd.DataFrame:
         """Attribution-patching estimate of every head's effect on every prompt."""

@@ -11,21 +11,53 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import TASKS, ModelSweep, baseline_key, fingerprint, model_tokens, partition_prefix
+from ioi_anti.sweep import (
+    TASKS,
+    ModelSweep,
+    Screen,
+    baseline_key,
+    estimated_deltas,
+    fingerprint,
+    model_tokens,
+    partition_prefix,
+    screen_selection,
+)
 
 logger = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("torch", "transformers", "transformer-lens", "kedro", "kedro-datasets", "ioi_anti")
 
 
-def _settings(runtime: dict[str, Any], params: dict[str, Any], seed: int) -> dict[str, Any]:
-    return {"runtime": runtime, "ablation": params["ablation"], "seed": seed}
+MODES = ("exact", "screen")
+
+
+def _screen(params: dict[str, Any], categorisation: dict[str, Any]) -> Screen | None:
+    """The screening rule of a ``screen`` run (None in ``exact`` mode); bad settings fail here."""
+    mode = params.get("mode", "exact")
+    if mode not in MODES:
+        raise ValueError(f"head_ablation.mode must be one of {MODES}; got {mode!r}.")
+    if mode == "exact":
+        return None
+    taus = [categorisation["tau"], *categorisation.get("sensitivity_taus", [])]
+    return Screen(tau_min=float(min(taus)), margin=float(params["screen"]["margin"]),
+                  top_k=int(params["screen"]["top_k"]))
+
+
+def _settings(runtime: dict[str, Any], params: dict[str, Any], seed: int, screen: Screen | None) -> dict[str, Any]:
+    """What a model's sweep partitions depend on (hashed into their keys)."""
+    settings = {"runtime": runtime, "ablation": params["ablation"], "seed": seed}
+    return settings if screen is None else settings | {"screen": vars(screen)}
+
+
+def _gaps(baseline: pd.DataFrame) -> dict[str, float]:
+    """Mean task gap (clean minus reference metric) per task, from a model's per-prompt baseline."""
+    return (baseline["m_clean"] - baseline["m_ref"]).groupby(baseline["task"]).mean().to_dict()
 
 
 def sweep_heads(
@@ -36,42 +68,60 @@ def sweep_heads(
     registry: dict[str, Any],
     runtime: dict[str, Any],
     params: dict[str, Any],
+    categorisation: dict[str, Any],
     seed: int,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
-    """Lazy jobs, one per model layer plus one attribution job per model, for what is not done.
+    """Lazy jobs, one attribution job plus one per layer of each model, for what is not done.
 
-    The partitioned dataset runs and saves them one by one (in sorted key order), so an
-    interrupted sweep keeps every finished layer and a re-run computes only the rest; a model
-    with nothing left is skipped without being loaded.
+    The partitioned dataset runs and saves them one by one (in sorted key order: attribution
+    first), so an interrupted sweep keeps every finished layer and a re-run computes only the
+    rest; a model with nothing left is skipped without being loaded. In ``screen`` mode a layer's
+    job measures exactly only the heads that the attribution estimates select.
     """
+    screen = _screen(params, categorisation)
     jobs: dict[str, Callable[[], pd.DataFrame]] = {}
     for spec in check_run_models(models, registry):
         tokens = model_tokens(tokenised, spec.model_id)
-        n_layers = int(_baseline(baseline_partitions, spec.model_id, tokens, runtime)["n_layers"].iloc[0])
-        prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, _settings(runtime, params, seed)))
-        wanted = [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)] + [f"{prefix}/attribution"]
+        baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
+        n_layers = int(baseline["n_layers"].iloc[0])
+        prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
+                                                             _settings(runtime, params, seed, screen)))
+        wanted = [f"{prefix}/attribution"] + [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)]
         todo = [key for key in wanted if key not in done]
         if not todo:
             logger.info("%s: every head already measured (%s): skipped.", spec.model_id, prefix)
             continue
         if len(todo) < len(wanted):
             logger.info("%s: resuming the sweep, %d of %d jobs left.", spec.model_id, len(todo), len(wanted))
-        jobs.update(_model_jobs(ModelSweep(spec, tokens, runtime, params["ablation"], seed), todo))
+        sweep = ModelSweep(spec, tokens, runtime, params["ablation"], seed, done.get(f"{prefix}/attribution"))
+        jobs.update(_model_jobs(sweep, todo, None if screen is None else (_gaps(baseline), screen)))
     return jobs
 
 
-def _model_jobs(sweep: ModelSweep, keys: list[str]) -> dict[str, Callable[[], pd.DataFrame]]:
+def _model_jobs(
+    sweep: ModelSweep, keys: list[str], screening: tuple[dict[str, float], Screen] | None
+) -> dict[str, Callable[[], pd.DataFrame]]:
     """One model's jobs with a progress bar; the job saved last releases the model's state."""
     bar: list[tqdm] = []
     last = max(keys)
+
+    def heads_of(layer: int) -> list[int] | None:
+        if screening is None:
+            return None
+        selected = sweep.selected_heads(*screening)
+        if not bar[0].n:
+            logger.info("%s: screening selected %d of %d heads for exact measurement.", sweep.spec.model_id,
+                        len(selected), sweep.lm.n_layers * sweep.lm.n_heads)
+        return [head for lay, head in selected if lay == layer]
 
     def job(key: str) -> pd.DataFrame:
         if not bar:
             bar.append(tqdm(total=len(keys), desc=f"{sweep.spec.model_id} head sweep", unit="job"))
         try:
             if key.endswith("/attribution"):
-                return sweep.attribution_effects()
-            return sweep.layer_effects(int(key.rsplit("_", 1)[1]))
+                return sweep.attribution
+            layer = int(key.rsplit("_", 1)[1])
+            return sweep.layer_effects(layer, heads_of(layer))
         finally:
             bar[0].update(1)
             if key == last:
@@ -99,35 +149,53 @@ def summarise_heads(
     registry: dict[str, Any],
     runtime: dict[str, Any],
     params: dict[str, Any],
+    categorisation: dict[str, Any],
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The per-head table (both tasks, exact Delta with intervals, attribution estimate),
-    the attribution agreement per model and task, and the run's metadata."""
+    """The per-head table (both tasks, Delta with intervals, how each head was measured, the
+    attribution estimate), the attribution agreement per model, task and τ, and the run's metadata."""
+    screen = _screen(params, categorisation)
+    taus = sorted({categorisation["tau"], *categorisation.get("sensitivity_taus", [])})
     tables, agreement = [], []
     for spec in resolve_models(models, registry):
         tokens = model_tokens(tokenised, spec.model_id)
         baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
-        prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens, _settings(runtime, params, seed)))
+        prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
+                                                             _settings(runtime, params, seed, screen)))
         keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))
         if not keys:
             raise KeyError(f"{spec.model_id}: no head measurements; run `kedro run --pipeline head_ablation`.")
         long = pd.concat([effects[k]() for k in keys], ignore_index=True)
-        table = model_head_table(long, baseline, params, seed)
-        tables.append(table.assign(ablation=params["ablation"]))
-        agreement += attribution_agreement(table)
+        selected = None
+        if screen is not None:
+            attribution = long[long["method"] == "attribution"]
+            selected = screen_selection(estimated_deltas(attribution, _gaps(baseline)), screen)
+        table = model_head_table(long, baseline, params, seed, selected)
+        tables.append(table.assign(ablation=params["ablation"], mode=params.get("mode", "exact")))
+        agreement += attribution_agreement(table, taus)
     metadata = run_metadata(pd.concat(tables), models, runtime, params, seed)
     return pd.concat(tables, ignore_index=True), pd.DataFrame(agreement), metadata
 
 
-def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: dict[str, int], model: str) -> None:
-    """Every (task, layer, head) of the model's grid is present, once per prompt, and nothing else."""
+def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: dict[str, int], model: str,
+                  exact_heads: list[tuple[int, int]] | None = None) -> None:
+    """Every (task, layer, head) of the model's grid is present, once per prompt, and nothing else.
+
+    ``exact_heads``: in a screening run, the heads that must have exact measurements (every
+    head has an attribution estimate); by default every head of the grid.
+    """
+    grid = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
+    for method in ("exact", "attribution"):
+        if method not in set(long["method"]) and not (method == "exact" and exact_heads == []):
+            raise ValueError(f"{model}: no {method} measurements; re-run `kedro run --pipeline head_ablation`.")
     for (task, method), frame in long.groupby(["task", "method"]):
         bad = frame[(frame["layer"] >= n_layers) | (frame["head"] >= n_heads) | (frame["layer"] < 0)]
         if not bad.empty:
             raise ValueError(f"{model}: {task}/{method} rows outside the {n_layers}x{n_heads} grid, e.g. "
                              f"L{bad['layer'].iloc[0]}H{bad['head'].iloc[0]}.")
         counts = frame.groupby(["layer", "head"]).size()
-        expected = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
+        expected = grid if method == "attribution" or exact_heads is None else pd.MultiIndex.from_tuples(
+            exact_heads, names=["layer", "head"])
         missing = expected.difference(counts.index)
         if len(missing):
             raise ValueError(f"{model}: {task}/{method} misses {len(missing)} heads (e.g. L{missing[0][0]}"
@@ -137,12 +205,17 @@ def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: di
                              f"{n_prompts[task]} prompts (duplicate or partial partitions).")
 
 
-def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
-    """Delta per head and task, normalised by the task gap, with a paired ratio bootstrap."""
+def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[str, Any], seed: int,
+                     exact_heads: list[tuple[int, int]] | None = None) -> pd.DataFrame:
+    """Delta per head and task, normalised by the task gap, with a paired ratio bootstrap.
+
+    Heads without exact measurements (a screening run) take the attribution estimate and its
+    interval, and are marked ``measured_by = "estimate"``.
+    """
     facts = baseline.iloc[0]
     n_layers, n_heads = int(facts["n_layers"]), int(facts["n_heads"])
     n_prompts = baseline.groupby("task").size().to_dict()
-    validate_grid(long, n_layers, n_heads, n_prompts, str(facts["model_id"]))
+    validate_grid(long, n_layers, n_heads, n_prompts, str(facts["model_id"]), exact_heads)
     grid = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
     out = pd.DataFrame(index=grid).reset_index()
     gap_ok = True
@@ -152,31 +225,50 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[st
         idx = bootstrap_indices(len(gaps), params["n_boot"], seed)
         for method, column in (("exact", f"delta_{task}"), ("attribution", f"attr_delta_{task}")):
             frame = long[(long["task"] == task) & (long["method"] == method)]
-            wide = frame.pivot_table(index=["layer", "head"], columns="pair_id", values="effect").reindex(grid)
-            wide = wide[task_base["pair_id"].to_numpy()].to_numpy()
+            wide = frame.pivot_table(index=["layer", "head"], columns="pair_id", values="effect").reindex(
+                index=grid, columns=task_base["pair_id"].to_numpy()).to_numpy()
             delta, low, high = bootstrap_delta(wide, gaps, idx, params["ci"])
-            out[column] = delta
-            if method == "exact":
-                out[f"{column}_low"], out[f"{column}_high"] = low, high
+            out[column], out[f"{column}_low"], out[f"{column}_high"] = delta, low, high
         gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - params["ci"]) / 2)
         out[f"gap_{task}"], out[f"n_prompts_{task}"] = gaps.mean(), len(gaps)
         gap_ok = gap_ok and bool(gap_low > 0)
+    exact = out["delta_ioi"].notna() & out["delta_anti"].notna()
+    for task in TASKS:
+        for suffix in ("", "_low", "_high"):
+            out[f"delta_{task}{suffix}"] = out[f"delta_{task}{suffix}"].where(exact, out[f"attr_delta_{task}{suffix}"])
+        out = out.drop(columns=[f"attr_delta_{task}_low", f"attr_delta_{task}_high"])
+    out["measured_by"] = np.where(exact, "exact", "estimate")
     return out.assign(model=facts["model_id"], family=facts["family"], n_params=int(facts["n_params"]),
                       n_layers=n_layers, n_heads=n_heads, gap_ok=gap_ok)
 
 
-def attribution_agreement(table: pd.DataFrame, top_fraction: float = 0.1) -> list[dict[str, Any]]:
-    """Spearman rank agreement of attribution patching with the exact Delta, per task: over all
-    heads, and over the ``top_fraction`` of heads with the largest exact |Delta| (at least 10),
-    where near-zero heads no longer dominate the ranks."""
+def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: float = 0.1) -> list[dict[str, Any]]:
+    """How well attribution patching agrees with the exact Delta, per task and τ, over the heads
+    measured exactly (all heads in an exact run):
+
+    * ``spearman``, ``pearson``: over those heads; ``spearman_top`` over the ``top_fraction`` of them
+      with the largest exact |Delta| (at least 10), where near-zero heads no longer dominate the ranks;
+    * ``recall_at_k`` / ``recall_at_2k``: the share of the ``n_strong`` heads with exact |Delta| >= τ
+      found among the k = ``n_strong`` (or 2k) largest |estimates|;
+    * ``sign_agreement``: the share of strong heads whose estimate has the exact Delta's sign.
+    """
+    table = table[table["measured_by"] == "exact"]
     rows = []
     n_top = min(len(table), max(10, round(top_fraction * len(table))))
     for task in TASKS:
         exact, attr = table[f"delta_{task}"], table[f"attr_delta_{task}"]
         top = exact.abs().nlargest(n_top).index
-        rows.append({"model": table["model"].iloc[0], "task": task, "spearman": float(spearmanr(exact, attr).statistic),
-                     "n_heads": len(table), "spearman_top": float(spearmanr(exact[top], attr[top]).statistic),
-                     "n_top": n_top})
+        base = {"model": table["model"].iloc[0], "task": task, "n_heads": len(table),
+                "spearman": float(spearmanr(exact, attr).statistic), "pearson": float(pearsonr(exact, attr).statistic),
+                "spearman_top": float(spearmanr(exact[top], attr[top]).statistic), "n_top": n_top}
+        for tau in taus:
+            strong = exact.index[exact.abs() >= tau]
+            k = len(strong)
+            ranked = attr.abs().sort_values(ascending=False).index
+            recall = {f"recall_at_{name}": len(strong.intersection(ranked[: m * k])) / k if k else np.nan
+                      for name, m in (("k", 1), ("2k", 2))}
+            signs = float((np.sign(exact[strong]) == np.sign(attr[strong])).mean()) if k else np.nan
+            rows.append(base | {"tau": tau, "n_strong": k, **recall, "sign_agreement": signs})
     return rows
 
 
@@ -187,7 +279,8 @@ def run_metadata(per_head: pd.DataFrame, models: list[str], runtime: dict[str, A
     return {
         "models": list(models),
         "model_config": first[["family", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
-        "ablation": params["ablation"], "n_boot": params["n_boot"], "ci": params["ci"], "seed": seed,
+        "ablation": params["ablation"], "mode": params.get("mode", "exact"), "n_boot": params["n_boot"],
+        "ci": params["ci"], "seed": seed,
         "n_prompts_ioi": int(first["n_prompts_ioi"].max()), "n_prompts_anti": int(first["n_prompts_anti"].max()),
         "runtime": dict(runtime), "device": str(resolve_device(runtime["device"])),
         "python": platform.python_version(), "machine": platform.platform(),

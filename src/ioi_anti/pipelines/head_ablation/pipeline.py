@@ -13,8 +13,9 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     """Measure every head of every model of the run for both tasks."""
     return Pipeline([
         Node(sweep_heads, ["tokenised_prompts", "baseline_partitions", "head_effects_partitions_done", *MODELS,
-                           "params:head_ablation", "params:seed"], "head_effects_partitions", name="sweep_heads"),
+                           "params:head_ablation", "params:categorisation", "params:seed"],
+             "head_effects_partitions", name="sweep_heads"),
         Node(summarise_heads, ["head_effects_partitions", "baseline_partitions", "tokenised_prompts", *MODELS,
-                               "params:head_ablation", "params:seed"],
+                               "params:head_ablation", "params:categorisation", "params:seed"],
              ["per_head", "attribution_agreement", "run_metadata"], name="summarise_heads"),
     ])
