@@ -1,4 +1,4 @@
-"""`kedro run` end to end on the embedded model (small prompt counts), the notebook, and resume.
+"""`kedro run` end to end on both embedded models (small prompt counts), the notebook, resume, screening.
 
 These run the real CLI in a copy of the project, so they take a few minutes.
 """
@@ -6,6 +6,7 @@ These run the real CLI in a copy of the project, so they take a few minutes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,9 +31,11 @@ SMALL = ",".join([
 SWEEP = "data/07_model_output/head_effects_per_prompt"
 
 
-def kedro(root: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run the kedro CLI in ``root`` with the small settings."""
-    cmd = [sys.executable, "-m", "kedro", "run", "--params", SMALL, *args]
+def kedro(
+    root: Path, *args: str, wait: bool = True, params: str = ""
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run the kedro CLI in ``root`` with the small settings (plus ``params``)."""
+    cmd = [sys.executable, "-m", "kedro", "run", "--params", ",".join(filter(None, [SMALL, params])), *args]
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400"}  # one log line each
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -59,24 +62,39 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+GRIDS = {"smollm2-135m": (30, 9), "gemma3-270m": (18, 4)}
+
+
 def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
     per_head = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    assert len(per_head) == 30 * 9 and per_head[["layer", "head"]].drop_duplicates().shape[0] == 270
+    for model, (n_layers, n_heads) in GRIDS.items():
+        rows = per_head[per_head["model"] == model]
+        assert len(rows) == n_layers * n_heads == len(rows[["layer", "head"]].drop_duplicates()), model
+    assert set(per_head["family"]) == {"llama", "gemma"} and set(per_head["measured_by"]) == {"exact"}
     for column in ("delta_ioi", "delta_ioi_low", "delta_anti_high", "attr_delta_anti"):
         assert per_head[column].notna().all(), column
     assert (per_head["delta_ioi_low"] <= per_head["delta_ioi"]).all()
     assert (per_head["delta_anti"] <= per_head["delta_anti_high"]).all()
     assert set(per_head["ablation"]) == {"mean"} and set(per_head["n_prompts_ioi"]) == {10}
     baseline = pd.read_parquet(latest(project, "data/07_model_output/baseline.parquet/*/baseline.parquet"))
-    assert baseline.set_index("task")["gap"].gt(0).all()
+    assert set(baseline["model"]) == set(GRIDS) and baseline["gap"].gt(0).all()
     for name in ("corr_vs_scale_cross_family", "strong_head_scaling", "all_heads_phase_space", "family_grid",
                  "hero_dose_response", "hero_topk", "hero_paths", "hero_attention"):
         png = latest(project, f"data/08_reporting/{name}.png/*/{name}.png")
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000, name
-    assert (project / "data/08_reporting/layer_hists/layer_hist_smollm2-135m.png").exists()
+    for model in GRIDS:
+        assert (project / f"data/08_reporting/layer_hists/layer_hist_{model}.png").exists()
     assert latest(project, "data/08_reporting/hero_heads_for_paper.csv/*/*.csv").exists()
+    interactive = latest(project, "data/08_reporting/all_heads_phase_space_interactive.json/*/*.json").read_text()
+    assert '"hovertemplate"' in interactive and "gemma3-270m" in interactive
     report = latest(project, "data/08_reporting/report.md/*/report.md").read_text()
-    for text in ("smollm2-135m", "## Hero heads", "all_heads_phase_space.png", "mean"):
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == 4 + len(GRIDS) + 4, links  # figures, one layer histogram per model, hero figures
+    folder = latest(project, "data/08_reporting/report.md/*/report.md").parent
+    for link in links:
+        assert (folder / link).resolve().read_bytes()[:4] == b"\x89PNG", link
+    for text in ("smollm2-135m", "gemma3-270m", "## Models compared", "## Hero heads", "all_heads_phase_space.png",
+                 "mean"):
         assert text in report, text
 
 
@@ -92,7 +110,7 @@ def test_example_notebook_runs(project: Path) -> None:
 
 def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path) -> None:
     before = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    sweep = next((project / SWEEP).iterdir())
+    sweep = next(p for p in (project / SWEEP).iterdir() if p.name.startswith("smollm2-135m__"))
     shutil.rmtree(sweep)
     run = kedro(project, "--pipeline", "head_ablation", wait=False)
     try:
@@ -116,3 +134,76 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path
 
     again = kedro(project, "--pipeline", "head_ablation")
     assert "every head already measured" in again.stdout + again.stderr
+
+
+def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path) -> None:
+    """Screening measures exactly only the heads that could reach the smallest τ; its strong heads at
+    both τ of the run, and their values, are the exact run's."""
+    exact = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    kedro(project, "--pipeline", "head_ablation", params="head_ablation.mode=screen")
+    screened = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    assert set(screened["mode"]) == {"screen"} and set(screened["measured_by"]) == {"exact", "estimate"}
+    keys = ["model", "layer", "head"]
+    both = exact.merge(screened, on=keys, suffixes=("", "_screen"))
+    for tau in (0.03, 0.05):
+        for task in ("ioi", "anti"):
+            strong = both[f"delta_{task}"].abs() >= tau
+            assert (both["measured_by_screen"][strong] == "exact").all(), (tau, task)
+            assert ((both[f"delta_{task}_screen"].abs() >= tau) == strong).all(), (tau, task)
+    measured = both["measured_by_screen"] == "exact"
+    pd.testing.assert_series_equal(both.loc[measured, "delta_ioi_screen"], both.loc[measured, "delta_ioi"],
+                                   check_names=False, atol=1e-6, rtol=1e-6)
+
+
+POINTS_JS = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length"
+
+
+def _browser() -> tuple[str, str]:
+    """Paths of Chromium and its driver (installed by .ci/run), or a skip naming what is missing."""
+    found = {name: shutil.which(name) for name in ("chromium", "chromedriver")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (`apt-get install chromium chromium-driver`, as .ci/run does)")
+    return found["chromium"], found["chromedriver"]
+
+
+def test_html_report_renders_every_figure_and_the_interactive_phase_space(project: Path) -> None:
+    """report.html in headless Chromium, offline: every image decodes, no console error, the Plotly
+    phase space draws every head and answers a hover with the head's numbers."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, chromedriver = _browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    page = latest(project, "data/08_reporting/report.html/*/report.html")
+    assert "<script src=\"http" not in page.read_text(), "the page must not need the network"
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(POINTS_JS) > 0)
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+        assert len(images) == 4 + len(GRIDS) + 4 and all(ok for ok, _ in images), images
+        assert driver.execute_script(POINTS_JS) == sum(n_layers * n_heads for n_layers, n_heads in GRIDS.values())
+        hover = driver.execute_script(
+            "const gd = document.querySelector('.js-plotly-plot');"
+            "Plotly.Fx.hover(gd, [{curveNumber: 0, pointNumber: 0}]);"
+            "return Array.from(gd.querySelectorAll('.hovertext')).map(e => e.textContent).join(' ');")
+        assert re.search(r"L\d+H\d+", hover) and "Δ_IOI" in hover and "category" in hover, hover
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        driver.execute_script("window.scrollTo(0, 0)")
+        shot = project / "report_first_screen.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000
+        if os.environ.get("IOI_ANTI_SCREENSHOT"):
+            shutil.copy(shot, os.environ["IOI_ANTI_SCREENSHOT"])
+    finally:
+        driver.quit()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from synthetic import (
 )
 
 from ioi_anti import plotting
+from ioi_anti.datasets import SavedFigure
 from ioi_anti.pipelines import categorisation, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
@@ -86,12 +89,36 @@ def figures_of(tables: dict[str, Any]) -> dict[str, Figure]:
     return figures | nodes.plot_layer_hists(tables["layer_counts"], REP_PARAMS)
 
 
-def report_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None = None) -> str:
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=40)
+    return buffer.getvalue()
+
+
+def saved_figures(tables: dict[str, Any]) -> dict[str, SavedFigure]:
+    """Every figure the report shows, as the catalog would load it (hero figures: a stand-in plot)."""
+    out = REP_PARAMS["output_dir"]
+    figures = figures_of(tables)
+    stand_in = _png(figures["all_heads_phase_space_plot"])
+    saved = {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v1/{fig.file_name}", _png(figures[fig.dataset]))
+             for fig in FIGURES}
+    saved |= {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v0/{fig.file_name}", stand_in) for fig in HERO_FIGURES}
+    saved["layer_hists"] = {key: (lambda key=key: SavedFigure(f"{out}/layer_hists/{key}.png", _png(figures[key])))
+                            for key in figures if key.startswith("layer_hist_")}
+    return saved
+
+
+def report_pages_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None = None) -> tuple[str, str]:
     return nodes.write_report(
         tables["baseline"], tables["run_metadata"] if run_metadata is None else run_metadata,
         tables["head_categories"], tables["strong_head_counts"], tables["correlations"],
-        tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS), REP_PARAMS,
+        tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS),
+        nodes.plot_interactive_phase_space(tables["head_categories"]), params=REP_PARAMS, **saved_figures(tables),
     )
+
+
+def report_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None = None) -> str:
+    return report_pages_of(tables, run_metadata)[0]
 
 
 def _labelled(fig: Figure) -> bool:
@@ -232,12 +259,36 @@ def test_reporting_pipeline_assembles() -> None:
     pipeline = reporting.create_pipeline()
     assert pipeline.inputs() == {
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
-        "attribution_agreement", *HERO_INPUTS, "params:reporting",
+        "attribution_agreement", *HERO_INPUTS, "params:reporting", *(fig.dataset for fig in HERO_FIGURES),
     }
-    assert pipeline.outputs() == {
-        "corr_vs_scale_cross_family", "corr_vs_scale_cross_family_plot", "strong_head_scaling_plot",
-        "all_heads_phase_space_plot", "family_grid_plot", "layer_hists", "report",
-    }
+    assert pipeline.outputs() == {"corr_vs_scale_cross_family", "report", "report_html"}
+    assert {fig.dataset for fig in FIGURES} | {"layer_hists", "all_heads_phase_space_interactive"} <= (
+        pipeline.all_outputs())
+
+
+def test_report_shows_every_figure_by_a_relative_link_and_the_html_page_embeds_them() -> None:
+    tables = tables_for(FOUR_MODELS)
+    markdown, html = report_pages_of(tables)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    n_models = tables["per_head"]["model"].nunique()
+    assert len(links) == len(FIGURES) + n_models + len(HERO_FIGURES)
+    assert "../../corr_vs_scale_cross_family.png/v1/corr_vs_scale_cross_family.png" in links
+    assert "../../layer_hists/layer_hist_gpt2.png" in links
+    assert html.count('<img src="data:image/png;base64,') == len(links)
+    assert "<table>" in html and "Plotly.newPlot" in html and "<!-- interactive" not in html
+    assert 'src="http' not in html, "the page must open offline"
+
+
+def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
+    tables = tables_for(FOUR_MODELS)
+    fig = nodes.plot_interactive_phase_space(tables["head_categories"])
+    heads = [trace for trace in fig.data if trace.legendgroup != "categories"]
+    assert {trace.name for trace in heads} == set(tables["per_head"]["model"])
+    assert sum(len(trace.x) for trace in heads) == len(tables["per_head"])
+    assert all("%{customdata[1]}" in trace.hovertemplate and "Δ_IOI" in trace.hovertemplate for trace in heads)
+    families = {trace.legendgroup for trace in heads}
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["all families", *plotting.ordered_families(
+        pd.Series(sorted(families)))]
 
 
 def _config() -> OmegaConfigLoader:
@@ -265,7 +316,7 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     hero_config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
                                     config_patterns={"catalog": ["catalog.yml"]})["catalog"]
     # the hero tables (outputs of the hero_heads pipeline) go through their real datasets of catalog.yml
-    hero_entries = {name: hero_config[name] for name in ("hero_heads_for_paper", "hero_{study}")}
+    hero_entries = {name: hero_config[name] for name in ("hero_heads_for_paper", "hero_{study}", "hero_{study}_plot")}
     entries = {}
     for name, entry in (config["catalog"] | hero_entries).items():
         key = "path" if "path" in entry else "filepath"
@@ -276,13 +327,17 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
         catalog[name] = tables[name]
     for name in HERO_INPUTS:
         catalog.save(name, tables[name])
+    for fig in HERO_FIGURES:
+        catalog.save(fig.dataset, figures_of(tables)["all_heads_phase_space_plot"])
     for name, value in config["parameters"].items():
         catalog[f"params:{name}"] = value
     pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
     SequentialRunner().run(pipeline, catalog)
     out = tmp_path / "data"
     assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4 + 2  # + hero_paths, hero_attention
-    assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES)
+    assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES) + len(HERO_FIGURES)
+    assert next((out / "08_reporting").glob("report.html/*/report.html")).read_text().count("<img") == (
+        len(FIGURES) + len(HERO_FIGURES) + tables["per_head"]["model"].nunique())
     assert {p.name for p in (out / "08_reporting" / "layer_hists").iterdir()} == {
         f"layer_hist_{m}.png" for m in tables["per_head"]["model"].unique()
     }

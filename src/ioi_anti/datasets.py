@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from kedro.io.core import get_filepath_str
+from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.partitions import PartitionedDataset
 
 
@@ -19,3 +22,25 @@ class ResumablePartitionedDataset(PartitionedDataset):
         if not self._filesystem.exists(self._normalized_path) or not self._list_partitions():
             return {}
         return super().load()
+
+
+@dataclass(frozen=True)
+class SavedFigure:
+    """A figure as saved: where its PNG lies (the loaded version) and the PNG itself."""
+
+    path: str
+    png: bytes
+
+
+class FigureDataset(MatplotlibDataset):
+    """kedro-datasets' ``MatplotlibDataset`` that can also be loaded, as a :class:`SavedFigure`.
+
+    The upstream dataset is write-only, but the report embeds every figure (``report.html``) and
+    links each one by its versioned path (``report.md``), so it takes the figures as inputs;
+    that also draws the figure -> report edges in kedro-viz, whose image preview is inherited.
+    """
+
+    def load(self) -> SavedFigure:  # type: ignore[override]
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(path, mode="rb") as file:
+            return SavedFigure(path=path, png=file.read())

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from ioi_anti.categories import CATEGORIES, default_tau_rows
 from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
@@ -218,23 +219,39 @@ def baseline_section(baseline: pd.DataFrame) -> str:
     ])
 
 
-def figures_section(models: list[str], tau: float, ablation: str, output_dir: str) -> str:
-    """Each figure by file name with one sentence on what it shows, and where the files land."""
+INTERACTIVE_MARK = "<!-- interactive phase space -->"
+
+
+def _image(images: Mapping[str, str], key: str, alt: str) -> list[str]:
+    """A Markdown image line for ``key`` when its source is known (nothing otherwise)."""
+    return [f"![{alt}]({images[key]})", ""] if key in images else []
+
+
+def figures_section(models: list[str], tau: float, ablation: str, output_dir: str,
+                    images: Mapping[str, str] | None = None) -> str:
+    """Each figure with one sentence on what it shows, where the files land, and (given ``images``:
+    dataset name, or ``layer_hists/<key>``, -> image source) the figure itself."""
+    images = images or {}
     lines = [
         "## Figures",
         "",
         f"All figures use {ablation} ablation and τ = {tau:g}. Figures are versioned datasets: each run writes "
         f"`{output_dir}/<file>/<version>/<file>` (the version is the run's timestamp); the layer "
-        f"histograms are overwritten in `{output_dir}/{LAYER_HISTS_DIR}/`.",
+        f"histograms are overwritten in `{output_dir}/{LAYER_HISTS_DIR}/`. `report.html` beside this report "
+        "holds every figure and an interactive phase space (hover a head for its numbers).",
+        "",
+        INTERACTIVE_MARK,
         "",
     ]
-    lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`): {fig.caption}" for fig in FIGURES]
-    lines += [
-        f"- `{LAYER_HISTS_DIR}/{layer_hist_key(m)}.png` (dataset `layer_hists`): strong heads of each category "
-        f"per layer of {m} at τ = {tau:g}, stacked, with the depth fraction on the top axis."
-        for m in models
-    ]
-    return "\n".join(lines)
+    for fig in FIGURES:
+        lines += _image(images, fig.dataset, fig.file_name)
+        lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`): {fig.caption}", ""]
+    for m in models:
+        key = f"{LAYER_HISTS_DIR}/{layer_hist_key(m)}"
+        lines += _image(images, key, f"{key}.png")
+        lines += [f"- `{key}.png` (dataset `layer_hists`): strong heads of each category per layer of {m} at "
+                  f"τ = {tau:g}, stacked, with the depth fraction on the top axis.", ""]
+    return "\n".join(lines).rstrip()
 
 
 def strong_counts_section(counts: pd.DataFrame) -> str:
@@ -323,8 +340,10 @@ def build_report(
     attribution_agreement: pd.DataFrame,
     output_dir: str,
     hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> str:
-    """The whole Markdown report (with the hero-heads section when its tables are given)."""
+    """The whole Markdown report (with the hero-heads section when its tables are given, and the
+    figures themselves where ``images`` gives their sources)."""
     heads, tau = default_tau_rows(head_categories)
     warnings = warnings_section(baseline, heads)
     sections = [
@@ -333,12 +352,12 @@ def build_report(
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
         comparison_section(baseline, heads, correlations, tau),
-        figures_section(model_order(heads), tau, ablation_label(heads), output_dir),
+        figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images),
         strong_counts_section(strong_head_counts),
         correlation_section(correlations),
         screening_section(heads),
         attribution_section(attribution_agreement, model_order(heads)),
-        hero_section(*hero, output_dir) if hero is not None else "",
+        hero_section(*hero, output_dir, images) if hero is not None else "",
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -360,7 +379,8 @@ HERO_FIGURES = (
 )
 
 
-def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, output_dir: str) -> str:
+def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, output_dir: str,
+                 images: Mapping[str, str] | None = None) -> str:
     """Hero heads: the selection, their direct vs total effect and main mediators, and the figures."""
     lines = ["## Hero heads", ""]
     if heroes.empty:
@@ -384,6 +404,30 @@ def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFr
     if not attention.empty:
         lines += ["Attention from END (mean over prompts):", "",
                   markdown_table(attention[["model", "hero", "task", "target", "mean"]]), ""]
-    lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`, in `{output_dir}/`): {fig.caption}"
-              for fig in HERO_FIGURES]
-    return "\n".join(lines)
+    for fig in HERO_FIGURES:
+        lines += _image(images or {}, fig.dataset, fig.file_name)
+        lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`, in `{output_dir}/`): {fig.caption}", ""]
+    return "\n".join(lines).rstrip()
+
+
+HTML_STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
+blockquote { border-left: 4px solid #b00000; margin: 1em 0; padding: 0.2em 1em; background: #fff4f4; }
+"""
+
+
+def html_report(markdown: str, interactive_html: str, title: str = "ioi-anti report") -> str:
+    """One self-contained HTML page from the report's Markdown (images as data URIs) with the
+    interactive figure's HTML (plotly.js inlined) in place of :data:`INTERACTIVE_MARK`."""
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    if INTERACTIVE_MARK not in body:
+        raise ValueError("The report has no place for the interactive phase space.")
+    body = body.replace(INTERACTIVE_MARK, f'<div class="interactive">{interactive_html}</div>', 1)
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")

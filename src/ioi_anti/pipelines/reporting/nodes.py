@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from ioi_anti import plotting
+from ioi_anti import interactive, plotting
 from ioi_anti.categories import default_tau_rows
-from ioi_anti.report import build_report, layer_hist_key, model_order
+from ioi_anti.datasets import SavedFigure
+from ioi_anti.report import LAYER_HISTS_DIR, build_report, html_report, layer_hist_key, model_order
 
 CORR_TABLE_COLUMNS = (
     "model", "family", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
@@ -65,6 +71,22 @@ def plot_layer_hists(layer_counts: pd.DataFrame, params: dict[str, Any]) -> dict
     }
 
 
+def plot_interactive_phase_space(head_categories: pd.DataFrame) -> go.Figure:
+    """The phase space of every head as an interactive Plotly figure, at the default τ."""
+    heads, tau = default_tau_rows(head_categories)
+    return interactive.phase_space(heads, tau)
+
+
+def _relative_link(path: str, output_dir: str) -> str:
+    """Link to a saved figure from the report's own folder, ``<output_dir>/report.md/<version>/``."""
+    relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir)))
+    return "../../" + relative.as_posix()
+
+
+def _data_uri(figure: SavedFigure) -> str:
+    return "data:image/png;base64," + base64.b64encode(figure.png).decode("ascii")
+
+
 def write_report(
     baseline: pd.DataFrame,
     run_metadata: dict[str, Any],
@@ -75,10 +97,18 @@ def write_report(
     hero_heads: pd.DataFrame,
     hero_paths: pd.DataFrame,
     hero_attention: pd.DataFrame,
+    interactive_phase_space: go.Figure,
+    layer_hists: dict[str, Callable[[], SavedFigure]],
     params: dict[str, Any],
-) -> str:
-    """The Markdown report of the run, hero-head case studies included."""
-    return build_report(
-        baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
-        str(params["output_dir"]), (hero_heads, hero_paths, hero_attention),
-    )
+    **figures: SavedFigure,
+) -> tuple[str, str]:
+    """The report of the run, hero-head case studies included: Markdown whose images link the
+    saved figures, and one self-contained HTML page with every figure embedded."""
+    saved = dict(figures) | {f"{LAYER_HISTS_DIR}/{key}": load() for key, load in layer_hists.items()}
+    output_dir = str(params["output_dir"])
+    tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
+              output_dir, (hero_heads, hero_paths, hero_attention))
+    markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()})
+    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()})
+    page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")
+    return markdown, html_report(embedded, page)

@@ -9,12 +9,20 @@ from ioi_anti.pipelines.reporting.nodes import (
     plot_all_heads_phase_space,
     plot_corr_vs_scale,
     plot_family_grid,
+    plot_interactive_phase_space,
     plot_layer_hists,
     plot_strong_head_scaling,
     write_report,
 )
+from ioi_anti.report import FIGURES, HERO_FIGURES
 
 PARAMS = "params:reporting"
+# Tables by argument name, then every figure (kept under its dataset name) for the report to show.
+REPORT_INPUTS = {
+    name: name for name in ("baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
+                            "attribution_agreement", "hero_paths", "hero_attention", "layer_hists")
+} | {"hero_heads": "hero_heads_for_paper", "interactive_phase_space": "all_heads_phase_space_interactive",
+     "params": PARAMS} | {fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES)}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -29,11 +37,7 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="plot_all_heads_phase_space"),
         Node(plot_family_grid, ["head_categories", PARAMS], "family_grid_plot", name="plot_family_grid"),
         Node(plot_layer_hists, ["layer_counts", PARAMS], "layer_hists", name="plot_layer_hists"),
-        Node(
-            write_report,
-            ["baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
-             "attribution_agreement", "hero_heads_for_paper", "hero_paths", "hero_attention", PARAMS],
-            "report",
-            name="write_report",
-        ),
+        Node(plot_interactive_phase_space, "head_categories", "all_heads_phase_space_interactive",
+             name="plot_interactive_phase_space"),
+        Node(write_report, REPORT_INPUTS, ["report", "report_html"], name="write_report"),
     ])
