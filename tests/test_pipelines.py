@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -75,7 +76,9 @@ def _serve_viz(project: Path, log: Path) -> dict | None:
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     cmd = [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
-        server = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # its own session, so that the server's worker processes are stopped with it
+        server = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
         try:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and server.poll() is None:
@@ -85,7 +88,7 @@ def _serve_viz(project: Path, log: Path) -> dict | None:
                     time.sleep(2)
             return None
         finally:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
 
 

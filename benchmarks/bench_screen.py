@@ -1,0 +1,103 @@
+"""Benchmark screening (``head_ablation.mode: screen``) against the exact sweep on the embedded models.
+
+For each model, in one process and on the same prompts (the default run's): the exact sweep of
+every head, then a screening sweep (attribution patching of every head, then the exact sweep of the
+heads it selects). Prints, per model, both wall times and their ratio, how many heads screening
+measured exactly, whether its strong heads at each τ are exactly the exact sweep's, and how well
+attribution agrees with the exact Δ. Timings include each sweep's own clean passes.
+
+Run: ``python benchmarks/bench_screen.py [--models smollm2-135m gemma3-270m]``; prints a Markdown
+block for docs/performance.md. Run it alone: two torch processes on two cores slow each other down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from scipy.stats import pearsonr, spearmanr
+
+from ioi_anti import prompts as P
+from ioi_anti.models import ModelSpec, load_model, load_tokenizer
+from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
+
+
+def _conf(name: str) -> dict:
+    return yaml.safe_load((CONF / name).read_text())
+
+
+def _deltas(long: pd.DataFrame, gaps: dict[str, float]) -> pd.DataFrame:
+    """Δ per (layer, head) and task from per-prompt effects."""
+    mean = long.groupby(["task", "layer", "head"])["effect"].mean().unstack("task")
+    return mean / pd.Series(gaps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=_conf("parameters.yml")["models"])
+    args = parser.parse_args()
+    base = _conf("parameters.yml")
+    registry, runtime = base["model_registry"], base["runtime"] | {"device": "cpu"}
+    params = _conf("parameters_data_generation.yml")["data_generation"]
+    categorisation = _conf("parameters_categorisation.yml")["categorisation"]
+    taus = sorted({categorisation["tau"], *categorisation["sensitivity_taus"]})
+    rule = _conf("parameters_head_ablation.yml")["head_ablation"]["screen"]
+    screen = Screen(tau_min=min(taus), margin=float(rule["margin"]), top_k=int(rule["top_k"]))
+    specs = [ModelSpec.from_registry(m, registry) for m in args.models]
+    vocab, _ = P.build_vocabulary(params, {s.model_id: load_tokenizer(s) for s in specs})
+    table = pd.concat([P.make_ioi_dataset(vocab, params, base["seed"]),
+                       P.make_anti_dataset(vocab, params, base["seed"])], ignore_index=True)
+
+    print(f"Machine: {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"default prompts ({params['ioi']['n_prompts']} IOI + {params['anti']['n_prompts']} anti), mean ablation, "
+          f"screen rule: |estimate| >= {screen.tau_min} - {screen.margin} or top {screen.top_k} per task.\n")
+    print("| model | heads | exact sweep (s) | screen (s) | screen / exact | measured exactly | "
+          + " | ".join(f"strong heads at τ = {t:g} identical" for t in taus) + " | Spearman IOI / anti |")
+    print("|---|---|---|---|---|---|" + "---|" * len(taus) + "---|")
+    for spec in specs:
+        lm = load_model(spec, "cpu", "float32")
+        tokens = P.tokenise_prompts(table, lm.tokenizer, spec.prepend_bos)
+        base_table = baseline_table(lm, tokens, runtime["max_batch"])
+        gaps = (base_table["m_clean"] - base_table["m_ref"]).groupby(base_table["task"]).mean().to_dict()
+
+        start = time.perf_counter()
+        exact_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
+        exact_long = pd.concat([exact_sweep.layer_effects(layer) for layer in range(lm.n_layers)])
+        exact_time = time.perf_counter() - start
+        exact_sweep.close()
+
+        start = time.perf_counter()
+        screen_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
+        selected = screen_sweep.selected_heads(gaps, screen)
+        screen_long = pd.concat([screen_sweep.layer_effects(layer, [h for lay, h in selected if lay == layer])
+                                 for layer in range(lm.n_layers)])
+        screen_time = time.perf_counter() - start
+        estimates = _deltas(screen_sweep.attribution, gaps)
+        screen_sweep.close()
+
+        exact, screened = _deltas(exact_long, gaps), _deltas(screen_long, gaps)
+        screened = screened.reindex(exact.index).fillna(estimates)
+        same = []
+        for tau in taus:
+            strong = {task: set(exact.index[exact[task].abs() >= tau]) for task in TASKS}
+            found = {task: set(screened.index[screened[task].abs() >= tau]) for task in TASKS}
+            same.append("yes" if strong == found else f"no ({sum(len(strong[t] ^ found[t]) for t in TASKS)} differ)")
+        rho = [spearmanr(exact[t], estimates[t]).statistic for t in TASKS]
+        r = [pearsonr(exact[t], estimates[t]).statistic for t in TASKS]
+        print(f"| {spec.model_id} | {len(exact)} | {exact_time:.1f} | {screen_time:.1f} | "
+              f"{screen_time / exact_time:.2f} | {len(selected)} | " + " | ".join(same)
+              + f" | {rho[0]:.2f} / {rho[1]:.2f} (Pearson {r[0]:.2f} / {r[1]:.2f}) |")
+        np.testing.assert_allclose(screened.loc[pd.MultiIndex.from_tuples(selected)].to_numpy(),
+                                   exact.loc[pd.MultiIndex.from_tuples(selected)].to_numpy(), atol=1e-6)
+
+
+if __name__ == "__main__":
+    main()
