@@ -103,8 +103,8 @@ def test_damaged_assembled_file_is_rebuilt_with_a_warning(empty_cache, gemma_spe
 
 
 def test_unreachable_hub_model_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, registry) -> None:
-    monkeypatch.setattr("ioi_anti.models.hub_is_cached", lambda name: False)
-    monkeypatch.setattr("ioi_anti.models.hub_is_reachable", lambda name, timeout=10.0: False)
+    monkeypatch.setattr("ioi_anti.models.hub_is_cached", lambda name, revision=None: False)
+    monkeypatch.setattr("ioi_anti.models.hub_is_reachable", lambda name, timeout=10.0, revision=None: False)
     with pytest.raises(ModelUnavailableError, match="neither in the Hugging Face cache nor reachable"):
         check_available(ModelSpec.from_registry("gpt2", registry))
 

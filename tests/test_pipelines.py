@@ -58,6 +58,17 @@ def test_paper_environment_switches_the_model_list(project: Path) -> None:
     assert params["data_generation"]["ioi"]["baba_templates"], "soft merge keeps the base templates"
 
 
+def test_training_environment_lists_pythia_checkpoints(project: Path) -> None:
+    from ioi_anti.run_models import resolve_models
+
+    with KedroSession.create(project_path=project, env="paper_training") as session:
+        params = session.load_context().params
+    specs = resolve_models(params["models"], params["model_registry"])
+    assert len(specs) == 40 and {s.checkpoint.base_model for s in specs} == {"pythia-160m", "pythia-410m"}
+    assert {s.checkpoint.training_step for s in specs} >= {0.0, 143000.0}
+    assert params["data_generation"]["ioi"]["n_prompts"] >= 200
+
+
 def _free_port() -> int:
     """A free port below 49152: kedro-viz refuses the ephemeral range the OS hands out for port 0."""
     for port in random.sample(range(20000, 49000), 200):

@@ -105,6 +105,7 @@ def saved_figures(tables: dict[str, Any]) -> dict[str, SavedFigure]:
     saved |= {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v0/{fig.file_name}", stand_in) for fig in HERO_FIGURES}
     saved["layer_hists"] = {key: (lambda key=key: SavedFigure(f"{out}/layer_hists/{key}.png", _png(figures[key])))
                             for key in figures if key.startswith("layer_hist_")}
+    saved["training_plots"] = {}
     return saved
 
 

@@ -19,6 +19,7 @@ TASKS = ("ioi", "anti")
 CATEGORIES = ("IOI-only", "anti-only", "shared", "weak")
 STRONG_CATEGORIES = CATEGORIES[:3]
 MODEL_COLUMNS = ("model", "family", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
+CHECKPOINT_COLUMNS = ("base_model", "checkpoint", "training_step")  # carried along where the per-head table has them
 REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head") + tuple(
     f"delta_{task}{suffix}" for task in TASKS for suffix in ("", "_low", "_high")
 )
@@ -141,7 +142,8 @@ def categorise_all_taus(per_head: pd.DataFrame, tau: float, sensitivity_taus: It
 
 def _model_info(heads: pd.DataFrame) -> pd.DataFrame:
     """One row of model-level columns (family, size, ablation, gap flag) per model."""
-    return heads.groupby("model", sort=True)[list(MODEL_COLUMNS[1:])].first().reset_index()
+    columns = [*MODEL_COLUMNS[1:], *(c for c in CHECKPOINT_COLUMNS if c in heads.columns)]
+    return heads.groupby("model", sort=True, dropna=False)[columns].first().reset_index()
 
 
 def strong_head_counts(head_categories: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ never cares where weights came from.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ioi_anti.checkpoints import Checkpoint, parse_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +52,22 @@ class ModelSpec:
     gguf_file: str | None = None
     assembled: bool = False
     install: str | None = None
+    revision: str | None = None
 
     @classmethod
     def from_registry(cls, model_id: str, registry: dict[str, dict[str, Any]]) -> ModelSpec:
-        """Build the spec of ``model_id``; unknown ids and malformed entries fail clearly."""
-        if model_id not in registry:
+        """Build the spec of ``model_id`` (``<id>`` or ``<id>@<revision>``, a Hub revision such as a
+        training checkpoint); unknown ids and malformed entries fail clearly."""
+        try:
+            checkpoint = parse_model_id(model_id)
+        except ValueError as error:
+            raise ModelConfigError(str(error)) from error
+        if checkpoint.base_model not in registry:
             raise ModelConfigError(
-                f"Unknown model id {model_id!r}. Known ids: {sorted(registry)}. "
+                f"Unknown model id {checkpoint.base_model!r}. Known ids: {sorted(registry)}. "
                 "Add it to `model_registry` in conf/base/parameters.yml or fix `models`."
             )
-        entry = dict(registry[model_id])
+        entry = dict(registry[checkpoint.base_model])
         family, source = entry.get("family"), entry.get("source")
         if family not in FAMILIES:
             raise ModelConfigError(f"{model_id}: family {family!r} is not one of {FAMILIES}.")
@@ -68,6 +77,9 @@ class ModelSpec:
             raise ModelConfigError(f"{model_id}: a gguf model needs `package` and `gguf_file`.")
         if not entry.get("hf_name"):
             raise ModelConfigError(f"{model_id}: `hf_name` is required.")
+        if checkpoint.revision and source != "hub":
+            raise ModelConfigError(f"{model_id}: a revision (@{checkpoint.revision}) needs a Hub model; "
+                                   f"{checkpoint.base_model} is embedded ({source}).")
         return cls(
             model_id=model_id,
             family=family,
@@ -78,7 +90,18 @@ class ModelSpec:
             gguf_file=entry.get("gguf_file"),
             assembled=bool(entry.get("assembled", False)),
             install=entry.get("install"),
+            revision=checkpoint.revision,
         )
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Registry entry, revision and training step of this model id."""
+        return parse_model_id(self.model_id)
+
+    @property
+    def where(self) -> str:
+        """The Hub name, with the revision when there is one (for messages)."""
+        return f"{self.hf_name} at revision {self.revision!r}" if self.revision else self.hf_name
 
 
 @dataclass
@@ -96,8 +119,12 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """The model's config facts, as recorded next to every result."""
+        checkpoint = self.spec.checkpoint
         return {
             "model_id": self.spec.model_id,
+            "base_model": checkpoint.base_model,
+            "checkpoint": checkpoint.label,
+            "training_step": checkpoint.training_step,
             "family": self.spec.family,
             "source": self.spec.source,
             "hf_name": self.spec.hf_name,
@@ -197,19 +224,28 @@ def gguf_path(spec: ModelSpec) -> Path:
     return path
 
 
-def hub_is_cached(hf_name: str) -> bool:
-    """Whether the Hub model's config is already in the local Hugging Face cache."""
+def hub_is_cached(hf_name: str, revision: str | None = None) -> bool:
+    """Whether the Hub model's config (at ``revision``) is already in the local Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(hf_name, "config.json"), str)
+    return isinstance(try_to_load_from_cache(hf_name, "config.json", revision=revision), str)
 
 
-def hub_is_reachable(hf_name: str, timeout: float = 10.0) -> bool:
-    """Whether the Hub answers for this model within ``timeout`` seconds."""
+def cached_revisions(hf_name: str) -> list[str]:
+    """Revision names (branches, tags) of a Hub model in the local cache, from its ``refs`` folder
+    (the cache layout huggingface_hub documents: ``models--<org>--<name>/refs/<revision>``)."""
+    from huggingface_hub import constants
+
+    refs = Path(constants.HF_HUB_CACHE) / ("models--" + hf_name.replace("/", "--")) / "refs"
+    return sorted(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+
+
+def hub_is_reachable(hf_name: str, timeout: float = 10.0, revision: str | None = None) -> bool:
+    """Whether the Hub answers for this model (at ``revision``) within ``timeout`` seconds."""
     from huggingface_hub import HfApi
 
     try:
-        HfApi().model_info(hf_name, timeout=timeout)
+        HfApi().model_info(hf_name, timeout=timeout, revision=revision)
     except Exception:  # noqa: BLE001 - any failure means "not reachable" here
         return False
     return True
@@ -223,12 +259,21 @@ def check_available(spec: ModelSpec) -> None:
         else:
             gguf_path(spec)
         return
-    if not hub_is_cached(spec.hf_name) and not hub_is_reachable(spec.hf_name):
+    if hub_is_cached(spec.hf_name, spec.revision) or hub_is_reachable(spec.hf_name, revision=spec.revision):
+        return
+    cached = cached_revisions(spec.hf_name)
+    if spec.revision and (cached or hub_is_reachable(spec.hf_name)):
         raise ModelUnavailableError(
-            f"{spec.model_id}: {spec.hf_name} is neither in the Hugging Face cache nor "
-            "reachable on the Hub. Run on a machine with network, or pre-download it with "
-            f"`hf download {spec.hf_name}` and copy the cache (HF_HOME) here."
+            f"{spec.model_id}: {spec.hf_name} has no revision {spec.revision!r} in the Hugging Face cache "
+            f"(cached: {', '.join(cached) or 'none'}) or on the Hub. Check the revision name (Pythia: step0, "
+            "step1, step2, step4 ... step512, then step1000 ... step143000 every 1000)."
         )
+    download = f"hf download {spec.hf_name}" + (f" --revision {spec.revision}" if spec.revision else "")
+    raise ModelUnavailableError(
+        f"{spec.model_id}: {spec.where} is neither in the Hugging Face cache nor reachable on the Hub. "
+        f"Run on a machine with network, or pre-download it with `{download}` and copy the cache "
+        "(HF_HOME) here."
+    )
 
 
 @functools.cache
@@ -237,7 +282,8 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     if spec.source == "gguf":
         path = gguf_path(spec)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(spec.hf_name, local_files_only=hub_is_cached(spec.hf_name))
+    local = hub_is_cached(spec.hf_name, spec.revision)
+    return AutoTokenizer.from_pretrained(spec.hf_name, revision=spec.revision, local_files_only=local)
 
 
 def wrap_model(
@@ -251,6 +297,12 @@ def wrap_model(
     if not hf_model.config.architectures:
         # GGUF-loaded configs (Gemma 3) carry no architectures; the bridge picks its adapter by them.
         hf_model.config.architectures = [type(hf_model).__name__]
+    if spec.revision:
+        # TransformerLens re-loads a tokenizer by name (without the revision) to make it add BOS,
+        # which fails offline for a checkpoint; the bridge's own tokenizer is never used to tokenise
+        # here (prompts carry their BOS explicitly), so it gets a copy that says it adds BOS already.
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.init_kwargs = {**tokenizer.init_kwargs, "add_bos_token": True}
     bridge = TransformerBridge.boot_transformers(spec.hf_name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.eval()
     for param in bridge.parameters():
@@ -295,7 +347,8 @@ def _load_gguf_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
 def _load_hub_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
     check_available(spec)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    logger.info("Loading %s (%s) on %s as %s", spec.model_id, spec.hf_name, torch_device, dtype)
-    local = hub_is_cached(spec.hf_name)
-    hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, dtype=torch_dtype, local_files_only=local)
+    logger.info("Loading %s (%s) on %s as %s", spec.model_id, spec.where, torch_device, dtype)
+    local = hub_is_cached(spec.hf_name, spec.revision)
+    hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch_dtype,
+                                                    local_files_only=local)
     return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)

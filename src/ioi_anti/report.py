@@ -17,10 +17,13 @@ from markdown_it import MarkdownIt
 
 from ioi_anti.categories import CATEGORIES, default_tau_rows
 from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
+from ioi_anti.training_plots import series, with_steps
 
 NOT_RECORDED = "not recorded"
 LAYER_HISTS_DIR = "layer_hists"
-KNOWN_METADATA = ("models", "seed", "ablation", "n_prompts_ioi", "n_prompts_anti", "versions", "device")
+TRAINING_DIR = "training"
+KNOWN_METADATA = ("models", "seed", "ablation", "n_prompts_ioi", "n_prompts_anti", "versions", "device",
+                  "model_config")  # model_config: shown in the Models line, from the per-head table
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,13 @@ def _setting(metadata: Mapping[str, Any], key: str) -> str:
     return NOT_RECORDED if value is None else str(value)
 
 
+def _setting_text(value: Any) -> str:
+    """A metadata value as text: mappings as ``key = value`` pairs rather than a Python dict."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} = {v}" for k, v in value.items())
+    return str(value)
+
+
 def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     """Models, prompt counts, ablation, τ values, seed, device, package versions and other settings."""
     models = model_order(heads)
@@ -126,7 +136,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     if missing:
         lines.append(f"- Listed in run metadata but absent from the per-head results: {', '.join(missing)}")
     extra = {k: v for k, v in metadata.items() if k not in KNOWN_METADATA}
-    lines += [f"- {key}: {value}" for key, value in sorted(extra.items())]
+    lines += [f"- {key}: {_setting_text(value)}" for key, value in sorted(extra.items())]
     versions = metadata.get("versions") or {}
     if not versions:
         return "\n".join([*lines, f"- Package versions: {NOT_RECORDED}"])
@@ -314,6 +324,35 @@ def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
     return "\n".join([*lines, markdown_table(agreement[columns], "{:.2f}")])
 
 
+def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[str, str]) -> str:
+    """Across training steps, for runs with a series of checkpoints (empty otherwise)."""
+    names = series(corr)
+    if not names:
+        return ""
+    default, tau = default_tau_rows(counts)
+    wide = default.pivot_table(index="model", columns="category", values="count", aggfunc="first")
+    corr = with_steps(corr)
+    lines = ["## Across training", "",
+             f"The Δ_IOI–Δ_anti correlation over all heads and the strong heads per category at τ = {tau:g}, "
+             "at each checkpoint of " + ", ".join(names) + "."]
+    for name in names:
+        rows = corr[corr["base_model"] == name].dropna(subset=["training_step"]).sort_values("training_step")
+        table = pd.DataFrame({
+            "checkpoint": rows["model"].str.partition("@")[2], "step": rows["training_step"].astype(int),
+            "Pearson r": [with_interval(*v, "{:.2f}") for v in rows[["pearson", "pearson_low", "pearson_high"]]
+                          .to_numpy()],
+            **{c: wide.reindex(rows["model"])[c].fillna(0).astype(int).to_numpy() for c in CATEGORIES if c != "weak"},
+            "gap ok": rows["gap_ok"].map({True: "yes", False: "**NO**"}).to_numpy(),
+        })
+        lines += ["", f"### {name}", "", markdown_table(table)]
+    key = f"{TRAINING_DIR}/training_dynamics"
+    lines += [""] + _image(images, key, "training_dynamics.png") + [
+        f"- `{key}.png` (dataset `training_plots`): the correlation against training step (one line per model "
+        "size, 95 % interval band), strong-head counts per category, and the Δ of the last checkpoint's hero "
+        "heads at every checkpoint."]
+    return "\n".join(lines)
+
+
 def screening_section(heads: pd.DataFrame) -> str:
     """In a screening run: per model, how many heads were measured exactly and which were only estimated."""
     if "measured_by" not in heads.columns or (heads["measured_by"] == "exact").all():
@@ -349,12 +388,13 @@ def build_report(
     sections = [
         "# IOI and anti-repetition: per-head ablation report",
         warnings,
+        comparison_section(baseline, heads, correlations, tau),
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
-        comparison_section(baseline, heads, correlations, tau),
         figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images),
         strong_counts_section(strong_head_counts),
         correlation_section(correlations),
+        training_section(correlations, strong_head_counts, images or {}),
         screening_section(heads),
         attribution_section(attribution_agreement, model_order(heads)),
         hero_section(*hero, output_dir, images) if hero is not None else "",

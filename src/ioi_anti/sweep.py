@@ -72,7 +72,8 @@ def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]
 
 def model_facts(lm: LoadedModel) -> dict[str, Any]:
     """Columns every per-model table carries, from the loaded model's config."""
-    return {k: v for k, v in lm.describe().items() if k in ("model_id", "family", "n_params", "n_layers", "n_heads")}
+    keep = ("model_id", "base_model", "checkpoint", "training_step", "family", "n_params", "n_layers", "n_heads")
+    return {k: v for k, v in lm.describe().items() if k in keep}
 
 
 def baseline_table(lm: LoadedModel, tokens: pd.DataFrame, max_batch: int) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ioi_anti import prompts
+from ioi_anti.checkpoints import parse_model_id
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
 from ioi_anti.models import load_model, load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
@@ -108,8 +109,10 @@ def baseline_row(frame: pd.DataFrame, task: str, seed: int, n_boot: int) -> dict
     """One baseline row: means with percentile bootstrap intervals over paired prompts."""
     idx = bootstrap_indices(len(frame), n_boot, seed)
     first = frame.iloc[0]
-    row: dict[str, Any] = {"model": first["model_id"], "family": first["family"], "n_params": int(first["n_params"]),
-                           "task": task, "n_prompts": len(frame)}
+    checkpoint = parse_model_id(str(first["model_id"]))
+    row: dict[str, Any] = {"model": first["model_id"], "checkpoint": checkpoint.label,
+                           "training_step": checkpoint.training_step, "family": first["family"],
+                           "n_params": int(first["n_params"]), "task": task, "n_prompts": len(frame)}
     series = {
         "clean": frame["m_clean"].to_numpy(), "ref": frame["m_ref"].to_numpy(),
         "gap": (frame["m_clean"] - frame["m_ref"]).to_numpy(), "accuracy": frame["correct_clean"].to_numpy(float),

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
+from ioi_anti.checkpoints import parse_model_id
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
@@ -238,8 +239,10 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[st
             out[f"delta_{task}{suffix}"] = out[f"delta_{task}{suffix}"].where(exact, out[f"attr_delta_{task}{suffix}"])
         out = out.drop(columns=[f"attr_delta_{task}_low", f"attr_delta_{task}_high"])
     out["measured_by"] = np.where(exact, "exact", "estimate")
-    return out.assign(model=facts["model_id"], family=facts["family"], n_params=int(facts["n_params"]),
-                      n_layers=n_layers, n_heads=n_heads, gap_ok=gap_ok)
+    checkpoint = parse_model_id(str(facts["model_id"]))
+    return out.assign(model=facts["model_id"], base_model=checkpoint.base_model, checkpoint=checkpoint.label,
+                      training_step=checkpoint.training_step, family=facts["family"],
+                      n_params=int(facts["n_params"]), n_layers=n_layers, n_heads=n_heads, gap_ok=gap_ok)
 
 
 def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: float = 0.1) -> list[dict[str, Any]]:

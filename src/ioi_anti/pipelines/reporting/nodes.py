@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from ioi_anti import interactive, plotting
 from ioi_anti.categories import default_tau_rows
 from ioi_anti.datasets import SavedFigure
-from ioi_anti.report import LAYER_HISTS_DIR, build_report, html_report, layer_hist_key, model_order
+from ioi_anti.report import LAYER_HISTS_DIR, TRAINING_DIR, build_report, html_report, layer_hist_key, model_order
+from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
     "model", "family", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
@@ -39,14 +40,25 @@ def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_corr_vs_scale(correlations: pd.DataFrame, params: dict[str, Any]) -> Figure:
-    """Correlation of Δ_IOI and Δ_anti against parameter count, per family."""
-    return plotting.corr_vs_scale_cross_family(correlations, _style(params))
+    """Correlation of Δ_IOI and Δ_anti against parameter count, per family (last checkpoint of each model)."""
+    return plotting.corr_vs_scale_cross_family(final_checkpoints(correlations), _style(params))
 
 
 def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, params: dict[str, Any]) -> Figure:
-    """Strong-head counts by category against parameter count, at the default τ."""
+    """Strong-head counts by category against parameter count, at the default τ (last checkpoints)."""
     counts, tau = default_tau_rows(strong_head_counts)
-    return plotting.strong_head_scaling(counts, tau, _style(params))
+    return plotting.strong_head_scaling(final_checkpoints(counts), tau, _style(params))
+
+
+def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.DataFrame,
+                           head_categories: pd.DataFrame, hero_heads: pd.DataFrame,
+                           params: dict[str, Any]) -> dict[str, Figure]:
+    """Roles across training steps, when the run holds a series of checkpoints (else nothing)."""
+    if not series(correlations):
+        return {}
+    counts, tau = default_tau_rows(strong_head_counts)
+    heads, _tau = default_tau_rows(head_categories)
+    return {"training_dynamics": training_dynamics(correlations, counts, heads, hero_heads, tau, _style(params))}
 
 
 def plot_all_heads_phase_space(head_categories: pd.DataFrame, params: dict[str, Any]) -> Figure:
@@ -99,12 +111,14 @@ def write_report(
     hero_attention: pd.DataFrame,
     interactive_phase_space: go.Figure,
     layer_hists: dict[str, Callable[[], SavedFigure]],
+    training_plots: dict[str, Callable[[], SavedFigure]],
     params: dict[str, Any],
     **figures: SavedFigure,
 ) -> tuple[str, str]:
     """The report of the run, hero-head case studies included: Markdown whose images link the
     saved figures, and one self-contained HTML page with every figure embedded."""
     saved = dict(figures) | {f"{LAYER_HISTS_DIR}/{key}": load() for key, load in layer_hists.items()}
+    saved |= {f"{TRAINING_DIR}/{key}": load() for key, load in training_plots.items()}
     output_dir = str(params["output_dir"])
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention))

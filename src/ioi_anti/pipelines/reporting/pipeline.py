@@ -12,6 +12,7 @@ from ioi_anti.pipelines.reporting.nodes import (
     plot_interactive_phase_space,
     plot_layer_hists,
     plot_strong_head_scaling,
+    plot_training_dynamics,
     write_report,
 )
 from ioi_anti.report import FIGURES, HERO_FIGURES
@@ -20,7 +21,7 @@ PARAMS = "params:reporting"
 # Tables by argument name, then every figure (kept under its dataset name) for the report to show.
 REPORT_INPUTS = {
     name: name for name in ("baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
-                            "attribution_agreement", "hero_paths", "hero_attention", "layer_hists")
+                            "attribution_agreement", "hero_paths", "hero_attention", "layer_hists", "training_plots")
 } | {"hero_heads": "hero_heads_for_paper", "interactive_phase_space": "all_heads_phase_space_interactive",
      "params": PARAMS} | {fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES)}
 
@@ -37,6 +38,8 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="plot_all_heads_phase_space"),
         Node(plot_family_grid, ["head_categories", PARAMS], "family_grid_plot", name="plot_family_grid"),
         Node(plot_layer_hists, ["layer_counts", PARAMS], "layer_hists", name="plot_layer_hists"),
+        Node(plot_training_dynamics, ["correlations", "strong_head_counts", "head_categories", "hero_heads_for_paper",
+                                      PARAMS], "training_plots", name="plot_training_dynamics"),
         Node(plot_interactive_phase_space, "head_categories", "all_heads_phase_space_interactive",
              name="plot_interactive_phase_space"),
         Node(write_report, REPORT_INPUTS, ["report", "report_html"], name="write_report"),
