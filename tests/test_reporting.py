@@ -351,3 +351,12 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     assert catalog.load("corr_vs_scale_cross_family")["model"].tolist() == [
         "gpt2", "gpt2-medium", "opt-125m", "pythia-160m",
     ]
+
+
+def test_models_are_compared_in_words_and_numbers() -> None:
+    four = report_of(tables_for(FOUR_MODELS)).split("## Models compared")[1].split("\n## ")[0]
+    for model in ("gpt2", "gpt2-medium", "opt-125m", "pythia-160m"):
+        assert f"**{model}**" in four and f"({model})" in four, model
+    assert "IOI gap" in four and "largest share of its heads" in four
+    single = report_of(tables_for(SINGLE_MODEL)).split("## Models compared")[1].split("\n## ")[0]
+    assert "**smollm2-135m**" in single and "largest share" not in single

@@ -40,7 +40,7 @@ def phase_space(heads: pd.DataFrame, tau: float) -> go.Figure:
     shown, flagged, _verb = meaningful_rows(heads)
     fig = go.Figure()
     limit = max(float(shown[["delta_ioi", "delta_anti"]].abs().max().max()) * 1.08, 2 * tau)
-    fig.add_shape(type="rect", x0=-tau, x1=tau, y0=-tau, y1=tau, fillcolor="#EEEEEE", line={"width": 0},
+    fig.add_shape(type="rect", x0=-tau, x1=tau, y0=-tau, y1=tau, fillcolor="rgba(0, 0, 0, 0.08)", line={"width": 0},
                   layer="below")
     for value in (-tau, tau):
         fig.add_vline(x=value, line={"dash": "dash", "color": "#888888", "width": 1})

@@ -190,16 +190,16 @@ def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.Dat
     if len(models) > 1:
         share = heads.assign(strong=heads["category"] != "weak").groupby("model")["strong"].mean()
         most, least = share.idxmax(), share.idxmin()
-        r = corr.loc[models, "pearson"]
-        high, low = r.idxmax(), r.idxmin()
+        r = corr.loc[models, "pearson"].sort_values(ascending=False)
+        high, low = r.index[0], r.index[-1]
         overlap = corr.at[low, "pearson_high"] >= corr.at[high, "pearson_low"]
         lines += [
             "",
             f"{most} gives a strong role to the largest share of its heads ({share[most]:.0%}, against "
-            f"{share[least]:.0%} for {least}). The IOI/anti-repetition correlation is highest in {high} "
-            f"(r = {r[high]:.2f}) and lowest in {low} (r = {r[low]:.2f}); "
-            + ("their intervals overlap, so this run does not separate them."
-               if overlap else "their intervals do not overlap."),
+            f"{share[least]:.0%} for {least}). Pearson r of Δ_IOI with Δ_anti: "
+            + ", ".join(f"{r[m]:.2f} ({m})" for m in r.index) + "; "
+            + ("the intervals overlap, so this run does not separate the models on it."
+               if overlap else f"the intervals of {high} and {low} do not overlap."),
         ]
     return "\n".join(lines)
 
