@@ -106,11 +106,14 @@ def _model_jobs(
     bar: list[tqdm] = []
     last = max(keys)
 
+    selected: list[tuple[int, int]] = []
+
     def heads_of(layer: int) -> list[int] | None:
+        """The heads of ``layer`` to measure exactly (all of them, unless screening)."""
         if screening is None:
             return None
-        selected = sweep.selected_heads(*screening)
-        if not bar[0].n:
+        if not selected:  # the selection is computed (and logged) once per model
+            selected.extend(sweep.selected_heads(*screening))
             logger.info("%s: screening selected %d of %d heads for exact measurement.", sweep.spec.model_id,
                         len(selected), sweep.lm.n_layers * sweep.lm.n_heads)
         return [head for lay, head in selected if lay == layer]
