@@ -25,7 +25,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from ioi_anti import prompts as P
 from ioi_anti.models import ModelSpec, load_model, load_tokenizer
-from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table
+from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table, task_gaps
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -66,7 +66,7 @@ def main() -> None:
         lm = load_model(spec, "cpu", "float32")
         tokens = P.tokenise_prompts(table, lm.tokenizer, spec.prepend_bos)
         base_table = baseline_table(lm, tokens, runtime["max_batch"])
-        gaps = (base_table["m_clean"] - base_table["m_ref"]).groupby(base_table["task"]).mean().to_dict()
+        gaps = task_gaps(base_table)
 
         start = time.perf_counter()
         exact_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])

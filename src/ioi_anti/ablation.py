@@ -211,11 +211,11 @@ def variant_metrics(
 
 def ablated_layer_metrics(
     lm: LoadedModel, clean: CleanPass, values: Float[Tensor, "b p head d_head"], layer: int,
-    max_rows: int = 512,
+    max_rows: int = 512, heads: Sequence[int] | None = None,
 ) -> Float[Tensor, "head b"]:
-    """Task metric of each prompt with each head of ``layer`` ablated (fast exact path)."""
-    variants = [(head, values[:, :, head]) for head in range(lm.n_heads)]
-    return variant_metrics(lm, clean, layer, variants, max_rows)
+    """Task metric of each prompt with each head of ``layer`` (or of ``heads`` only) ablated (fast exact path)."""
+    chosen = range(lm.n_heads) if heads is None else heads
+    return variant_metrics(lm, clean, layer, [(head, values[:, :, head]) for head in chosen], max_rows)
 
 
 def reference_layer_metrics(

@@ -27,11 +27,11 @@ from ioi_anti.ablation import (
     REFERENCE_ROLES,
     AblationValues,
     CleanPass,
+    ablated_layer_metrics,
     attribution_metrics,
     candidate_logits,
     clean_pass,
     make_groups,
-    variant_metrics,
 )
 from ioi_anti.models import LoadedModel, ModelSpec, load_model
 
@@ -112,6 +112,11 @@ class Screen:
                              f"got {self.margin}.")
         if self.top_k < 0:
             raise ValueError(f"head_ablation.screen.top_k must be >= 0; got {self.top_k}.")
+
+
+def task_gaps(baseline: pd.DataFrame) -> dict[str, float]:
+    """Mean task gap (clean minus reference metric) per task, from a model's per-prompt baseline."""
+    return (baseline["m_clean"] - baseline["m_ref"]).groupby(baseline["task"]).mean().to_dict()
 
 
 def estimated_deltas(attribution: pd.DataFrame, gaps: Mapping[str, float]) -> pd.DataFrame:
@@ -196,8 +201,7 @@ class ModelSweep:
         for state in self.states if heads else []:
             per_group = []
             for cp, values in zip(state.clean, state.values, strict=True):
-                variants = [(head, values[layer][:, :, head]) for head in heads]
-                ablated = variant_metrics(self.lm, cp, layer, variants, self.runtime["max_rows"])
+                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime["max_rows"], heads)
                 per_group.append((ablated - cp.metric).float().cpu().numpy()[None])
             frame = self._tidy(state, lambda _: layer, per_group, "exact")
             frames.append(frame.assign(head=np.asarray(heads)[frame["head"].to_numpy()]))

@@ -28,6 +28,7 @@ from ioi_anti.sweep import (
     model_tokens,
     partition_prefix,
     screen_selection,
+    task_gaps,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,6 @@ def _settings(runtime: dict[str, Any], params: dict[str, Any], seed: int, screen
     """What a model's sweep partitions depend on (hashed into their keys)."""
     settings = {"runtime": runtime, "ablation": params["ablation"], "seed": seed}
     return settings if screen is None else settings | {"screen": vars(screen)}
-
-
-def _gaps(baseline: pd.DataFrame) -> dict[str, float]:
-    """Mean task gap (clean minus reference metric) per task, from a model's per-prompt baseline."""
-    return (baseline["m_clean"] - baseline["m_ref"]).groupby(baseline["task"]).mean().to_dict()
 
 
 def sweep_heads(
@@ -95,7 +91,7 @@ def sweep_heads(
         if len(todo) < len(wanted):
             logger.info("%s: resuming the sweep, %d of %d jobs left.", spec.model_id, len(todo), len(wanted))
         sweep = ModelSweep(spec, tokens, runtime, params["ablation"], seed, done.get(f"{prefix}/attribution"))
-        jobs.update(_model_jobs(sweep, todo, None if screen is None else (_gaps(baseline), screen)))
+        jobs.update(_model_jobs(sweep, todo, None if screen is None else (task_gaps(baseline), screen)))
     return jobs
 
 
@@ -173,7 +169,7 @@ def summarise_heads(
         selected = None
         if screen is not None:
             attribution = long[long["method"] == "attribution"]
-            selected = screen_selection(estimated_deltas(attribution, _gaps(baseline)), screen)
+            selected = screen_selection(estimated_deltas(attribution, task_gaps(baseline)), screen)
         table = model_head_table(long, baseline, params, seed, selected)
         tables.append(table.assign(ablation=params["ablation"], mode=params.get("mode", "exact")))
         agreement += attribution_agreement(table, taus)
