@@ -130,7 +130,30 @@ STUDY_COLUMNS = {  # as ioi_anti.pipelines.hero_heads.nodes.STUDY_COLUMNS (not i
     "paths": ["task", "path", "receiver_layer", "receiver_head", "receiver_input", "receiver_category", "delta",
               "delta_low", "delta_high", "hero", "model"],
     "attention": ["task", "target", "mean", "std", "count", "hero", "model"],
+    "decomposition": ["task", "level", "part", "reader", "reader_layer", "heads", "delta", "delta_low", "delta_high",
+                      "fraction", "fraction_low", "fraction_high", "hero", "model"],
 }
+ROUTE_NAMES = ("direct", "IOI-only heads", "anti-only heads", "shared heads", "weak heads", "MLPs")  # routes.ROUTES
+
+
+def _decomposition(rng: np.random.Generator, total: float, layer: int, n_layers: int) -> pd.DataFrame:
+    """Total, routes (random shares of the total, a small remainder) and per-layer parts of one hero and task."""
+    shares = rng.dirichlet(np.full(len(ROUTE_NAMES), 0.5)) * rng.uniform(0.8, 1.1)
+    deltas = np.append(shares * total, total - shares.sum() * total)
+    later = list(range(layer + 1, n_layers))
+    readers = [("attention", r, "all heads") for r in later] + [("mlp", r, "") for r in range(layer, n_layers)]
+    layer_deltas = rng.laplace(0.0, abs(total) / max(1, len(readers)), len(readers))
+    frame = pd.DataFrame({
+        "level": ["total", *["route"] * (len(ROUTE_NAMES) + 1), *["layer"] * len(readers)],
+        "part": ["total", *ROUTE_NAMES, "remainder", *[f"{k} L{r}" for k, r, _ in readers]],
+        "reader": ["", *[""] * (len(ROUTE_NAMES) + 1), *[k for k, _, _ in readers]],
+        "reader_layer": [-1, *[-1] * (len(ROUTE_NAMES) + 1), *[r for _, r, _ in readers]],
+        "heads": ["", *[""] * (len(ROUTE_NAMES) + 1), *[h for _, _, h in readers]],
+        **_interval(rng, np.concatenate([[total], deltas, layer_deltas])),
+    })
+    frame["fraction"] = frame["delta"] / total
+    frame["fraction_low"], frame["fraction_high"] = frame["fraction"] - 0.1, frame["fraction"] + 0.1
+    return frame
 
 
 def make_heroes(per_head: pd.DataFrame, n_auto: dict[str, int] | None = None, tau: float = 0.05) -> pd.DataFrame:
@@ -166,7 +189,7 @@ def make_hero_studies(
     heroes: pd.DataFrame, per_head: pd.DataFrame, seed: int = 0, dose_steps: int = 6, topk_max: int = 5,
     max_receivers: int = 6, tau: float = 0.05,
 ) -> dict[str, pd.DataFrame]:
-    """``hero_dose_response``, ``hero_topk``, ``hero_paths`` and ``hero_attention`` for ``heroes``.
+    """``hero_dose_response``, ``hero_topk``, ``hero_paths``, ``hero_attention`` and ``hero_decomposition``.
 
     Like the pipeline, models without heroes have no rows and an empty study keeps its columns.
     """
@@ -200,6 +223,8 @@ def make_hero_studies(
                          "receiver_layer": [a for a, *_ in keys], "receiver_head": [b for _, b, *_ in keys],
                          "receiver_input": [k for *_, k in keys], "receiver_category": [c for *_, c, _ in keys],
                          **_interval(rng, via)} | ids))
+                n_layers = int(model_heads["n_layers"].iloc[0])
+                tables["decomposition"].append(_decomposition(rng, total, row.layer, n_layers).assign(task=task, **ids))
                 targets = ATTENTION_TARGETS[task]
                 mean = rng.dirichlet(np.ones(len(targets) + 1))[: len(targets)]
                 if task == "anti":

@@ -84,17 +84,30 @@ def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000, name
     for model in GRIDS:
         assert (project / f"data/08_reporting/layer_hists/layer_hist_{model}.png").exists()
-    assert latest(project, "data/08_reporting/hero_heads_for_paper.csv/*/*.csv").exists()
+    heroes = pd.read_csv(latest(project, "data/08_reporting/hero_heads_for_paper.csv/*/*.csv"))
+    routes = pd.read_csv(latest(project, "data/08_reporting/hero_routes.csv/*/*.csv"))
+    assert len(routes) == 2 * len(heroes) > 0 and routes["verdict"].notna().all()
+    parts = pd.read_parquet(latest(project, "data/07_model_output/hero_decomposition.parquet/*/*.parquet"))
+    for (model, hero, task), rows in parts.groupby(["model", "hero", "task"]):
+        total = rows.loc[rows["level"] == "total", "delta"].item()
+        route = rows[rows["level"] == "route"].set_index("part")["delta"]
+        assert route.sum() == pytest.approx(total, abs=1e-6), (model, hero, task)  # the remainder closes the sum
+        layer = rows[(rows["level"] == "layer") & (rows["heads"] != "all heads")]
+        assert layer["delta"].sum() == pytest.approx(total - route["direct"] - route["remainder"], abs=1e-6)
+    hero_models = heroes["model"].unique()
+    for model in hero_models:
+        assert (project / f"data/08_reporting/hero_decomposition/hero_decomposition_{model}.png").exists()
     interactive = latest(project, "data/08_reporting/all_heads_phase_space_interactive.json/*/*.json").read_text()
     assert '"hovertemplate"' in interactive and "gemma3-270m" in interactive
     report = latest(project, "data/08_reporting/report.md/*/report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(links) == 4 + len(GRIDS) + 4, links  # figures, one layer histogram per model, hero figures
+    # figures, one layer histogram per model, hero figures, one hero decomposition per model with heroes
+    assert len(links) == 4 + len(GRIDS) + 4 + len(hero_models), links
     folder = latest(project, "data/08_reporting/report.md/*/report.md").parent
     for link in links:
         assert (folder / link).resolve().read_bytes()[:4] == b"\x89PNG", link
     for text in ("smollm2-135m", "gemma3-270m", "## Models compared", "## Hero heads", "all_heads_phase_space.png",
-                 "mean"):
+                 "mean", "### Where each hero's effect goes", *routes["verdict"]):
         assert text in report, text
 
 

@@ -12,12 +12,15 @@ from kedro.io import DataCatalog
 from matplotlib.axes import Axes
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from synthetic import FOUR_MODELS, HERO_MODELS, STUDY_COLUMNS, make_hero_studies, make_heroes, make_per_head
 
 from ioi_anti import hero_plots
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.report import HERO_FIGURES, hero_section
+from ioi_anti.routes import REMAINDER, ROUTES, route_table, verdict
 
+VERDICT = {"main_share": 0.5, "min_share": 0.2}
 STYLE = FigureStyle(width_in=7.0, font_size=8, panel_height_in=2.2)
 OUTPUT_DIR = "data/08_reporting"
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -28,7 +31,8 @@ def hero_tables(n_auto: dict[str, int], first: int | None = None) -> dict[str, p
     """Heroes (the ``first`` ones only, if given) and their four study tables."""
     heroes = make_heroes(PER_HEAD, n_auto)
     heroes = heroes if first is None else heroes.iloc[:first].reset_index(drop=True)
-    return {"heroes": heroes, **make_hero_studies(heroes, PER_HEAD)}
+    studies = make_hero_studies(heroes, PER_HEAD)
+    return {"heroes": heroes, **studies, "routes": route_table(studies["decomposition"], heroes, 0.05, VERDICT)}
 
 
 CASES = {"several": hero_tables(HERO_MODELS), "single": hero_tables({"gpt2": 1}, first=1)}
@@ -199,7 +203,7 @@ def test_no_hero_heads_gives_a_placeholder_figure(tmp_path: Path) -> None:
 
 def test_hero_section_tables_and_figures() -> None:
     tables = CASES["several"]
-    section = hero_section(tables["heroes"], tables["paths"], tables["attention"], OUTPUT_DIR)
+    section = hero_section(tables["heroes"], tables["paths"], tables["attention"], tables["routes"], OUTPUT_DIR)
     assert section.startswith("## Hero heads")
     for hero in tables["heroes"].itertuples():
         cells = [hero.model, hero.hero, hero.category, hero.category_robust, hero.selected_by]
@@ -217,7 +221,7 @@ def test_hero_section_tables_and_figures() -> None:
 
 
 def test_hero_section_without_heroes() -> None:
-    section = hero_section(EMPTY["heroes"], EMPTY["paths"], EMPTY["attention"], OUTPUT_DIR)
+    section = hero_section(EMPTY["heroes"], EMPTY["paths"], EMPTY["attention"], EMPTY["routes"], OUTPUT_DIR)
     assert section.startswith("## Hero heads")
     assert "no hero heads in this run" in section
     assert not any(fig.file_name in section for fig in HERO_FIGURES)
@@ -246,11 +250,81 @@ def test_hero_tables_round_trip_through_the_catalog(case: str, tmp_path: Path) -
     config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
                                config_patterns={"catalog": ["catalog.yml"]})["catalog"]
     entries = {name: {**config[name], "filepath": str(tmp_path / config[name]["filepath"])}
-               for name in ("hero_heads_for_paper", "hero_{study}")}
+               for name in ("hero_heads_for_paper", "hero_{study}", "hero_routes")}
     catalog = DataCatalog.from_config(entries)
-    names = {"heroes": "hero_heads_for_paper", "paths": "hero_paths", "attention": "hero_attention"}
+    names = {"heroes": "hero_heads_for_paper", "paths": "hero_paths", "attention": "hero_attention",
+             "routes": "hero_routes", "decomposition": "hero_decomposition"}
     for key, name in names.items():
         catalog.save(name, tables[key])
     loaded = {key: catalog.load(name) for key, name in names.items()}
-    assert hero_section(loaded["heroes"], loaded["paths"], loaded["attention"], OUTPUT_DIR) == hero_section(
-        tables["heroes"], tables["paths"], tables["attention"], OUTPUT_DIR)
+    keys = ("heroes", "paths", "attention", "routes")
+    assert hero_section(*(loaded[k] for k in keys), OUTPUT_DIR) == hero_section(*(tables[k] for k in keys), OUTPUT_DIR)
+    pd.testing.assert_frame_equal(route_table(loaded["decomposition"], loaded["heroes"], 0.05, VERDICT),
+                                  tables["routes"], check_dtype=False)
+
+
+def test_routes_section_gives_each_heros_verdict_shares_and_figure() -> None:
+    tables = CASES["several"]
+    section = hero_section(tables["heroes"], tables["paths"], tables["attention"], tables["routes"], OUTPUT_DIR,
+                           images={"hero_decomposition/hero_decomposition_gpt2": "gpt2.png"})
+    routes = section.split("### Where each hero's effect goes")[1]
+    header = next(line for line in routes.splitlines() if line.startswith("| model | hero |"))
+    assert header.split(" | ")[4:] == ["total", "verdict", *ROUTES, REMAINDER + " |"]
+    for row in tables["routes"].itertuples():
+        assert f"| {row.model} | {row.hero} | {row.category} | {row.task} | " in routes
+        assert row.verdict in routes
+    assert "![hero_decomposition/hero_decomposition_gpt2.png](gpt2.png)" in routes
+    assert "`hero_decomposition/hero_decomposition_pythia-160m.png`" in routes
+    assert "Do shared heroes do both jobs themselves" in routes
+
+
+def test_decomposition_figure_shows_every_route_and_the_remainder_per_hero_and_task(tmp_path: Path) -> None:
+    tables = CASES["several"]
+    for model in tables["heroes"]["model"].unique():
+        rows = tables["decomposition"][tables["decomposition"]["model"] == model]
+        fig = hero_plots.decomposition(rows, tables["routes"], tables["heroes"], STYLE)
+        heroes = tables["heroes"][tables["heroes"]["model"] == model]
+        assert len(panels(fig)) == 2 * 2 * len(heroes)  # per hero: routes and layers, per task
+        waterfalls = [ax for ax in panels(fig) if [t.get_text() for t in ax.get_yticklabels()][-1:] == ["total"]]
+        assert len(waterfalls) == 2 * len(heroes)
+        for ax in waterfalls:
+            labels = [t.get_text() for t in ax.get_yticklabels()]
+            assert [label.split(" (")[0] for label in labels] == [*ROUTES, REMAINDER, "total"]
+            hero, task = ax.get_title().split(" (")[0], ax.get_title().split("), ")[1].split("\n")[0]
+            task = {"IOI": "ioi", "anti-repetition": "anti"}[task]
+            part = rows[(rows["hero"] == hero) & (rows["task"] == task)]
+            total = part[part["level"] == "total"]["delta"].iloc[0]
+            bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+            # the last route bar (the remainder) ends at the sum of the routes + remainder = the total bar's end
+            assert bars[len(ROUTES)].get_x() + bars[len(ROUTES)].get_width() == pytest.approx(total, abs=1e-9)
+            assert bars[-1].get_width() == pytest.approx(total)
+        assert "remainder" in legend_texts(fig)
+        save(fig, tmp_path / f"{model}.png")
+
+
+def _routes(**shares: float) -> pd.DataFrame:
+    fractions = {route: shares.get(route.split()[0], 0.0) for route in (*ROUTES, REMAINDER)}
+    return pd.DataFrame({"part": list(fractions), "fraction": list(fractions.values()),
+                         "fraction_low": [f - 0.1 for f in fractions.values()]})
+
+
+@pytest.mark.parametrize(("shares", "total", "expected"), [
+    ({"direct": 0.9, "MLPs": 0.1}, (-0.6, -0.4), "acts directly"),
+    ({"direct": 2.3, "shared": -1.3}, (-0.5, -0.3), "acts directly; opposed by shared heads -130 %"),
+    ({"IOI-only": 0.7, "weak": 0.3}, (0.2, 0.4), "routes through IOI-only heads"),
+    ({"MLPs": 0.55, "direct": 0.45}, (0.2, 0.4), "routes through MLPs"),
+    ({"anti-only": 0.45, "weak": 0.35, "direct": 0.2}, (-0.5, -0.2), "mixed (anti-only heads 45 %, weak heads 35 %, "
+                                                                     "direct 20 %)"),
+    ({"direct": 0.3, "remainder": 0.6}, (-0.5, -0.2), "non-additive"),
+    ({"direct": 1.0}, (-0.01, 0.03), "no clear effect"),
+    ({"direct": 1.0}, (0.01, 0.04), "no clear effect"),
+])
+def test_verdict_follows_the_documented_rules(shares, total, expected) -> None:
+    text, _main, _share = verdict(_routes(**shares), *total, tau=0.05, main_share=0.5, min_share=0.2)
+    assert text == expected
+
+
+def test_a_main_route_with_an_uncertain_share_is_mixed() -> None:
+    routes = _routes(direct=0.55, MLPs=0.45)
+    routes.loc[routes["part"] == "direct", "fraction_low"] = 0.1
+    assert verdict(routes, -0.5, -0.3, tau=0.05, main_share=0.5, min_share=0.2)[0].startswith("mixed")

@@ -39,7 +39,8 @@ from ioi_anti.pipelines.categorisation.nodes import (
     count_strong_heads,
 )
 from ioi_anti.pipelines.reporting import nodes
-from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, markdown_table
+from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, decomposition_key, markdown_table
+from ioi_anti.routes import route_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "seed": 0, "ci_level": 0.95,
@@ -47,7 +48,8 @@ CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "see
 REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
 FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
 RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED}
-HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention")
+HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention", "hero_routes")
+VERDICT = {"main_share": 0.5, "min_share": 0.2}
 
 
 def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
@@ -71,6 +73,8 @@ def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
         "hero_heads_for_paper": heroes,
         "hero_paths": studies["paths"],
         "hero_attention": studies["attention"],
+        "hero_decomposition": studies["decomposition"],
+        "hero_routes": route_table(studies["decomposition"], heroes, CAT_PARAMS["tau"], VERDICT),
     }
 
 
@@ -106,6 +110,9 @@ def saved_figures(tables: dict[str, Any]) -> dict[str, SavedFigure]:
     saved["layer_hists"] = {key: (lambda key=key: SavedFigure(f"{out}/layer_hists/{key}.png", _png(figures[key])))
                             for key in figures if key.startswith("layer_hist_")}
     saved["training_plots"] = {}
+    saved["hero_decomposition_plots"] = {
+        decomposition_key(model): (lambda model=model: SavedFigure(f"{out}/hero_decomposition/{model}.png", stand_in))
+        for model in tables["hero_heads_for_paper"]["model"].unique()}
     return saved
 
 
@@ -261,6 +268,7 @@ def test_reporting_pipeline_assembles() -> None:
     assert pipeline.inputs() == {
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
         "attribution_agreement", *HERO_INPUTS, "params:reporting", *(fig.dataset for fig in HERO_FIGURES),
+        "hero_decomposition_plots",
     }
     assert pipeline.outputs() == {"corr_vs_scale_cross_family", "report", "report_html"}
     assert {fig.dataset for fig in FIGURES} | {"layer_hists", "all_heads_phase_space_interactive"} <= (
@@ -272,8 +280,10 @@ def test_report_shows_every_figure_by_a_relative_link_and_the_html_page_embeds_t
     markdown, html = report_pages_of(tables)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     n_models = tables["per_head"]["model"].nunique()
-    assert len(links) == len(FIGURES) + n_models + len(HERO_FIGURES)
+    n_hero_models = tables["hero_heads_for_paper"]["model"].nunique()
+    assert len(links) == len(FIGURES) + n_models + len(HERO_FIGURES) + n_hero_models
     assert "../../corr_vs_scale_cross_family.png/v1/corr_vs_scale_cross_family.png" in links
+    assert "../../hero_decomposition/gpt2.png" in links
     assert "../../layer_hists/layer_hist_gpt2.png" in links
     assert html.count('<img src="data:image/png;base64,') == len(links)
     assert "<table>" in html and "Plotly.newPlot" in html and "<!-- interactive" not in html
@@ -318,7 +328,8 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     hero_config = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local",
                                     config_patterns={"catalog": ["catalog.yml"]})["catalog"]
     # the hero tables (outputs of the hero_heads pipeline) go through their real datasets of catalog.yml
-    hero_entries = {name: hero_config[name] for name in ("hero_heads_for_paper", "hero_{study}", "hero_{study}_plot")}
+    hero_entries = {name: hero_config[name] for name in ("hero_heads_for_paper", "hero_{study}", "hero_{study}_plot",
+                                                         "hero_routes", "hero_decomposition_plots")}
     entries = {}
     for name, entry in (config["catalog"] | hero_entries).items():
         key = "path" if "path" in entry else "filepath"
@@ -331,6 +342,9 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
         catalog.save(name, tables[name])
     for fig in HERO_FIGURES:
         catalog.save(fig.dataset, figures_of(tables)["all_heads_phase_space_plot"])
+    hero_models = tables["hero_heads_for_paper"]["model"].unique()
+    catalog.save("hero_decomposition_plots", {decomposition_key(m): figures_of(tables)["family_grid_plot"]
+                                              for m in hero_models})
     for name, value in config["parameters"].items():
         catalog[f"params:{name}"] = value
     pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
@@ -339,7 +353,7 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4 + 2  # + hero_paths, hero_attention
     assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES) + len(HERO_FIGURES)
     assert next((out / "08_reporting").glob("report.html/*/report.html")).read_text().count("<img") == (
-        len(FIGURES) + len(HERO_FIGURES) + tables["per_head"]["model"].nunique())
+        len(FIGURES) + len(HERO_FIGURES) + tables["per_head"]["model"].nunique() + len(hero_models))
     assert {p.name for p in (out / "08_reporting" / "layer_hists").iterdir()} == {
         f"layer_hist_{m}.png" for m in tables["per_head"]["model"].unique()
     }

@@ -1,12 +1,24 @@
 """Hero-head case studies on top of the ablation engine: dose-response curves, cumulative
 top-k ablation, path patching (direct effect and effects routed through downstream heads'
-query, key and value inputs) and where a head attends from END.
+query, key and value inputs), the decomposition of a head's whole effect over the first
+components that read its output, and where a head attends from END.
 
 Path patching follows Wang et al. (2022): the hero head's *contribution* is the change its
 ablation makes to the attention-layer output that is added to the residual stream
 (``blocks.{L}.hook_attn_out``). Patching it on one path means adding that change only to the
 input of one receiver (the final unembedding for the direct effect; one downstream head's
 query, key or value input), recomputing everything after the receiver from there.
+
+The *decomposition* splits a hero's total effect by the first component that reads its
+contribution from the residual stream: every path from the head to the logits starts with
+exactly one such reader, so the parts are disjoint. The readers are the unembedding (the direct
+effect), the attention of each later layer (all heads together, and each group of heads given by
+the caller, e.g. per category), and the MLP of the hero's own layer and of each later one. In a
+block that runs attention and MLP in parallel (GPT-NeoX/Pythia) the hero's own MLP does not see
+its output, and its part comes out zero by construction; Gemma's post-attention norm is inside the
+contribution (``hook_attn_out`` is after it), and the pre-MLP/attention norms belong to the reader.
+What the parts leave unexplained (``total - sum of parts``) is the non-additivity: effects that
+need the contribution at two readers at once.
 """
 
 from __future__ import annotations
@@ -98,10 +110,19 @@ def joint_ablation(
             z[:, :, hs] = values[layer][:, :, hs]
             return z
         hooks.append((z_hook_name(layer), ablate))
-    start = min(by_layer)
+    return _metric_from(lm, clean, min(by_layer), hooks)[0]
+
+
+def _metric_from(
+    lm: LoadedModel, clean: CleanPass, layer: int, hooks: list[tuple[str, Any]], x: Tensor | None = None,
+    times: int = 1,
+) -> Float[Tensor, "times b"]:
+    """Metric per prompt after replaying blocks ``layer..`` on ``x`` (default: the clean input) under ``hooks``."""
+    x = clean.resid[layer].repeat(times, 1, 1) if x is None else x
     with torch.no_grad(), lm.bridge.hooks(fwd_hooks=hooks):
-        x = run_blocks(lm, clean, start, clean.resid[start], times=1)
-        return task_metric(end_candidates(lm, x[:, -1], clean.group.tokens), clean.group.weights)
+        x = run_blocks(lm, clean, layer, x, times=times)
+        cand = end_candidates(lm, x[:, -1], clean.group.tokens.repeat(times, 1))
+    return task_metric(cand, clean.group.weights.repeat(times, 1)).view(times, clean.group.size)
 
 
 def direct_metric(lm: LoadedModel, clean: CleanPass, delta_out: Tensor) -> Float[Tensor, " b"]:
@@ -115,10 +136,7 @@ def direct_metric(lm: LoadedModel, clean: CleanPass, delta_out: Tensor) -> Float
 
 def all_paths_metric(lm: LoadedModel, clean: CleanPass, layer: int, delta_out: Tensor) -> Float[Tensor, " b"]:
     """Metric when the contribution reaches every downstream reader at once (the total effect)."""
-    hooks = [(f"blocks.{layer}.hook_attn_out", lambda out, hook: out + delta_out)]
-    with torch.no_grad(), lm.bridge.hooks(fwd_hooks=hooks):
-        x = run_blocks(lm, clean, layer, clean.resid[layer], times=1)
-        return task_metric(end_candidates(lm, x[:, -1], clean.group.tokens), clean.group.weights)
+    return _metric_from(lm, clean, layer, [(f"blocks.{layer}.hook_attn_out", lambda out, hook: out + delta_out)])[0]
 
 
 def receiver_metrics(
@@ -145,6 +163,56 @@ def receiver_metrics(
             keys.append((head, kind))
     metrics = variant_metrics(lm, clean, receiver_layer, variants) if variants else torch.empty(0)
     return {key: metrics[i] for i, key in enumerate(keys)}
+
+
+@dataclass(frozen=True)
+class ReaderPart:
+    """One first reader of a hero's contribution and the metric when only it reads the contribution."""
+
+    reader: str  # "direct" | "attention" | "mlp"
+    layer: int  # the reader's layer (-1 for the unembedding)
+    heads: str  # for attention: "all heads" or the name of a head group; "" otherwise
+    metric: Float[Tensor, " b"]
+
+
+def decompose(
+    lm: LoadedModel, clean: CleanPass, layer: int, delta_out: Float[Tensor, "b p d_model"],
+    head_groups: dict[str, Sequence[tuple[int, int]]],
+) -> list[ReaderPart]:
+    """The metric with the hero's contribution read by one first reader at a time (module docstring).
+
+    Attention of layer ``R > layer``: the layer's ``z`` is computed from the residual plus the
+    contribution (every head reads it through its own q, k and v), then put in place of the clean
+    ``z`` for all heads, or for one group of heads only, and the rest of the model is replayed.
+    MLP of layer ``R >= layer``: its output is computed with the contribution added to its input
+    and the layer's attention clean, then put in place of the clean MLP output and replayed.
+    ``clean`` must hold residuals and ``z`` (``keep_resid=True``, ``keep_z=True``).
+    """
+    if clean.z is None or not clean.resid:
+        raise ValueError("decompose needs a clean pass run with keep_resid=True and keep_z=True.")
+    parts = [ReaderPart("direct", -1, "", direct_metric(lm, clean, delta_out))]
+    for reader in range(layer, lm.n_layers):
+        z_clean, z_name, mlp_name = clean.z[reader], z_hook_name(reader), f"blocks.{reader}.hook_mlp_out"
+        store: dict[str, Tensor] = {}
+        if reader == layer:  # the contribution enters the stream after this layer's attention
+            _run_block(lm, clean, reader, clean.resid[reader],
+                       [(f"blocks.{reader}.hook_attn_out", lambda out, hook: out + delta_out),
+                        _capture(mlp_name, store)])
+        else:  # hooks on one point run in order: z is read with the contribution, then made clean
+            _run_block(lm, clean, reader, clean.resid[reader] + delta_out,
+                       [_capture(z_name, store), _replace(z_name, z_clean), _capture(mlp_name, store)])
+            variants = {"all heads": store[z_name]}
+            for name, members in head_groups.items():
+                chosen = [h for r, h in members if r == reader]
+                if chosen:
+                    variants[name] = z_clean.clone()
+                    variants[name][:, :, chosen] = store[z_name][:, :, chosen]
+            metrics = _metric_from(lm, clean, reader, [_replace(z_name, torch.cat(list(variants.values())))],
+                                   times=len(variants))
+            parts += [ReaderPart("attention", reader, name, m) for name, m in zip(variants, metrics, strict=True)]
+        mlp_metric = _metric_from(lm, clean, reader, [_replace(mlp_name, store[mlp_name])])[0]
+        parts.append(ReaderPart("mlp", reader, "", mlp_metric))
+    return parts
 
 
 def attention_from_end(lm: LoadedModel, clean: CleanPass, layer: int, head: int) -> np.ndarray:

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ioi_anti.categories import STRONG_CATEGORIES
+from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
 from ioi_anti.plotting import CATEGORY_COLOURS, FigureStyle, new_figure, styled
+from ioi_anti.routes import DIRECT, MLPS, REMAINDER, ROUTES, TASK_NAMES
 
 TASK_COLOURS = {"ioi": CATEGORY_COLOURS["IOI-only"], "anti": CATEGORY_COLOURS["anti-only"]}
 TASK_LABELS = {"ioi": "IOI", "anti": "anti-repetition"}
@@ -199,4 +200,68 @@ def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> 
             ax.set(title=_hero_title(row), ylim=(0, 1))
         _finish(fig, axes, title + "\n(mean over prompts ± 1 s.d., clipped to [0, 1])", "attended token(s)",
                 "attention weight from END", _task_patches(" prompts"))
+    return fig
+
+
+ROUTE_COLOURS = {DIRECT: "#000000", MLPS: "#CC79A7", REMAINDER: "#FFFFFF"} | {
+    f"{category} heads": CATEGORY_COLOURS[category] for category in CATEGORIES}
+READER_COLOURS = {"attention": "#56B4E9", "MLP": ROUTE_COLOURS[MLPS]}
+
+
+def _waterfall(ax: Axes, routes: pd.DataFrame, total: pd.Series) -> None:
+    """Each route as a step from the running sum, the remainder closing the gap to the total (last bar)."""
+    order = [*ROUTES, REMAINDER]
+    frame = routes.set_index("part").reindex(order)
+    starts = np.concatenate([[0.0], np.cumsum(frame["delta"].to_numpy())[:-1]])
+    y = np.arange(len(order) + 1)
+    ax.barh(y[:-1], frame["delta"], left=starts, height=0.6, color=[ROUTE_COLOURS[r] for r in order],
+            edgecolor="0.2", linewidth=0.5, hatch=["" if r != REMAINDER else "////" for r in order])
+    ends = starts + frame["delta"].to_numpy()
+    ax.errorbar(ends, y[:-1], xerr=_errors(frame), fmt="none", **ERROR_KW)
+    ax.barh(y[-1], total["delta"], height=0.6, color="0.45", edgecolor="0.2", linewidth=0.5)
+    ax.errorbar([total["delta"]], [y[-1]], xerr=_errors(total.to_frame().T), fmt="none", **ERROR_KW)
+    labels = [f"{r} ({100 * f:.0f} %)" if np.isfinite(f) else r for r, f in zip(order, frame["fraction"], strict=True)]
+    ax.set_yticks(y, [*labels, "total"])
+    ax.set_ylim(len(order) + 0.5, -0.5)
+    ax.axvline(0, color="grey", lw=0.6)
+
+
+def _by_layer(ax: Axes, layers: pd.DataFrame, hero_layer: int) -> None:
+    """Parts read by each later layer's attention (all heads) and MLP, side by side."""
+    for i, (reader, colour) in enumerate(zip(("attention", "mlp"), READER_COLOURS.values(), strict=True)):
+        rows = layers[(layers["reader"] == reader) & (layers["heads"].isin(["all heads", ""]))]
+        ax.bar(rows["reader_layer"] + (i - 0.5) * 0.4, rows["delta"], width=0.4, yerr=_errors(rows),
+               color=colour, error_kw=ERROR_KW)
+    ax.axvline(hero_layer, color="0.5", lw=0.6, ls=":")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("reader layer (dotted: the hero's layer)")
+    ax.set_title("the same, by the layer that reads it", fontsize="small")
+
+
+def decomposition(table: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
+    """One model's heroes: per task, the total Δ built up route by route (the remainder hatched), then by layer."""
+    model = str(table["model"].iloc[0])
+    title = f"{model}: where each hero head's effect goes (first reader of its output)"
+    with styled(style):
+        model_heroes = heroes[heroes["model"] == model]
+        tasks = [t for t in TASK_NAMES if t in set(table["task"])]
+        fig, axes = _panels(2 * len(model_heroes) * len(tasks), style, ncols=len(tasks),
+                            row_heights=[style.panel_height_in * 1.2, style.panel_height_in] * len(model_heroes))
+        verdicts = hero_routes.set_index(["model", "hero", "task"])["verdict"]
+        for i, row in enumerate(model_heroes.itertuples()):
+            rows = table[table["hero"] == row.hero]
+            for j, task in enumerate(tasks):
+                part = rows[rows["task"] == task]
+                top, bottom = axes[2 * i * len(tasks) + j], axes[(2 * i + 1) * len(tasks) + j]
+                _waterfall(top, part[part["level"] == "route"], part[part["level"] == "total"].iloc[0])
+                top.set_title(f"{row.hero} ({row.category}), {TASK_NAMES[task]}\n"
+                              + textwrap.fill(str(verdicts.get((model, row.hero, task), "")), 48), fontsize="small")
+                top.set_xlabel(DELTA_LABEL)
+                _by_layer(bottom, part[part["level"] == "layer"], int(row.layer))
+                bottom.set_ylabel("Δ")
+        handles = [Patch(facecolor=ROUTE_COLOURS[r], edgecolor="0.2", hatch="////" if r == REMAINDER else "", label=r)
+                   for r in [*ROUTES, REMAINDER]] + [
+                   Patch(color=READER_COLOURS[k], label=f"{k} of one layer (layer panels)") for k in READER_COLOURS]
+        fig.suptitle(title + "\n(bars: 95% bootstrap interval over prompts; % = share of the hero's total Δ)")
+        fig.legend(handles=handles, loc="outside lower center", ncols=4)
     return fig

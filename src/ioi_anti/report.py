@@ -17,11 +17,13 @@ from markdown_it import MarkdownIt
 
 from ioi_anti.categories import CATEGORIES, default_tau_rows
 from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
+from ioi_anti.routes import REMAINDER, ROUTES, shared_hero_answers
 from ioi_anti.training_plots import series, with_steps
 
 NOT_RECORDED = "not recorded"
 LAYER_HISTS_DIR = "layer_hists"
 TRAINING_DIR = "training"
+DECOMPOSITION_DIR = "hero_decomposition"
 KNOWN_METADATA = ("models", "seed", "ablation", "n_prompts_ioi", "n_prompts_anti", "versions", "device",
                   "model_config")  # model_config: shown in the Models line, from the per-head table
 
@@ -65,6 +67,11 @@ FIGURES = (
 def layer_hist_key(model: str) -> str:
     """Partition name (file stem) of a model's layer histogram, safe as a file name."""
     return "layer_hist_" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+
+
+def decomposition_key(model: str) -> str:
+    """Partition name (file stem) of a model's hero-decomposition figure, safe as a file name."""
+    return "hero_decomposition_" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
 
 
 def _cell(value: Any, float_format: str) -> str:
@@ -378,7 +385,7 @@ def build_report(
     correlations: pd.DataFrame,
     attribution_agreement: pd.DataFrame,
     output_dir: str,
-    hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+    hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
     images: Mapping[str, str] | None = None,
 ) -> str:
     """The whole Markdown report (with the hero-heads section when its tables are given, and the
@@ -419,9 +426,41 @@ HERO_FIGURES = (
 )
 
 
-def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, output_dir: str,
-                 images: Mapping[str, str] | None = None) -> str:
-    """Hero heads: the selection, their direct vs total effect and main mediators, and the figures."""
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f} %" if np.isfinite(value) else "n/a"
+
+
+def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[str, str]) -> list[str]:
+    """Where each hero's effect goes (verdicts and route shares), the shared heroes' answers, the figures."""
+    if hero_routes.empty:
+        return []
+    lines = ["### Where each hero's effect goes", "",
+             "Each hero's total Δ is split by the first component that reads its output: the unembedding "
+             "(`direct`), the attention heads of each category in later layers (q, k and v together), the MLPs "
+             "(its own layer's included), and the `remainder` = total − the sum of the routes, which is the part "
+             "that needs the hero's output at two readers at once. Shares are of the hero's total Δ; the verdict "
+             "names a route carrying at least half of it (docs/metrics.md gives the rules). Table: "
+             "`hero_routes.csv`; every per-layer part: `hero_decomposition.parquet`.", ""]
+    shown = hero_routes.assign(
+        total=[with_interval(r.total, r.total_low, r.total_high) for r in hero_routes.itertuples()],
+        **{route: hero_routes[route].map(_percent) for route in (*ROUTES, REMAINDER)})
+    lines += [markdown_table(shown[["model", "hero", "category", "task", "total", "verdict", *ROUTES, REMAINDER]]), ""]
+    answers = shared_hero_answers(hero_routes)
+    lines += ["**Do shared heroes do both jobs themselves, or route into other heads?**", ""]
+    lines += ([markdown_table(answers), ""] if not answers.empty
+              else ["No shared hero in this run: no head's interval clears τ on both tasks.", ""])
+    for model in hero_routes["model"].unique():
+        key = f"{DECOMPOSITION_DIR}/{decomposition_key(model)}"
+        lines += _image(images, key, f"{key}.png")
+        lines += [f"- `{key}.png` (dataset `hero_decomposition_plots`, in `{output_dir}/`): each hero of {model} "
+                  "per task, its total Δ built up route by route with the remainder hatched, and the part read by "
+                  "each later layer's attention and MLP.", ""]
+    return lines
+
+
+def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, hero_routes: pd.DataFrame,
+                 output_dir: str, images: Mapping[str, str] | None = None) -> str:
+    """Hero heads: the selection, where their effect goes, their mediators and attention, and the figures."""
     lines = ["## Hero heads", ""]
     if heroes.empty:
         return "\n".join([*lines, "No head's interval clears τ for any category: no hero heads in this run."])
@@ -429,6 +468,7 @@ def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFr
               "plus heads named in `hero_heads.named` (`named`). Table: `hero_heads_for_paper.csv`.", ""]
     shown = heroes[["model", "hero", "category", "category_robust", "selected_by", "delta_ioi", "delta_anti"]]
     lines += [markdown_table(shown), ""]
+    lines += routes_section(hero_routes, output_dir, images or {})
     fixed = paths[paths["path"].isin(["total", "direct", "all paths"])]
     if not fixed.empty:
         wide = fixed.pivot_table(index=["model", "hero", "task"], columns="path", values="delta").reset_index()

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from ioi_anti import hero, hero_plots, plotting
+from ioi_anti import hero, hero_plots, plotting, routes
 from ioi_anti.ablation import variant_metrics
 from ioi_anti.categories import STRONG_CATEGORIES, categorise
 from ioi_anti.metrics import bootstrap_indices, interval
 from ioi_anti.models import LoadedModel, load_model
+from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
 from ioi_anti.sweep import TASKS, model_tokens
 
@@ -28,6 +30,8 @@ STUDY_COLUMNS = {
     "paths": ["task", "path", "receiver_layer", "receiver_head", "receiver_input", "receiver_category", "delta",
               "delta_low", "delta_high", "hero", "model"],
     "attention": ["task", "target", "mean", "std", "count", "hero", "model"],
+    "decomposition": ["task", "level", "part", "reader", "reader_layer", "heads", "delta", "delta_low", "delta_high",
+                      "fraction", "fraction_low", "fraction_high", "hero", "model"],
 }
 HEAD_COLUMNS = ["model", "family", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low", "delta_ioi_high",
                 "delta_anti", "delta_anti_low", "delta_anti_high"]
@@ -82,8 +86,9 @@ def study_hero_heads(
     tau: float,
     params: dict[str, Any],
     seed: int,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Dose-response curves, cumulative top-k ablation, path patching and attention, per model."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Dose-response curves, cumulative top-k ablation, path patching, attention and the decomposition
+    of each hero's effect over its first readers, per model."""
     params = {**params, "tau": tau}
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
     for spec in resolve_models(models, registry):
@@ -104,12 +109,13 @@ def study_hero_heads(
             tables["dose"].append(study.dose(row.layer, row.head).assign(**hero_id))
             tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(**hero_id))
             tables["attention"].append(study.attention(row.layer, row.head).assign(**hero_id))
+            tables["decomposition"].append(study.decomposition(row.layer, row.head, model_heads).assign(**hero_id))
         tables["topk"].append(study.topk(model_heads).assign(**model))
-    dose, topk, paths, attention = (
+    dose, topk, paths, attention, decomposition = (
         pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *frames], ignore_index=True)[STUDY_COLUMNS[name]]
         for name, frames in tables.items()
     )
-    return dose, topk, paths, attention
+    return dose, topk, paths, attention, decomposition
 
 
 class _ModelStudy:
@@ -117,6 +123,18 @@ class _ModelStudy:
 
     def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: dict[str, Any], seed: int) -> None:
         self.lm, self.tasks, self.params, self.seed = lm, tasks, params, seed
+        self._effects: dict[tuple[int, int, str], tuple[dict[int, Tensor], np.ndarray]] = {}
+
+    def _effect(self, layer: int, head: int, task: str) -> tuple[dict[int, Tensor], np.ndarray]:
+        """The hero's contribution per prompt group and its per-prompt total Δ, computed once per hero and task."""
+        key = (layer, head, task)
+        if key not in self._effects:
+            ht = self.tasks[task]
+            contributions = {id(cp): hero.contribution(self.lm, cp, layer, head, v[layer][:, :, head])
+                             for cp, v in zip(ht.clean, ht.values, strict=True)}
+            total = ht.deltas(lambda cp, v: variant_metrics(self.lm, cp, layer, [(head, v[layer][:, :, head])])[0])
+            self._effects[key] = contributions, total
+        return self._effects[key]
 
     def _rows(self, task: str, deltas: np.ndarray, **columns: Any) -> pd.DataFrame:
         mean, low, high = _summary(deltas, self.seed, self.params["n_boot"])
@@ -137,13 +155,10 @@ class _ModelStudy:
         receivers = _receivers(heads, layer, params)
         frames = []
         for task, ht in self.tasks.items():
-            # The hero's contribution per prompt group, computed once and read by every path below.
-            contributions = {id(cp): hero.contribution(self.lm, cp, layer, head, v[layer][:, :, head])
-                             for cp, v in zip(ht.clean, ht.values, strict=True)}
+            contributions, total = self._effect(layer, head, task)
 
             def contribution(cp: Any, v: Any, contributions: dict = contributions) -> Any:
                 return contributions[id(cp)]
-            total = ht.deltas(lambda cp, v: variant_metrics(self.lm, cp, layer, [(head, v[layer][:, :, head])])[0])
             direct = ht.deltas(lambda cp, v: hero.direct_metric(self.lm, cp, contribution(cp, v)))
             every = ht.deltas(lambda cp, v: hero.all_paths_metric(self.lm, cp, layer, contribution(cp, v)))
             frames.append(self._rows(task, np.stack([total, direct, every]), path=["total", "direct", "all paths"],
@@ -161,6 +176,35 @@ class _ModelStudy:
                     task, ht.deltas(via), path=[f"L{r_layer}H{h}.{k}" for h, k in keys],
                     receiver_layer=int(r_layer), receiver_head=[h for h, _ in keys],
                     receiver_input=[k for _, k in keys], receiver_category=[category[h] for h, _ in keys]))
+        return pd.concat(frames, ignore_index=True)
+
+    def decomposition(self, layer: int, head: int, heads: pd.DataFrame) -> pd.DataFrame:
+        """The hero's total Δ split over its first readers (per layer and summed into routes) and the remainder."""
+        categorised = categorise(heads, self.params["tau"])
+        later = categorised[categorised["layer"] > layer]
+        groups = {category: list(zip(frame["layer"], frame["head"], strict=True))
+                  for category, frame in later.groupby("category", sort=False)}
+        frames = []
+        for task, ht in self.tasks.items():
+            contributions, total = self._effect(layer, head, task)
+            readers: list[hero.ReaderPart] = []  # the same list of readers for every prompt group
+
+            def parts(cp: Any, v: Any, contributions: dict = contributions, readers: list = readers) -> Tensor:
+                readers[:] = hero.decompose(self.lm, cp, layer, contributions[id(cp)], groups)
+                return torch.stack([part.metric for part in readers])
+            per_prompt = ht.deltas(parts)
+            layer_parts = pd.DataFrame([{"reader": p.reader, "reader_layer": p.layer, "heads": p.heads}
+                                        for p in readers[1:]])
+            labels = [routes.part_label(p.reader, p.layer, p.heads) for p in readers[1:]]
+            idx = bootstrap_indices(len(total), self.params["n_boot"], self.seed)
+            route_deltas = routes.route_parts(layer_parts, per_prompt[1:], per_prompt[0], total)
+            no_reader = {"reader": "", "reader_layer": -1, "heads": ""}
+            frames += [
+                routes.summarise({"total": total}, total, idx).assign(task=task, level="total", **no_reader),
+                routes.summarise(route_deltas, total, idx).assign(task=task, level="route", **no_reader),
+                pd.concat([routes.summarise(dict(zip(labels, per_prompt[1:], strict=True)), total, idx),
+                           layer_parts], axis=1).assign(task=task, level="layer"),
+            ]
         return pd.concat(frames, ignore_index=True)
 
     def attention(self, layer: int, head: int) -> pd.DataFrame:
@@ -198,6 +242,12 @@ class _ModelStudy:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STUDY_COLUMNS["topk"])
 
 
+def summarise_hero_routes(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
+                          params: dict[str, Any]) -> pd.DataFrame:
+    """Verdict per hero and task (acts directly / routes through ... / mixed) with each route's share."""
+    return routes.route_table(decomposition, heroes, tau, params["verdict"])
+
+
 def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any]) -> pd.DataFrame:
     """Downstream heads to trace: all of them, or the strongest non-weak ones (``receivers``)."""
     downstream = categorise(heads, params["tau"])
@@ -226,6 +276,14 @@ def plot_topk(topk: pd.DataFrame, params: dict[str, Any]) -> Figure:
 def plot_paths(paths: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
     """Path-patching bars of every hero head."""
     return hero_plots.paths(paths, heroes, _style(params))
+
+
+def plot_decomposition(decomposition: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.DataFrame,
+                       params: dict[str, Any]) -> dict[str, Figure]:
+    """One figure per model: each hero's total Δ as the sum of its routes plus the remainder, and by layer."""
+    style = _style(params)
+    return {decomposition_key(str(model)): hero_plots.decomposition(rows, hero_routes, heroes, style)
+            for model, rows in decomposition.groupby("model", sort=False)}
 
 
 def plot_attention(attention: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:

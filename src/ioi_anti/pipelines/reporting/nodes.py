@@ -15,7 +15,15 @@ from matplotlib.figure import Figure
 from ioi_anti import interactive, plotting
 from ioi_anti.categories import default_tau_rows
 from ioi_anti.datasets import SavedFigure
-from ioi_anti.report import LAYER_HISTS_DIR, TRAINING_DIR, build_report, html_report, layer_hist_key, model_order
+from ioi_anti.report import (
+    DECOMPOSITION_DIR,
+    LAYER_HISTS_DIR,
+    TRAINING_DIR,
+    build_report,
+    html_report,
+    layer_hist_key,
+    model_order,
+)
 from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
@@ -109,9 +117,11 @@ def write_report(
     hero_heads: pd.DataFrame,
     hero_paths: pd.DataFrame,
     hero_attention: pd.DataFrame,
+    hero_routes: pd.DataFrame,
     interactive_phase_space: go.Figure,
     layer_hists: dict[str, Callable[[], SavedFigure]],
     training_plots: dict[str, Callable[[], SavedFigure]],
+    hero_decomposition_plots: dict[str, Callable[[], SavedFigure]],
     params: dict[str, Any],
     **figures: SavedFigure,
 ) -> tuple[str, str]:
@@ -119,9 +129,10 @@ def write_report(
     saved figures, and one self-contained HTML page with every figure embedded."""
     saved = dict(figures) | {f"{LAYER_HISTS_DIR}/{key}": load() for key, load in layer_hists.items()}
     saved |= {f"{TRAINING_DIR}/{key}": load() for key, load in training_plots.items()}
+    saved |= {f"{DECOMPOSITION_DIR}/{key}": load() for key, load in hero_decomposition_plots.items()}
     output_dir = str(params["output_dir"])
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
-              output_dir, (hero_heads, hero_paths, hero_attention))
+              output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
     markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()})
     embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()})
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")

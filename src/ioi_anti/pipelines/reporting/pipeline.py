@@ -21,7 +21,8 @@ PARAMS = "params:reporting"
 # Tables by argument name, then every figure (kept under its dataset name) for the report to show.
 REPORT_INPUTS = {
     name: name for name in ("baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
-                            "attribution_agreement", "hero_paths", "hero_attention", "layer_hists", "training_plots")
+                            "attribution_agreement", "hero_paths", "hero_attention", "hero_routes", "layer_hists",
+                            "training_plots", "hero_decomposition_plots")
 } | {"hero_heads": "hero_heads_for_paper", "interactive_phase_space": "all_heads_phase_space_interactive",
      "params": PARAMS} | {fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES)}
 
