@@ -14,7 +14,7 @@ from ioi_anti import categories
 from ioi_anti.pipelines.categorisation import create_pipeline
 from ioi_anti.pipelines.categorisation.nodes import categorise_heads, correlate_deltas, count_heads_by_layer
 
-PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 200, "seed": 0, "ci_level": 0.95,
+PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 200, "ci_level": 0.95,
           "n_depth_bins": 4}
 TINY = SyntheticModel("tiny", "gpt2", 1_000_000, 2, 3)
 
@@ -136,7 +136,7 @@ def test_depth_fraction_of_a_one_layer_model_is_zero() -> None:
 def test_correlations_match_scipy_over_all_heads() -> None:
     heads = make_per_head(FOUR_MODELS, seed=3)
     heads["delta_anti"] = heads["delta_anti"].round(2)  # ties, which Spearman must rank-average
-    corr = correlate_deltas(heads, PARAMS).set_index("model")
+    corr = correlate_deltas(heads, PARAMS, seed=0).set_index("model")
     for model, rows in heads.groupby("model"):
         assert corr.at[model, "n_heads"] == len(rows)
         assert corr.at[model, "pearson"] == pytest.approx(pearsonr(rows["delta_ioi"], rows["delta_anti"])[0])
@@ -206,7 +206,7 @@ def test_grid_validation_names_model_and_problem(kind: str, message: str) -> Non
     with pytest.raises(ValueError, match="opt-125m"):
         categorise_heads(heads, PARAMS)
     with pytest.raises(ValueError, match="opt-125m"):
-        correlate_deltas(heads, PARAMS)
+        correlate_deltas(heads, PARAMS, seed=0)
 
 
 def test_grid_validation_accepts_complete_grids_and_rejects_missing_columns() -> None:
@@ -220,5 +220,5 @@ def test_grid_validation_accepts_complete_grids_and_rejects_missing_columns() ->
 
 def test_categorisation_pipeline_assembles() -> None:
     pipeline = create_pipeline()
-    assert pipeline.inputs() == {"per_head", "params:categorisation"}
+    assert pipeline.inputs() == {"per_head", "params:categorisation", "params:seed"}
     assert pipeline.all_outputs() == {"head_categories", "strong_head_counts", "layer_counts", "correlations"}

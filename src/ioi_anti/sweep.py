@@ -33,7 +33,7 @@ from ioi_anti.ablation import (
     clean_pass,
     make_groups,
 )
-from ioi_anti.models import LoadedModel, ModelSpec, load_model
+from ioi_anti.models import LoadedModel, ModelSpec, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,16 @@ def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: 
     return tokenised[model_id]()
 
 
+def numeric_runtime(runtime: Mapping[str, Any]) -> dict[str, str]:
+    """The runtime settings that can change a number, for resume fingerprints: the kind of device
+    (CPU and CUDA kernels differ in the last bits) and the dtype. Batch sizes and the device index
+    cannot, so lowering ``max_batch`` after running out of memory keeps every finished partition."""
+    return {"device": resolve_device(str(runtime["device"])).type, "dtype": str(runtime["dtype"])}
+
+
 def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> str:
     """Partition key of a model's per-prompt baseline."""
-    return f"{partition_prefix(model_id, fingerprint(model_id, tokens, runtime))}/baseline"
+    return f"{partition_prefix(model_id, fingerprint(model_id, tokens, numeric_runtime(runtime)))}/baseline"
 
 
 def model_facts(lm: LoadedModel) -> dict[str, Any]:

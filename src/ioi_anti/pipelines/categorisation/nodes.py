@@ -24,6 +24,7 @@ def count_heads_by_layer(head_categories: pd.DataFrame, params: dict[str, Any]) 
     return categories.layer_counts(head_categories, int(params["n_depth_bins"]))
 
 
-def correlate_deltas(per_head: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Per-model Pearson and Spearman of Δ_IOI vs Δ_anti over all heads, with bootstrap intervals."""
-    return categories.correlations(per_head, int(params["n_boot"]), int(params["seed"]), float(params["ci_level"]))
+def correlate_deltas(per_head: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Per-model Pearson and Spearman of Δ_IOI vs Δ_anti over all heads, with bootstrap intervals
+    (resampled with the bootstrap seed ``seed``)."""
+    return categories.correlations(per_head, int(params["n_boot"]), int(seed), float(params["ci_level"]))

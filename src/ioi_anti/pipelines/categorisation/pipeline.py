@@ -19,5 +19,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(count_strong_heads, "head_categories", "strong_head_counts", name="count_strong_heads"),
         Node(count_heads_by_layer, ["head_categories", "params:categorisation"], "layer_counts",
              name="count_heads_by_layer"),
-        Node(correlate_deltas, ["per_head", "params:categorisation"], "correlations", name="correlate_deltas"),
+        Node(correlate_deltas, ["per_head", "params:categorisation", "params:seed"], "correlations",
+             name="correlate_deltas"),
     ])

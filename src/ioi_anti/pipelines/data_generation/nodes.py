@@ -27,14 +27,15 @@ def build_vocabulary(
     return prompts.build_vocabulary(params, tokenizers)
 
 
-def make_ioi_prompts(vocabulary: dict[str, Any], params: dict[str, Any], seed: int) -> pd.DataFrame:
-    """IOI prompts (BABA and ABBA), their ABC references and the mean-ablation pool."""
-    return prompts.make_ioi_dataset(vocabulary, params, seed)
+def make_ioi_prompts(vocabulary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
+    """IOI prompts (BABA and ABBA), their ABC references and the mean-ablation pool, drawn with
+    ``data_generation.seed`` (the prompt seed: it changes the prompts and nothing else)."""
+    return prompts.make_ioi_dataset(vocabulary, params, int(params["seed"]))
 
 
-def make_anti_prompts(vocabulary: dict[str, Any], params: dict[str, Any], seed: int) -> pd.DataFrame:
-    """Non-copy list prompts, their matched copy prompts and the mean-ablation pool."""
-    return prompts.make_anti_dataset(vocabulary, params, seed)
+def make_anti_prompts(vocabulary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
+    """Non-copy list prompts, their matched copy prompts and the mean-ablation pool (``data_generation.seed``)."""
+    return prompts.make_anti_dataset(vocabulary, params, int(params["seed"]))
 
 
 def tokenise_for_models(

@@ -21,9 +21,9 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline([
         Node(build_vocabulary, [*MODELS, "params:data_generation"], ["vocabulary", "dropped_words"],
              name="build_vocabulary"),
-        Node(make_ioi_prompts, ["vocabulary", "params:data_generation", "params:seed"], "ioi_prompts",
+        Node(make_ioi_prompts, ["vocabulary", "params:data_generation"], "ioi_prompts",
              name="make_ioi_prompts"),
-        Node(make_anti_prompts, ["vocabulary", "params:data_generation", "params:seed"], "anti_prompts",
+        Node(make_anti_prompts, ["vocabulary", "params:data_generation"], "anti_prompts",
              name="make_anti_prompts"),
         Node(tokenise_for_models, ["ioi_prompts", "anti_prompts", *MODELS], "tokenised_prompts",
              name="tokenise_for_models"),

@@ -26,6 +26,7 @@ from ioi_anti.sweep import (
     estimated_deltas,
     fingerprint,
     model_tokens,
+    numeric_runtime,
     partition_prefix,
     screen_selection,
     task_gaps,
@@ -51,9 +52,12 @@ def _screen(params: dict[str, Any], categorisation: dict[str, Any]) -> Screen | 
                   top_k=int(params["screen"]["top_k"]))
 
 
-def _settings(runtime: dict[str, Any], params: dict[str, Any], seed: int, screen: Screen | None) -> dict[str, Any]:
-    """What a model's sweep partitions depend on (hashed into their keys)."""
-    settings = {"runtime": runtime, "ablation": params["ablation"], "seed": seed}
+def _settings(runtime: dict[str, Any], params: dict[str, Any], screen: Screen | None) -> dict[str, Any]:
+    """What a model's sweep partitions depend on (hashed into their keys): nothing that cannot change
+    a number, so batch sizes are left out, and the resample seed only counts for resample ablation."""
+    settings = {"runtime": numeric_runtime(runtime), "ablation": params["ablation"]}
+    if params["ablation"] == "resample":
+        settings["resample_seed"] = int(params["seed"])
     return settings if screen is None else settings | {"screen": vars(screen)}
 
 
@@ -66,7 +70,6 @@ def sweep_heads(
     runtime: dict[str, Any],
     params: dict[str, Any],
     categorisation: dict[str, Any],
-    seed: int,
 ) -> dict[str, Callable[[], pd.DataFrame]]:
     """Lazy jobs, one attribution job plus one per layer of each model, for what is not done.
 
@@ -82,7 +85,7 @@ def sweep_heads(
         baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
         n_layers = int(baseline["n_layers"].iloc[0])
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
-                                                             _settings(runtime, params, seed, screen)))
+                                                             _settings(runtime, params, screen)))
         wanted = [f"{prefix}/attribution"] + [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)]
         todo = [key for key in wanted if key not in done]
         if not todo:
@@ -90,7 +93,8 @@ def sweep_heads(
             continue
         if len(todo) < len(wanted):
             logger.info("%s: resuming the sweep, %d of %d jobs left.", spec.model_id, len(todo), len(wanted))
-        sweep = ModelSweep(spec, tokens, runtime, params["ablation"], seed, done.get(f"{prefix}/attribution"))
+        sweep = ModelSweep(spec, tokens, runtime, params["ablation"], int(params["seed"]),
+                           done.get(f"{prefix}/attribution"))
         jobs.update(_model_jobs(sweep, todo, None if screen is None else (task_gaps(baseline), screen)))
     return jobs
 
@@ -161,7 +165,7 @@ def summarise_heads(
         tokens = model_tokens(tokenised, spec.model_id)
         baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
-                                                             _settings(runtime, params, seed, screen)))
+                                                             _settings(runtime, params, screen)))
         keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))
         if not keys:
             raise KeyError(f"{spec.model_id}: no head measurements; run `kedro run --pipeline head_ablation`.")

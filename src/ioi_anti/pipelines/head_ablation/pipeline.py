@@ -13,7 +13,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     """Measure every head of every model of the run for both tasks."""
     return Pipeline([
         Node(sweep_heads, ["tokenised_prompts", "baseline_partitions", "head_effects_partitions_done", *MODELS,
-                           "params:head_ablation", "params:categorisation", "params:seed"],
+                           "params:head_ablation", "params:categorisation"],
              "head_effects_partitions", name="sweep_heads"),
         Node(summarise_heads, ["head_effects_partitions", "baseline_partitions", "tokenised_prompts", *MODELS,
                                "params:head_ablation", "params:categorisation", "params:seed"],

@@ -99,7 +99,7 @@ def study_hero_heads(
         lm = load_model(spec, runtime["device"], runtime["dtype"])
         model_heads = per_head[per_head["model"] == spec.model_id]
         tasks = {task: hero.prepare_hero_task(
-            lm, model_tokens(tokenised, spec.model_id), task, ablation_params["ablation"], seed,
+            lm, model_tokens(tokenised, spec.model_id), task, ablation_params["ablation"], int(ablation_params["seed"]),
             float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
             for task in TASKS}
         study = _ModelStudy(lm, tasks, params, seed)
