@@ -137,6 +137,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path
         run.wait()
     kept = {p.name: p.stat().st_mtime_ns for p in sweep.glob("*.parquet")}
     assert 3 <= len(kept) < 31, "the run was interrupted part way"
+    for name in kept:  # killed at any moment, a partition is whole or absent (written, then renamed)
+        pd.read_parquet(sweep / name)
     done = kedro(project, "--pipeline", "head_ablation")
     assert f"resuming the sweep, {31 - len(kept)} of 31 jobs left" in done.stdout + done.stderr
     for name, mtime in kept.items():
@@ -147,6 +149,23 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path
 
     again = kedro(project, "--pipeline", "head_ablation")
     assert "every head already measured" in again.stdout + again.stderr
+
+    # A truncated file (as a full disk leaves with a plain writer) and a readable one with rows missing
+    # are detected, named and recomputed; the table comes out the same; the other layers are kept.
+    truncated, short = sweep / "layer_005.parquet", sweep / "layer_006.parquet"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    pd.read_parquet(short).iloc[::2].to_parquet(short)
+    (sweep / "layer_007.parquet.partial-99999").write_bytes(b"half")
+    kept = {p.name: p.stat().st_mtime_ns for p in sweep.glob("*.parquet") if p not in (truncated, short)}
+    mended = kedro(project, "--pipeline", "head_ablation")
+    log = mended.stdout + mended.stderr
+    assert re.search(r"layer_005 is damaged \(unreadable", log) and "layer_006 is damaged" in log, log[-3000:]
+    assert "resuming the sweep, 2 of 31 jobs left" in log and "layer_007.parquet.partial-99999" in log
+    assert not list(sweep.glob("*.partial-*"))
+    for name, mtime in kept.items():
+        assert (sweep / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+    after = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    pd.testing.assert_frame_equal(before, after, check_exact=False, atol=1e-5, rtol=1e-5)
 
 
 def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path) -> None:
@@ -204,7 +223,8 @@ def test_html_report_renders_every_figure_and_the_interactive_phase_space(projec
         WebDriverWait(driver, 60).until(lambda d: d.execute_script(POINTS_JS) > 0)
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
-        assert len(images) == 4 + len(GRIDS) + 4 and all(ok for ok, _ in images), images
+        hero_models = pd.read_csv(latest(project, "data/08_reporting/hero_routes.csv/*/*.csv"))["model"].nunique()
+        assert len(images) == 4 + len(GRIDS) + 4 + hero_models and all(ok for ok, _ in images), images
         assert driver.execute_script(POINTS_JS) == sum(n_layers * n_heads for n_layers, n_heads in GRIDS.values())
         hover = driver.execute_script(
             "const gd = document.querySelector('.js-plotly-plot');"

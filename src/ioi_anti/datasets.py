@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,18 +13,51 @@ from kedro.io.core import get_filepath_str
 from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.partitions import PartitionedDataset
 
+PARTIAL = ".partial-"
+logger = logging.getLogger(__name__)
+
 
 class ResumablePartitionedDataset(PartitionedDataset):
-    """A ``PartitionedDataset`` that loads as ``{}`` while nothing has been saved.
+    """A ``PartitionedDataset`` whose partitions appear whole or not at all, and that loads as ``{}``
+    while nothing has been saved.
 
-    kedro-datasets raises on an empty folder; the "done so far" view of a resumable sweep
-    must instead read as empty on a fresh run, so that the sweep starts from scratch.
+    Each partition is written under a temporary name (``<file>.partial-<pid>``, which does not end in
+    the partition suffix and so is never listed) and renamed when complete: a run killed mid-write, or
+    a full disk, leaves no truncated partition that a re-run would take as done. kedro-datasets raises
+    on an empty folder; the "done so far" view of a resumable sweep must read as empty instead.
     """
 
     def load(self) -> dict[str, Callable[[], Any]]:
-        if not self._filesystem.exists(self._normalized_path) or not self._list_partitions():
+        if not self._filesystem.exists(self._normalized_path):
+            return {}
+        self._remove_unfinished()
+        if not self._list_partitions():
             return {}
         return super().load()
+
+    def _remove_unfinished(self) -> None:
+        """Delete what a killed run left half-written (one run at a time holds the project's lock)."""
+        for path in self._filesystem.find(self._normalized_path):
+            if PARTIAL in path.rsplit("/", 1)[-1]:
+                logger.warning("Removing %s, left half-written by an interrupted run.", path)
+                self._filesystem.rm(path)
+
+    def save(self, data: dict[str, Any]) -> None:
+        if self._overwrite and self._filesystem.exists(self._normalized_path):
+            self._filesystem.rm(self._normalized_path, recursive=True)
+        for partition_id, partition_data in sorted(data.items()):
+            final = self._partition_to_path(partition_id)
+            partial = f"{final}{PARTIAL}{os.getpid()}"
+            kwargs = deepcopy(self._dataset_config)
+            kwargs[self._filepath_arg] = self._join_protocol(partial)
+            value = partition_data() if callable(partition_data) and self._save_lazily else partition_data
+            try:
+                self._dataset_type(**kwargs).save(value)
+                self._filesystem.mv(partial, final)
+            finally:
+                if self._filesystem.exists(partial):
+                    self._filesystem.rm(partial)
+            self._invalidate_caches()
 
 
 @dataclass(frozen=True)

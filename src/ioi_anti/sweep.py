@@ -101,6 +101,47 @@ def baseline_table(lm: LoadedModel, tokens: pd.DataFrame, max_batch: int) -> pd.
     return pd.concat(frames, ignore_index=True).assign(**model_facts(lm))
 
 
+def clean_pair_ids(tokens: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The sorted pair ids of each task's clean prompts: the prompts every measurement must cover."""
+    clean = tokens[tokens["role"] == "clean"]
+    return {task: np.sort(clean.loc[clean["task"] == task, "pair_id"].to_numpy()) for task in TASKS}
+
+
+def partition_problem(load: Callable[[], pd.DataFrame], layers: Sequence[int], n_heads: int,
+                      pair_ids: Mapping[str, np.ndarray], every_head: bool) -> str | None:
+    """What is wrong with a saved sweep partition (None when it is whole), checked before it is reused.
+
+    It must be readable and hold, for each task, every prompt exactly once for each head it has, in
+    ``layers`` only; with ``every_head`` every head of those layers (a screening run may measure fewer).
+    """
+    try:
+        frame = load()
+    except Exception as error:  # noqa: BLE001 - any failure to read means the file cannot be trusted
+        return f"unreadable ({type(error).__name__}: {error})"
+    grid = {(layer, head) for layer in layers for head in range(n_heads)}
+    for task, ids in pair_ids.items():
+        rows = frame[frame["task"] == task]
+        found = set(zip(rows["layer"], rows["head"], strict=True))
+        if not found <= grid or (every_head and found != grid):
+            return f"{task}: {len(found & grid)} of {len(grid)} heads, {len(found - grid)} outside the grid"
+        for (layer, head), group in rows.groupby(["layer", "head"]):
+            if not np.array_equal(np.sort(group["pair_id"].to_numpy()), ids):
+                return f"{task}: L{layer}H{head} holds {len(group)} rows for {len(ids)} prompts"
+    return None
+
+
+def baseline_problem(load: Callable[[], pd.DataFrame], pair_ids: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with a saved per-prompt baseline (None when it is whole): readable, every prompt once."""
+    try:
+        frame = load()
+    except Exception as error:  # noqa: BLE001 - any failure to read means the file cannot be trusted
+        return f"unreadable ({type(error).__name__}: {error})"
+    for task, ids in pair_ids.items():
+        if not np.array_equal(np.sort(frame.loc[frame["task"] == task, "pair_id"].to_numpy()), ids):
+            return f"{task}: {int((frame['task'] == task).sum())} rows for {len(ids)} prompts"
+    return None
+
+
 @dataclass(frozen=True)
 class Screen:
     """Which heads a screening sweep measures exactly (see docs/metrics.md, "Screening").

@@ -13,7 +13,7 @@ from ioi_anti.checkpoints import parse_model_id
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
 from ioi_anti.models import load_model, load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import baseline_key, baseline_table, model_tokens
+from ioi_anti.sweep import baseline_key, baseline_problem, baseline_table, clean_pair_ids, model_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,11 @@ def measure_baselines(
         tokens = model_tokens(tokenised, spec.model_id)
         key = baseline_key(spec.model_id, tokens, runtime)
         if key in done:
-            logger.info("Baseline of %s already measured (%s): skipped.", spec.model_id, key)
-            continue
+            problem = baseline_problem(done[key], clean_pair_ids(tokens))
+            if problem is None:
+                logger.info("Baseline of %s already measured (%s): skipped.", spec.model_id, key)
+                continue
+            logger.warning("Saved baseline %s is damaged (%s): measuring it again.", key, problem)
         jobs[key] = _baseline_job(spec, tokens, runtime)
     return jobs
 

@@ -23,11 +23,13 @@ from ioi_anti.sweep import (
     ModelSweep,
     Screen,
     baseline_key,
+    clean_pair_ids,
     estimated_deltas,
     fingerprint,
     model_tokens,
     numeric_runtime,
     partition_prefix,
+    partition_problem,
     screen_selection,
     task_gaps,
 )
@@ -87,7 +89,8 @@ def sweep_heads(
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
                                                              _settings(runtime, params, screen)))
         wanted = [f"{prefix}/attribution"] + [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)]
-        todo = [key for key in wanted if key not in done]
+        todo = [key for key in wanted if key not in done
+                or _damaged(key, done[key], n_layers, int(baseline["n_heads"].iloc[0]), tokens, screen is None)]
         if not todo:
             logger.info("%s: every head already measured (%s): skipped.", spec.model_id, prefix)
             continue
@@ -97,6 +100,18 @@ def sweep_heads(
                            done.get(f"{prefix}/attribution"))
         jobs.update(_model_jobs(sweep, todo, None if screen is None else (task_gaps(baseline), screen)))
     return jobs
+
+
+def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads: int, tokens: pd.DataFrame,
+             every_head: bool) -> bool:
+    """Whether a saved partition cannot be reused (unreadable, or not the expected grid and prompts):
+    then it is recomputed, and the warning names it."""
+    attribution = key.endswith("/attribution")
+    layers = range(n_layers) if attribution else [int(key.rsplit("_", 1)[1])]
+    problem = partition_problem(load, layers, n_heads, clean_pair_ids(tokens), every_head or attribution)
+    if problem:
+        logger.warning("Saved partition %s is damaged (%s): recomputing it.", key, problem)
+    return problem is not None
 
 
 def _model_jobs(
