@@ -184,7 +184,7 @@ def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path
             assert ((both[f"delta_{task}_screen"].abs() >= tau) == strong).all(), (tau, task)
     measured = both["measured_by_screen"] == "exact"
     pd.testing.assert_series_equal(both.loc[measured, "delta_ioi_screen"], both.loc[measured, "delta_ioi"],
-                                   check_names=False, atol=1e-6, rtol=1e-6)
+                                   check_names=False, atol=1e-5, rtol=1e-5)
 
 
 POINTS_JS = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length"
@@ -241,3 +241,41 @@ def test_html_report_renders_every_figure_and_the_interactive_phase_space(projec
             shutil.copy(shot, os.environ["IOI_ANTI_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+def test_a_step_refuses_results_computed_with_other_settings(project: Path) -> None:
+    """A table saved under one setting and read under another stops the step, naming the difference and
+    the command that fixes it, before anything is written; re-running that step mends it."""
+    kedro(project, "--pipeline", "head_ablation", params="head_ablation.n_boot=100")  # new per_head, no sweep
+    refused = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--pipeline", "categorisation", "--params", SMALL], cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}, capture_output=True, text=True,
+        timeout=600)
+    log = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "SettingsMismatchError" in log, log[-3000:]
+    assert "head_ablation.n_boot: 100 there, 200 now" in log and "kedro run --pipeline head_ablation" in log
+    assert not (project / "data" / ".run.lock").exists(), "a failed run releases the lock"
+    kedro(project, "--pipeline", "head_ablation")
+    kedro(project, "--pipeline", "categorisation")
+
+
+def test_a_second_run_of_the_project_is_refused_while_one_is_running(project: Path) -> None:
+    lock = project / "data" / ".run.lock"
+    first = kedro(project, "--pipeline", "data_generation", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run took no lock"
+            time.sleep(0.2)
+        second = subprocess.run(
+            [sys.executable, "-m", "kedro", "run", "--pipeline", "reporting", "--params", SMALL], cwd=project,
+            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}, capture_output=True, text=True,
+            timeout=600)
+        assert first.poll() is None, "the first run should still be building its vocabulary"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert second.returncode != 0 and "Another run is writing this project's data/" in second.stdout + second.stderr
+    assert lock.exists(), "a killed run leaves its lock behind"
+    resumed = kedro(project, "--pipeline", "data_generation")
+    assert "Taking over" in resumed.stdout + resumed.stderr and not lock.exists()

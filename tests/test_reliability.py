@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import errno
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from conftest import PROJECT
 from kedro.io.core import DatasetError
 from kedro_datasets.pandas import ParquetDataset
 
+from ioi_anti import run_settings
+from ioi_anti.ablation import AblationValues
 from ioi_anti.datasets import ResumablePartitionedDataset
 from ioi_anti.sweep import baseline_problem, partition_problem
 
@@ -79,3 +89,183 @@ def test_a_whole_partition_passes_and_every_kind_of_damage_is_named(tmp_path: Pa
     baseline = pd.DataFrame({"task": ["ioi"] * 3 + ["anti"] * 2, "pair_id": [2, 0, 1, 6, 5]})
     assert baseline_problem(lambda: baseline, PAIRS) is None
     assert "anti: 1 rows for 2 prompts" in baseline_problem(lambda: baseline.iloc[:4], PAIRS)
+
+
+def _base_params() -> dict:
+    from kedro.config import OmegaConfigLoader
+    return OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="local",
+                             merge_strategy={"parameters": "soft"})["parameters"]
+
+
+def _with(params: dict, dotted: str, value: object) -> dict:
+    changed = copy.deepcopy(params)
+    *path, last = dotted.split(".")
+    target = changed
+    for part in path:
+        target = target[part]
+    target[last] = value
+    return changed
+
+
+def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_params) -> None:
+    """data_generation.seed draws the prompts; head_ablation.seed the resample ablation; seed the bootstrap."""
+    from ioi_anti.pipelines.data_generation.nodes import make_ioi_prompts
+    from ioi_anti.pipelines.head_ablation.nodes import model_head_table
+    from ioi_anti.prompts import build_vocabulary
+
+    vocab, _ = build_vocabulary(dg_params, {"model": smol_tokenizer})
+    prompts = make_ioi_prompts(vocab, dg_params)
+    assert make_ioi_prompts(vocab, dg_params).equals(prompts)
+    assert not make_ioi_prompts(vocab, dg_params | {"seed": 1})["text"].equals(prompts["text"])
+
+    rng = np.random.default_rng(0)
+    baseline = pd.DataFrame([{"task": t, "pair_id": i, "m_clean": 3 + rng.normal(), "m_ref": rng.normal(),
+                              "model_id": "m", "family": "gpt2", "n_params": 1, "n_layers": 1, "n_heads": 2}
+                             for t in ("ioi", "anti") for i in range(8)])
+    long = pd.DataFrame([{"task": t, "layer": 0, "head": h, "pair_id": i, "method": m, "effect": rng.normal()}
+                         for t in ("ioi", "anti") for m in ("exact", "attribution") for h in (0, 1) for i in range(8)])
+    params = {"n_boot": 200, "ci": 0.95, "ablation": "mean"}
+    first, other = model_head_table(long, baseline, params, seed=0), model_head_table(long, baseline, params, seed=1)
+    pd.testing.assert_series_equal(first["delta_ioi"], other["delta_ioi"])
+    assert not np.allclose(first["delta_ioi_low"], other["delta_ioi_low"])
+
+    base = _base_params()
+    ids = run_settings.stage_ids(base)[0]
+    for dotted, value, changed in [
+        ("data_generation.seed", 1, set(run_settings.STAGES)),
+        ("head_ablation.seed", 1, set()),  # mean ablation draws nothing
+        ("seed", 1, set(run_settings.STAGES)),
+        ("categorisation.tau", 0.04, {"categorisation", "hero_heads", "reporting"}),
+        ("runtime.max_batch", 8, set()),
+        ("reporting.font_size", 9, {"reporting"}),
+    ]:
+        now = run_settings.stage_ids(_with(base, dotted, value))[0]
+        assert {stage for stage in ids if ids[stage] != now[stage]} == changed, dotted
+    resample = _with(base, "head_ablation.ablation", "resample")
+    now = run_settings.stage_ids(_with(resample, "head_ablation.seed", 1))[0]
+    assert now["data_generation"] == run_settings.stage_ids(resample)[0]["data_generation"]
+    assert now["head_ablation"] != run_settings.stage_ids(resample)[0]["head_ablation"]
+
+
+def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_tokenizer, tokens_by_task) -> None:
+    from tiny_models import tiny_model
+
+    from ioi_anti.ablation import REFERENCE_ROLES, make_groups
+
+    lm = tiny_model("gpt2", smol_tokenizer)
+    tokens = tokens_by_task["ioi"]
+    group = make_groups(tokens[tokens["role"] == "clean"], lm.device)[0]
+    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES["ioi"])], lm.device)
+    values = {(kind, seed): AblationValues(kind, lm, pool, seed).for_group(group)
+              for kind in ("mean", "resample") for seed in (0, 1)}
+    assert torch.equal(values[("mean", 0)], values[("mean", 1)])
+    assert not torch.equal(values[("resample", 0)], values[("resample", 1)])
+    assert torch.equal(values[("resample", 0)], AblationValues("resample", lm, pool, 0).for_group(group))
+
+
+def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
+    from ioi_anti.hooks import base_schema
+    from ioi_anti.validation import SettingsError, settings_problems, validate_settings
+
+    schema, base = base_schema(PROJECT / "conf"), _base_params()
+    assert settings_problems(base, schema) == []
+    bad = _with(base, "categorisation.tau", 0)
+    bad = _with(bad, "data_generation.ioi.nprompts", 5)
+    bad = _with(bad, "runtime.max_batch", 0)
+    bad = _with(bad, "data_generation.ioi.min_names", 2)
+    bad = _with(bad, "hero_heads.named", {"smollm2-135m": ["L3H1", "layer3"], "smolm2-135m": ["L1H1"]})
+    bad = _with(bad, "head_ablation.ablation", "zeros")
+    problems = settings_problems(bad, schema)
+    expected = ["did you mean `data_generation.ioi.n_prompts`", "`runtime.max_batch` = 0",
+                "three different names", "`categorisation.tau` = 0", "'layer3' is not of the form",
+                "did you mean 'smollm2-135m'", "one of mean, zero, resample"]
+    assert len(problems) == len(expected) and all(any(e in p for p in problems) for e in expected), problems
+    with pytest.raises(SettingsError, match="7 problem"):
+        validate_settings(bad, schema)
+    (problem,) = settings_problems(_with(base, "models", "smollm2-135m"), schema)
+    assert "is a string, not a list" in problem and "models=[smollm2-135m]" in problem
+    if not torch.cuda.is_available():
+        (problem,) = settings_problems(_with(base, "runtime.device", "cuda"), schema)
+        assert "no CUDA device" in problem and "runtime.device=auto" in problem
+
+
+def test_named_heroes_of_a_model_outside_the_run_are_warned_loudly(caplog) -> None:
+    from ioi_anti.hooks import base_schema
+    from ioi_anti.validation import settings_problems
+
+    params = _with(_base_params(), "hero_heads.named", {"gpt2": ["L9H9"]})
+    with caplog.at_level(logging.WARNING):
+        assert settings_problems(params, base_schema(PROJECT / "conf")) == []
+    assert "gpt2" in caplog.text and "will NOT be studied" in caplog.text
+
+
+def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path: Path, caplog) -> None:
+    from ioi_anti.hooks import RunLock, RunLockedError
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    with pytest.raises(RunLockedError, match="Another run is writing"):
+        RunLock(tmp_path).acquire()
+    lock.release()
+    assert not lock.path.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "earlier"}))
+    with caplog.at_level(logging.WARNING):
+        RunLock(tmp_path).acquire()
+    assert "no longer running" in caplog.text and json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from ioi_anti.hooks import RunGuard, SettingsMismatchError
+
+    guard = RunGuard()
+    guard.project = tmp_path
+    params = _base_params()
+    guard.params = params
+    guard.ids, full = run_settings.stage_ids(params)
+    (tmp_path / "data" / ".settings").mkdir(parents=True)
+    for stage, stage_id in guard.ids.items():
+        (tmp_path / "data" / ".settings" / f"{stage_id}.json").write_text(json.dumps(full[stage], default=str))
+    names = ["per_head", "tokenised_prompts", "layer_hists", "training_plots", "run_metadata", "baseline_partitions"]
+    guard.stage_of = dict.fromkeys(names, "head_ablation")
+    table, parts, record = pd.DataFrame({"x": [1]}), {"m": pd.DataFrame({"x": [1]})}, {"models": ["m"], "n": 3}
+    figures, lazy = {"a": Figure()}, {"k": lambda: pd.DataFrame({"x": [1]})}
+    for name, data in zip(names, [table, parts, figures, {}, record, lazy], strict=True):
+        guard.before_dataset_saved(name, data)
+    expected = guard.ids["head_ablation"]
+    assert table["settings_id"].tolist() == [expected] and parts["m"]["settings_id"].tolist() == [expected]
+    assert record["settings_id"] == expected
+    assert set(figures) == {"a"} and "settings_id" not in lazy and "settings_id" not in lazy["k"]()
+    assert guard.before_node_run({"per_head": table, "run_metadata": record}) is None
+
+    other = run_settings.stage_ids(_with(params, "head_ablation.ablation", "zero"))[0]["head_ablation"]
+    (tmp_path / "data" / ".settings" / f"{other}.json").write_text(json.dumps(
+        run_settings.stage_ids(_with(params, "head_ablation.ablation", "zero"))[1]["head_ablation"], default=str))
+    with pytest.raises(SettingsMismatchError, match=r"head_ablation\.ablation: 'zero' there, 'mean' now"):
+        guard.before_node_run({"per_head": table.assign(settings_id=other)})
+    wrapped = guard.before_node_run({"tokenised_prompts": {"m": lambda: parts["m"].assign(settings_id=other)}})
+    with pytest.raises(SettingsMismatchError, match="kedro run --pipeline head_ablation"):
+        wrapped["tokenised_prompts"]["m"]()
+
+
+def test_a_named_hero_head_outside_the_grid_fails_with_the_grid_before_the_sweep() -> None:
+    from ioi_anti.hero import check_named_heads
+
+    check_named_heads({"m": ["L29H8"], "other": ["L99H0"]}, {"m": (30, 9)})  # models outside the run: not checked
+    with pytest.raises(ValueError, match=r"L30H0 is outside m's grid \(30 layers x 9 heads\)"):
+        check_named_heads({"m": ["L30H0"]}, {"m": (30, 9)})
+    with pytest.raises(ValueError, match="L2H9 is outside"):
+        check_named_heads({"m": ["L2H9"]}, {"m": (30, 9)})
+
+
+def test_a_mismatch_names_the_first_step_to_re_run() -> None:
+    params = _base_params()
+    saved = run_settings.stage_ids(_with(params, "data_generation.seed", 3))[1]["reporting"]
+    assert run_settings.first_changed("reporting", params, saved) == "data_generation"
+    saved = run_settings.stage_ids(_with(params, "hero_heads.max_prompts", 3))[1]["reporting"]
+    assert run_settings.first_changed("reporting", params, saved) == "hero_heads"
+    saved = run_settings.stage_ids(_with(params, "categorisation.tau", 0.04))[1]["categorisation"]
+    assert run_settings.first_changed("categorisation", params, saved) == "categorisation"
+    assert run_settings.ancestors("hero_heads") == ["data_generation", "head_ablation", "hero_heads"]

@@ -24,7 +24,7 @@ need the contribution at two readers at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,6 +242,19 @@ def parse_head(label: str) -> tuple[int, int]:
     if not match:
         raise ValueError(f"Head {label!r} is not of the form L<layer>H<head>, e.g. L34H2.")
     return int(match.group(1)), int(match.group(2))
+
+
+def check_named_heads(named: Mapping[str, Sequence[str]], grids: Mapping[str, tuple[int, int]]) -> None:
+    """Every hero head named for a model of ``grids`` (model -> layers, heads) lies inside its grid."""
+    for model, labels in named.items():
+        if model not in grids:
+            continue
+        n_layers, n_heads = grids[model]
+        for label in labels:
+            layer, head = parse_head(label)
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"Named hero head {label} is outside {model}'s grid ({n_layers} layers x "
+                                 f"{n_heads} heads): fix `hero_heads.named`.")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ioi_anti.models import ModelConfigError, ModelSpec, check_available
+from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,18 @@ def resolve_models(models: Sequence[str], registry: Mapping[str, Mapping[str, An
 
 
 def check_run_models(models: Sequence[str], registry: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
-    """Resolve the run's models and fail fast if any cannot be loaded from this machine."""
+    """Resolve the run's models and fail fast, naming every one of them that this machine cannot load."""
     specs = resolve_models(models, registry)
+    problems = []
     for spec in specs:
-        check_available(spec)
+        try:
+            check_available(spec)
+        except (ModelUnavailableError, ModelConfigError) as error:
+            problems.append(str(error))
+    if len(problems) == 1:
+        raise ModelUnavailableError(problems[0])
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ModelUnavailableError(f"{len(problems)} of {len(specs)} models cannot be loaded here:\n{listed}")
     logger.info("Run models: %s", ", ".join(s.model_id for s in specs))
     return specs

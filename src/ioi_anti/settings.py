@@ -1,6 +1,11 @@
-"""Project settings (Kedro defaults, plus a deep merge of parameters across environments)."""
+"""Project settings (Kedro defaults, a deep merge of parameters across environments, the run guard)."""
 
 from kedro.config import OmegaConfigLoader
+
+from ioi_anti.hooks import RunGuard
+
+# Settings checked before any work, one run at a time, and no run's results mixed with another's.
+HOOKS = (RunGuard(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -38,6 +38,7 @@ from ioi_anti.models import LoadedModel, ModelSpec, load_model, resolve_device
 logger = logging.getLogger(__name__)
 
 TASKS = ("ioi", "anti")
+MODES = ("exact", "screen")  # head_ablation.mode: every head measured exactly, or screened first
 
 
 def fingerprint(model_id: str, tokens: pd.DataFrame, settings: Mapping[str, Any]) -> str:

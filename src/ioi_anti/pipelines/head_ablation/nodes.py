@@ -19,6 +19,7 @@ from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
 from ioi_anti.sweep import (
+    MODES,
     TASKS,
     ModelSweep,
     Screen,
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "transformers", "transformer-lens", "kedro", "kedro-datasets", "ioi_anti")
 
 
-MODES = ("exact", "screen")
 
 
 def _screen(params: dict[str, Any], categorisation: dict[str, Any]) -> Screen | None:

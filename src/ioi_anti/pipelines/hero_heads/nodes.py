@@ -52,16 +52,12 @@ def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]
             robust = frame[frame["category_robust"] == category]
             top = robust.assign(strength=_strength(robust, category)).nlargest(params["top_per_category"], "strength")
             rows += [r | {"selected_by": "auto"} for r in top.to_dict("records")]
+        grid = (int(frame["n_layers"].iloc[0]), int(frame["n_heads"].iloc[0]))
+        hero.check_named_heads(params.get("named", {}), {model: grid})
         for label in params.get("named", {}).get(model, []):
             layer, head = hero.parse_head(label)
-            n_layers, n_heads = int(frame["n_layers"].iloc[0]), int(frame["n_heads"].iloc[0])
-            if not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise ValueError(f"Named hero head {label} is outside {model}'s grid ({n_layers} layers x "
-                                 f"{n_heads} heads).")
             match = frame[(frame["layer"] == layer) & (frame["head"] == head)]
             rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
-    for model in set(params.get("named", {})) - set(heads["model"]):
-        logger.info("Named hero heads of %s ignored: the model is not in this run.", model)
     columns = [*HEAD_COLUMNS, "category", "category_robust", "selected_by"]
     result = pd.DataFrame(rows, columns=columns).drop_duplicates(["model", "layer", "head"])
     result.insert(3, "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
