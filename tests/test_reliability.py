@@ -250,14 +250,19 @@ def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp
         wrapped["tokenised_prompts"]["m"]()
 
 
-def test_a_named_hero_head_outside_the_grid_fails_with_the_grid_before_the_sweep() -> None:
+def test_a_named_hero_head_outside_the_grid_fails_before_any_model_loads() -> None:
+    """The grid comes from the model's config (here the embedded SmolLM2's GGUF header), so a bad head
+    fails when the run starts; heads named for models outside the run are not read."""
     from ioi_anti.hero import check_named_heads
+    from ioi_anti.validation import check_named_hero_grids
 
-    check_named_heads({"m": ["L29H8"], "other": ["L99H0"]}, {"m": (30, 9)})  # models outside the run: not checked
-    with pytest.raises(ValueError, match=r"L30H0 is outside m's grid \(30 layers x 9 heads\)"):
-        check_named_heads({"m": ["L30H0"]}, {"m": (30, 9)})
-    with pytest.raises(ValueError, match="L2H9 is outside"):
+    check_named_heads({"m": ["L29H8"], "other": ["L99H0"]}, {"m": (30, 9)})
+    with pytest.raises(ValueError, match=r"L2H9 is outside m's grid \(30 layers x 9 heads\)"):
         check_named_heads({"m": ["L2H9"]}, {"m": (30, 9)})
+    params = _with(_base_params(), "models", ["smollm2-135m"])
+    check_named_hero_grids(_with(params, "hero_heads.named", {"smollm2-135m": ["L29H8"], "gpt2": ["L99H0"]}))
+    with pytest.raises(ValueError, match=r"L30H0 is outside smollm2-135m's grid \(30 layers x 9 heads\)"):
+        check_named_hero_grids(_with(params, "hero_heads.named", {"smollm2-135m": ["L30H0"]}))
 
 
 def test_a_mismatch_names_the_first_step_to_re_run() -> None:

@@ -25,7 +25,7 @@ import yaml
 from kedro.framework.hooks import hook_impl
 
 from ioi_anti import run_settings
-from ioi_anti.validation import validate_settings
+from ioi_anti.validation import check_named_hero_grids, validate_settings
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"
@@ -130,6 +130,7 @@ class RunGuard:
         project = self.project or Path.cwd()
         params = self.params = catalog.load("parameters")
         validate_settings(params, base_schema(project / "conf"))
+        check_named_hero_grids(params)
         self.ids, full = run_settings.stage_ids(params)
         # Every stage's outputs, built from the pipeline modules: Kedro's registry holds only the
         # pipelines a `kedro run --pipeline X` asked for.

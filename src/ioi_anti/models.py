@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ioi_anti.checkpoints import Checkpoint, parse_model_id
 
@@ -274,6 +274,18 @@ def check_available(spec: ModelSpec) -> None:
         f"Run on a machine with network, or pre-download it with `{download}` and copy the cache "
         "(HF_HOME) here."
     )
+
+
+def model_grid(spec: ModelSpec) -> tuple[int, int]:
+    """(layers, heads per layer) from the model's config alone, without loading its weights
+    (a GGUF header takes seconds to parse: ~3 s SmolLM2, ~15 s Gemma-3)."""
+    check_available(spec)
+    if spec.source == "gguf":
+        path = gguf_path(spec)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        config = AutoConfig.from_pretrained(spec.hf_name, revision=spec.revision)
+    return int(config.num_hidden_layers), int(config.num_attention_heads)
 
 
 @functools.cache

@@ -19,8 +19,8 @@ import torch
 
 from ioi_anti.ablation import ABLATIONS
 from ioi_anti.categories import validate_tau
-from ioi_anti.hero import parse_head
-from ioi_anti.models import ModelConfigError, ModelSpec
+from ioi_anti.hero import check_named_heads, parse_head
+from ioi_anti.models import ModelConfigError, ModelSpec, model_grid
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.sweep import MODES
 
@@ -171,6 +171,14 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     if isinstance(params.get("models"), list):
         problems += _hero_problems(params.get("hero_heads", {}).get("named", {}), params["models"], registry)
     return problems
+
+
+def check_named_hero_grids(params: Mapping[str, Any]) -> None:
+    """Named hero heads of the run's models lie inside each model's grid, read from its config (no
+    weights loaded; only models with named heads are read, so the default run pays nothing)."""
+    named = {model: heads for model, heads in params["hero_heads"]["named"].items() if model in params["models"]}
+    grids = {model: model_grid(ModelSpec.from_registry(model, dict(params["model_registry"]))) for model in named}
+    check_named_heads(named, grids)
 
 
 def validate_settings(params: Mapping[str, Any], schema: Mapping[str, Any]) -> None:

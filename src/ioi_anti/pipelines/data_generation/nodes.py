@@ -10,7 +10,6 @@ import pandas as pd
 
 from ioi_anti import prompts
 from ioi_anti.checkpoints import parse_model_id
-from ioi_anti.hero import check_named_heads
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
 from ioi_anti.models import load_model, load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
@@ -87,24 +86,20 @@ def summarise_baselines(
     runtime: dict[str, Any],
     seed: int,
     n_boot: int,
-    hero_heads: dict[str, Any],
 ) -> pd.DataFrame:
     """Baseline table: clean, reference, gap and accuracy per model and task, with intervals.
 
     A model whose gap interval does not exclude zero is flagged (``gap_ok`` False) and logged:
-    its Delta values would be meaningless. Named hero heads are checked against each model's grid
-    here, the first moment the grid is known, so a bad name fails before the sweep, not after it.
+    its Delta values would be meaningless.
     """
-    rows, grids = [], {}
+    rows = []
     for spec in resolve_models(models, registry):
         key = baseline_key(spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
         if key not in baseline_partitions:
             raise KeyError(f"Baseline of {spec.model_id} is missing ({key}): re-run data_generation.")
         table = baseline_partitions[key]()
-        grids[spec.model_id] = (int(table["n_layers"].iloc[0]), int(table["n_heads"].iloc[0]))
         for task, frame in table.groupby("task", sort=False):
             rows.append(baseline_row(frame, task, seed, n_boot))
-    check_named_heads(hero_heads.get("named", {}), grids)
     result = pd.DataFrame(rows)
     for row in result[~result["gap_ok"]].itertuples():
         logger.warning(

@@ -30,6 +30,5 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         Node(measure_baselines, ["tokenised_prompts", "baseline_partitions_done", *MODELS, "params:runtime"],
              "baseline_partitions", name="measure_baselines"),
         Node(summarise_baselines, ["baseline_partitions", "tokenised_prompts", *MODELS, "params:runtime",
-                                   "params:seed", "params:baseline.n_boot", "params:hero_heads"], "baseline",
-             name="summarise_baselines"),
+                                   "params:seed", "params:baseline.n_boot"], "baseline", name="summarise_baselines"),
     ])
