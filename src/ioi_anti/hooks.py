@@ -142,8 +142,10 @@ class RunGuard:
         record_dir.mkdir(parents=True, exist_ok=True)
         for stage, stage_id in self.ids.items():
             path = record_dir / f"{stage_id}.json"
-            if not path.exists():
-                path.write_text(json.dumps(full[stage], sort_keys=True, indent=1, default=str))
+            if not path.exists():  # written whole or not at all, like every other saved file
+                partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+                partial.write_text(json.dumps(full[stage], sort_keys=True, indent=1, default=str))
+                partial.replace(path)
 
     @hook_impl
     def after_pipeline_run(self) -> None:
