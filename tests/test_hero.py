@@ -156,3 +156,4 @@ def test_a_head_read_by_one_downstream_head_routes_through_it(smol_tokenizer, to
     low, high = routes.summarise({"total": total.numpy()}, total.numpy(), idx).iloc[0][["delta_low", "delta_high"]]
     text, main, _ = routes.verdict(table, low, high, tau=0.0, main_share=0.5, min_share=0.2)
     assert (text, main) == ("routes through IOI-only heads", "IOI-only heads")
+

@@ -114,11 +114,10 @@ def joint_ablation(
 
 
 def _metric_from(
-    lm: LoadedModel, clean: CleanPass, layer: int, hooks: list[tuple[str, Any]], x: Tensor | None = None,
-    times: int = 1,
+    lm: LoadedModel, clean: CleanPass, layer: int, hooks: list[tuple[str, Any]], times: int = 1
 ) -> Float[Tensor, "times b"]:
-    """Metric per prompt after replaying blocks ``layer..`` on ``x`` (default: the clean input) under ``hooks``."""
-    x = clean.resid[layer].repeat(times, 1, 1) if x is None else x
+    """Metric per prompt after replaying blocks ``layer..`` on ``times`` copies of the clean input under ``hooks``."""
+    x = clean.resid[layer].repeat(times, 1, 1)
     with torch.no_grad(), lm.bridge.hooks(fwd_hooks=hooks):
         x = run_blocks(lm, clean, layer, x, times=times)
         cand = end_candidates(lm, x[:, -1], clean.group.tokens.repeat(times, 1))

@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "transformers", "transformer-lens", "kedro", "kedro-datasets", "ioi_anti")
 
 
-
-
 def _screen(params: dict[str, Any], categorisation: dict[str, Any]) -> Screen | None:
     """The screening rule of a ``screen`` run (None in ``exact`` mode); bad settings fail here."""
     mode = params.get("mode", "exact")
@@ -89,8 +87,9 @@ def sweep_heads(
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
                                                              _settings(runtime, params, screen)))
         wanted = [f"{prefix}/attribution"] + [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)]
-        todo = [key for key in wanted if key not in done
-                or _damaged(key, done[key], n_layers, int(baseline["n_heads"].iloc[0]), tokens, screen is None)]
+        n_heads, pair_ids = int(baseline["n_heads"].iloc[0]), clean_pair_ids(tokens)
+        todo = [key for key in wanted
+                if key not in done or _damaged(key, done[key], n_layers, n_heads, pair_ids, screen is None)]
         if not todo:
             logger.info("%s: every head already measured (%s): skipped.", spec.model_id, prefix)
             continue
@@ -102,13 +101,13 @@ def sweep_heads(
     return jobs
 
 
-def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads: int, tokens: pd.DataFrame,
-             every_head: bool) -> bool:
+def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads: int,
+             pair_ids: dict[str, np.ndarray], every_head: bool) -> bool:
     """Whether a saved partition cannot be reused (unreadable, or not the expected grid and prompts):
     then it is recomputed, and the warning names it."""
     attribution = key.endswith("/attribution")
     layers = range(n_layers) if attribution else [int(key.rsplit("_", 1)[1])]
-    problem = partition_problem(load, layers, n_heads, clean_pair_ids(tokens), every_head or attribution)
+    problem = partition_problem(load, layers, n_heads, pair_ids, every_head or attribution)
     if problem:
         logger.warning("Saved partition %s is damaged (%s): recomputing it.", key, problem)
     return problem is not None
