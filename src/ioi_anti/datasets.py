@@ -13,6 +13,8 @@ from kedro.io.core import get_filepath_str
 from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.partitions import PartitionedDataset
 
+from ioi_anti.execution import Results
+
 PARTIAL = ".partial-"
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,10 @@ class ResumablePartitionedDataset(PartitionedDataset):
 
     Each partition is written under a temporary name (``<file>.partial-<pid>``, which does not end in
     the partition suffix and so is never listed) and renamed when complete: a run killed mid-write, or
-    a full disk, leaves no truncated partition that a re-run would take as done. kedro-datasets raises
-    on an empty folder; the "done so far" view of a resumable sweep must read as empty instead.
+    a full disk, leaves no truncated partition that a re-run would take as done. Job results
+    (:class:`ioi_anti.execution.Results`) are saved as they arrive, so whatever a cluster finishes first
+    is on disk first. kedro-datasets raises on an empty folder; the "done so far" view of a resumable
+    sweep must read as empty instead.
     """
 
     def load(self) -> dict[str, Callable[[], Any]]:
@@ -43,9 +47,11 @@ class ResumablePartitionedDataset(PartitionedDataset):
                 self._filesystem.rm(path)
 
     def save(self, data: dict[str, Any]) -> None:
+        """Save every partition; results of :mod:`ioi_anti.execution` jobs in the order they arrive."""
         if self._overwrite and self._filesystem.exists(self._normalized_path):
             self._filesystem.rm(self._normalized_path, recursive=True)
-        for partition_id, partition_data in sorted(data.items()):
+        items = data.arrivals() if isinstance(data, Results) else sorted(data.items())
+        for partition_id, partition_data in items:
             final = self._partition_to_path(partition_id)
             partial = f"{final}{PARTIAL}{os.getpid()}"
             kwargs = deepcopy(self._dataset_config)

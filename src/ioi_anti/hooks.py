@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 from kedro.framework.hooks import hook_impl
 
-from ioi_anti import run_settings
+from ioi_anti import execution, run_settings
 from ioi_anti.validation import check_named_hero_grids, validate_settings
 
 logger = logging.getLogger(__name__)
@@ -221,3 +221,15 @@ class RunGuard:
         return (f"`{name}` (its latest saved version) was computed with other settings than this run's:\n{listed}\n"
                 f"Re-run from the first step these settings change, with the settings you want: "
                 f"`kedro run --pipeline {start}`, then the steps after it; or run everything with `kedro run`.")
+
+
+class ClusterLifetime:
+    """Close the Dask cluster a run started (``runtime.cluster``) when the run ends, however it ends."""
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        execution.close()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        execution.close()

@@ -1,11 +1,12 @@
-"""Project settings (Kedro defaults, a deep merge of parameters across environments, the run guard)."""
+"""Project settings (Kedro defaults, a deep merge of parameters across environments, the run hooks)."""
 
 from kedro.config import OmegaConfigLoader
 
-from ioi_anti.hooks import RunGuard
+from ioi_anti.hooks import ClusterLifetime, RunGuard
 
-# Settings checked before any work, one run at a time, and no run's results mixed with another's.
-HOOKS = (RunGuard(),)
+# Settings checked before any work, one run at a time, and no run's results mixed with another's;
+# a Dask cluster the run started is closed when it ends.
+HOOKS = (RunGuard(), ClusterLifetime())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

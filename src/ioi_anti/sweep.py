@@ -33,6 +33,7 @@ from ioi_anti.ablation import (
     clean_pass,
     make_groups,
 )
+from ioi_anti.execution import resident
 from ioi_anti.models import LoadedModel, ModelSpec, load_model, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -196,19 +197,38 @@ class TaskState:
 class ModelSweep:
     """Exact head sweep and attribution patching of one model, computed lazily layer by layer."""
 
-    def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any],
-                 ablation: str, seed: int, saved_attribution: Callable[[], pd.DataFrame] | None = None) -> None:
+    def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any], ablation: str, seed: int,
+                 saved_attribution: pd.DataFrame | None = None,
+                 screening: tuple[Mapping[str, float], Screen] | None = None) -> None:
         self.spec, self.tokens, self.runtime, self.ablation, self.seed = spec, tokens, runtime, ablation, seed
-        self.saved_attribution = saved_attribution
+        self.saved_attribution, self.screening = saved_attribution, screening
 
     @functools.cached_property
     def attribution(self) -> pd.DataFrame:
         """The attribution estimates: the saved partition on a resumed run, else computed now."""
-        return self.saved_attribution() if self.saved_attribution else self.attribution_effects()
+        return self.saved_attribution if self.saved_attribution is not None else self.attribution_effects()
 
     def selected_heads(self, gaps: Mapping[str, float], screen: Screen) -> list[tuple[int, int]]:
         """Heads a screening sweep measures exactly (from the attribution estimates)."""
         return screen_selection(estimated_deltas(self.attribution, gaps), screen)
+
+    @functools.cached_property
+    def selection(self) -> list[tuple[int, int]] | None:
+        """The heads this sweep measures exactly (None: every head), computed and logged once."""
+        if self.screening is None:
+            return None
+        selected = self.selected_heads(*self.screening)
+        logger.info("%s: screening selected %d of %d heads for exact measurement.", self.spec.model_id,
+                    len(selected), self.lm.n_layers * self.lm.n_heads)
+        return selected
+
+    def job(self, key: str) -> pd.DataFrame:
+        """The partition ``key`` of this sweep: ``.../attribution`` or ``.../layer_<L>``."""
+        if key.endswith("/attribution"):
+            return self.attribution
+        layer = int(key.rsplit("_", 1)[1])
+        heads = None if self.selection is None else [head for lay, head in self.selection if lay == layer]
+        return self.layer_effects(layer, heads)
 
     @functools.cached_property
     def lm(self) -> LoadedModel:
@@ -269,3 +289,15 @@ class ModelSweep:
     def close(self) -> None:
         """Release the clean passes once the model is done."""
         self.__dict__.pop("states", None)
+
+
+def sweep_job(sweep: ModelSweep, key: str) -> pd.DataFrame:
+    """The partition ``key`` (``<prefix>/<part>``) of a model's sweep, computed on the sweep this process
+    keeps for that prefix, so the model's clean passes are computed once per process, not once per layer."""
+    return resident(key.rsplit("/", 1)[0], sweep).job(key)
+
+
+def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+    """A model's per-prompt baseline (a job of :mod:`ioi_anti.execution`)."""
+    lm = load_model(spec, runtime["device"], runtime["dtype"])
+    return baseline_table(lm, tokens, runtime["max_batch"])

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ioi_anti import execution
 from ioi_anti.ablation import ABLATIONS
 from ioi_anti.categories import validate_tau
 from ioi_anti.hero import check_named_heads, parse_head
@@ -96,10 +97,11 @@ def _model_problems(models: Any, registry: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _device_problems(device: Any) -> list[str]:
+def _device_problems(device: Any, cluster: Any) -> list[str]:
     if not isinstance(device, str) or not DEVICE.fullmatch(device):
         return [f"`runtime.device` = {device!r}: must be auto, cpu, cuda, cuda:<index> or mps"]
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    remote = cluster is not None and cluster != execution.LOCAL  # its workers' devices are checked when it connects
+    if device.startswith("cuda") and not remote and not torch.cuda.is_available():
         return [f"`runtime.device` = {device!r} but torch sees no CUDA device here (torch {torch.__version__}): "
                 "use `runtime.device=auto` (CUDA when present, else CPU) or `cpu`"]
     return []
@@ -132,7 +134,9 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     problems += _model_problems(params.get("models"), registry)
     for dotted in ("seed", "data_generation.seed", "head_ablation.seed"):
         _check(problems, params, dotted, _int_at_least(0), "an integer >= 0")
-    problems += _device_problems(params.get("runtime", {}).get("device"))
+    runtime = params.get("runtime", {})
+    problems += _device_problems(runtime.get("device"), runtime.get("cluster"))
+    problems += execution.cluster_problems(runtime)
     _check(problems, params, "runtime.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
     for dotted in ("runtime.max_batch", "runtime.max_rows", "baseline.n_boot", "head_ablation.n_boot",
                    "categorisation.n_boot", "categorisation.n_depth_bins", "hero_heads.n_boot",

@@ -10,10 +10,11 @@ import pandas as pd
 
 from ioi_anti import prompts
 from ioi_anti.checkpoints import parse_model_id
+from ioi_anti.execution import Job, Results, run_jobs
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
-from ioi_anti.models import load_model, load_tokenizer
+from ioi_anti.models import load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import baseline_key, baseline_problem, baseline_table, clean_pair_ids, model_tokens
+from ioi_anti.sweep import baseline_job, baseline_key, baseline_problem, clean_pair_ids, model_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def measure_baselines(
     models: list[str],
     registry: dict[str, Any],
     runtime: dict[str, Any],
-) -> dict[str, Callable[[], pd.DataFrame]]:
-    """Per-prompt clean and reference metrics of every model not measured yet (saved lazily)."""
+) -> Results:
+    """Per-prompt clean and reference metrics of every model not measured yet (each saved as it arrives)."""
     jobs = {}
     for spec in resolve_models(models, registry):
         tokens = model_tokens(tokenised, spec.model_id)
@@ -67,15 +68,8 @@ def measure_baselines(
                 logger.info("Baseline of %s already measured (%s): skipped.", spec.model_id, key)
                 continue
             logger.warning("Saved baseline %s is damaged (%s): measuring it again.", key, problem)
-        jobs[key] = _baseline_job(spec, tokens, runtime)
-    return jobs
-
-
-def _baseline_job(spec: Any, tokens: pd.DataFrame, runtime: dict[str, Any]) -> Callable[[], pd.DataFrame]:
-    def job() -> pd.DataFrame:
-        lm = load_model(spec, runtime["device"], runtime["dtype"])
-        return baseline_table(lm, tokens, runtime["max_batch"])
-    return job
+        jobs[key] = Job(spec.model_id, baseline_job, (spec, tokens, runtime))
+    return run_jobs(jobs, runtime, "baseline")
 
 
 def summarise_baselines(

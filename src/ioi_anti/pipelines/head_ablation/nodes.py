@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import platform
 from collections.abc import Callable
@@ -12,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import pearsonr, spearmanr
-from tqdm.auto import tqdm
 
 from ioi_anti.checkpoints import parse_model_id
+from ioi_anti.execution import Job, Results, run_jobs
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
@@ -32,6 +31,7 @@ from ioi_anti.sweep import (
     partition_prefix,
     partition_problem,
     screen_selection,
+    sweep_job,
     task_gaps,
 )
 
@@ -70,16 +70,17 @@ def sweep_heads(
     runtime: dict[str, Any],
     params: dict[str, Any],
     categorisation: dict[str, Any],
-) -> dict[str, Callable[[], pd.DataFrame]]:
-    """Lazy jobs, one attribution job plus one per layer of each model, for what is not done.
+) -> Results:
+    """Jobs for what is not done: one attribution job plus one per layer of each model.
 
-    The partitioned dataset runs and saves them one by one (in sorted key order: attribution
-    first), so an interrupted sweep keeps every finished layer and a re-run computes only the
-    rest; a model with nothing left is skipped without being loaded. In ``screen`` mode a layer's
-    job measures exactly only the heads that the attribution estimates select.
+    The partitioned dataset saves each job's result as it arrives (in process: one at a time, in
+    key order; on a cluster: as workers finish them), so an interrupted sweep keeps every finished
+    layer and a re-run computes only the rest; a model with nothing left is skipped without being
+    loaded. In ``screen`` mode a layer's job measures exactly only the heads that the attribution
+    estimates select.
     """
     screen = _screen(params, categorisation)
-    jobs: dict[str, Callable[[], pd.DataFrame]] = {}
+    jobs: dict[str, Job] = {}
     for spec in check_run_models(models, registry):
         tokens = model_tokens(tokenised, spec.model_id)
         baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
@@ -95,10 +96,12 @@ def sweep_heads(
             continue
         if len(todo) < len(wanted):
             logger.info("%s: resuming the sweep, %d of %d jobs left.", spec.model_id, len(todo), len(wanted))
+        saved = f"{prefix}/attribution"
+        screening = None if screen is None else (task_gaps(baseline), screen)
         sweep = ModelSweep(spec, tokens, runtime, params["ablation"], int(params["seed"]),
-                           done.get(f"{prefix}/attribution"))
-        jobs.update(_model_jobs(sweep, todo, None if screen is None else (task_gaps(baseline), screen)))
-    return jobs
+                           done[saved]() if screen is not None and saved not in todo else None, screening)
+        jobs |= {key: Job(spec.model_id, sweep_job, (sweep, key)) for key in todo}
+    return run_jobs(jobs, runtime, "head sweep")
 
 
 def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads: int,
@@ -111,42 +114,6 @@ def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads:
     if problem:
         logger.warning("Saved partition %s is damaged (%s): recomputing it.", key, problem)
     return problem is not None
-
-
-def _model_jobs(
-    sweep: ModelSweep, keys: list[str], screening: tuple[dict[str, float], Screen] | None
-) -> dict[str, Callable[[], pd.DataFrame]]:
-    """One model's jobs with a progress bar; the job saved last releases the model's state."""
-    bar: list[tqdm] = []
-    last = max(keys)
-
-    selected: list[tuple[int, int]] = []
-
-    def heads_of(layer: int) -> list[int] | None:
-        """The heads of ``layer`` to measure exactly (all of them, unless screening)."""
-        if screening is None:
-            return None
-        if not selected:  # the selection is computed (and logged) once per model
-            selected.extend(sweep.selected_heads(*screening))
-            logger.info("%s: screening selected %d of %d heads for exact measurement.", sweep.spec.model_id,
-                        len(selected), sweep.lm.n_layers * sweep.lm.n_heads)
-        return [head for lay, head in selected if lay == layer]
-
-    def job(key: str) -> pd.DataFrame:
-        if not bar:
-            bar.append(tqdm(total=len(keys), desc=f"{sweep.spec.model_id} head sweep", unit="job"))
-        try:
-            if key.endswith("/attribution"):
-                return sweep.attribution
-            layer = int(key.rsplit("_", 1)[1])
-            return sweep.layer_effects(layer, heads_of(layer))
-        finally:
-            bar[0].update(1)
-            if key == last:
-                bar[0].close()
-                sweep.close()
-
-    return {key: functools.partial(job, key) for key in keys}
 
 
 def _baseline(

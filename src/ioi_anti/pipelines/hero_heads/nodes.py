@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from ioi_anti import hero, hero_plots, plotting, routes
 from ioi_anti.ablation import variant_metrics
 from ioi_anti.categories import STRONG_CATEGORIES, categorise
+from ioi_anti.execution import Job, run_jobs
 from ioi_anti.metrics import bootstrap_indices, interval
-from ioi_anti.models import LoadedModel, load_model
+from ioi_anti.models import LoadedModel, ModelSpec, load_model
 from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
 from ioi_anti.sweep import TASKS, model_tokens
@@ -84,34 +85,47 @@ def study_hero_heads(
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Dose-response curves, cumulative top-k ablation, path patching, attention and the decomposition
-    of each hero's effect over its first readers, per model."""
+    of each hero's effect over its first readers, per model (one job per model, run where
+    ``runtime.cluster`` says)."""
     params = {**params, "tau": tau}
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
+    jobs = {}
     for spec in resolve_models(models, registry):
         model_heroes = heroes[heroes["model"] == spec.model_id]
         if model_heroes.empty:
             logger.warning("%s: no hero heads (no head's interval clears tau): nothing to study.", spec.model_id)
             continue
-        lm = load_model(spec, runtime["device"], runtime["dtype"])
-        model_heads = per_head[per_head["model"] == spec.model_id]
-        tasks = {task: hero.prepare_hero_task(
-            lm, model_tokens(tokenised, spec.model_id), task, ablation_params["ablation"], int(ablation_params["seed"]),
-            float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
-            for task in TASKS}
-        study = _ModelStudy(lm, tasks, params, seed)
-        model = {"model": spec.model_id}
-        for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
-            hero_id = {"hero": row.hero, **model}
-            tables["dose"].append(study.dose(row.layer, row.head).assign(**hero_id))
-            tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(**hero_id))
-            tables["attention"].append(study.attention(row.layer, row.head).assign(**hero_id))
-            tables["decomposition"].append(study.decomposition(row.layer, row.head, model_heads).assign(**hero_id))
-        tables["topk"].append(study.topk(model_heads).assign(**model))
+        jobs[spec.model_id] = Job(spec.model_id, study_model, (
+            spec, model_heroes, per_head[per_head["model"] == spec.model_id], model_tokens(tokenised, spec.model_id),
+            runtime, ablation_params, params, seed))
+    studies = dict(run_jobs(jobs, runtime, "hero heads").arrivals())
     dose, topk, paths, attention, decomposition = (
-        pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *frames], ignore_index=True)[STUDY_COLUMNS[name]]
-        for name, frames in tables.items()
+        pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *(studies[model][name] for model in jobs)],
+                  ignore_index=True)[STUDY_COLUMNS[name]]
+        for name in STUDY_COLUMNS
     )
     return dose, topk, paths, attention, decomposition
+
+
+def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.DataFrame, tokens: pd.DataFrame,
+                runtime: dict[str, Any], ablation_params: dict[str, Any], params: dict[str, Any],
+                seed: int) -> dict[str, pd.DataFrame]:
+    """Every case study of one model's hero heads, by study name (a job of :mod:`ioi_anti.execution`)."""
+    lm = load_model(spec, runtime["device"], runtime["dtype"])
+    tasks = {task: hero.prepare_hero_task(
+        lm, tokens, task, ablation_params["ablation"], int(ablation_params["seed"]),
+        float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
+        for task in TASKS}
+    study = _ModelStudy(lm, tasks, params, seed)
+    model = {"model": spec.model_id}
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
+    for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
+        hero_id = {"hero": row.hero, **model}
+        tables["dose"].append(study.dose(row.layer, row.head).assign(**hero_id))
+        tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(**hero_id))
+        tables["attention"].append(study.attention(row.layer, row.head).assign(**hero_id))
+        tables["decomposition"].append(study.decomposition(row.layer, row.head, model_heads).assign(**hero_id))
+    tables["topk"].append(study.topk(model_heads).assign(**model))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
 
 
 class _ModelStudy:
