@@ -26,3 +26,4 @@ lint:
 benchmark:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_head_sweep.py
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_screen.py
+	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_cluster.py

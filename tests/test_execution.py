@@ -22,7 +22,15 @@ from test_reliability import _base_params, _with
 
 from ioi_anti import execution
 from ioi_anti.datasets import ResumablePartitionedDataset
-from ioi_anti.execution import ClusterJobError, ClusterResults, Job, LocalResults, cluster_problems, resident
+from ioi_anti.execution import (
+    ClusterJobError,
+    ClusterResults,
+    Job,
+    LocalResults,
+    cluster_problems,
+    resident,
+    worker_environments,
+)
 from ioi_anti.hooks import base_schema
 from ioi_anti.validation import settings_problems
 
@@ -137,3 +145,13 @@ def test_workers_that_differ_from_the_driver_are_refused(client: Client, monkeyp
     monkeypatch.setattr(client, "run", lambda fn, *args: {"tcp://gpu-box:1234": facts | {"device": "cuda"}})
     with pytest.raises(ClusterJobError, match=r"tcp://gpu-box:1234: device cuda \(here: cpu\)"):
         execution._check_workers(client, "cpu")
+
+
+def test_a_local_cluster_gives_each_gpu_its_own_worker_and_shares_out_the_cores() -> None:
+    gpus = worker_environments(gpus=4, visible=None, cpu_workers=2, cores=16)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in gpus] == ["0", "1", "2", "3"]
+    assert {env["OMP_NUM_THREADS"] for env in gpus} == {"4"}
+    chosen = worker_environments(gpus=2, visible="5,7", cpu_workers=2, cores=16)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in chosen] == ["5", "7"]
+    cpus = worker_environments(gpus=0, visible=None, cpu_workers=3, cores=2)
+    assert len(cpus) == 3 and all("CUDA_VISIBLE_DEVICES" not in env and env["OMP_NUM_THREADS"] == "1" for env in cpus)

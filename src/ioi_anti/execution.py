@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 INSTALL = 'pip install -e ".[cluster]"'
 LOCAL = "local"
 ADDRESS_SCHEMES = ("tcp://", "tls://")
-# Packages whose version must match between the driver and every worker: the numbers depend on them.
-SAME_VERSIONS = ("ioi_anti", "torch", "transformers", "transformer-lens")
+# Packages whose version must match between the driver and every worker (with ioi_anti's own): the
+# numbers depend on them.
+SAME_VERSIONS = ("torch", "transformers", "transformer-lens")
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class ClusterResults(Results):
         models = sorted({self.jobs[key].model_id for key in failed})
         key, error = next(iter(failed.items()))
         return (f"{len(failed)} of {len(self.jobs)} jobs failed on the cluster (models: {', '.join(models)}); "
-                f"the first, {key}: {type(error).__name__}: {error}. Every result that arrived is saved: "
-                f"re-run the same command to compute only what is missing.")
+                f"the first, {key}: {type(error).__name__}: {error}. The partitions that arrived (baselines, "
+                f"sweep layers) are saved: re-run the same command to compute only what is missing.")
 
 
 class ClusterJobError(RuntimeError):
@@ -249,31 +250,50 @@ def client_for(runtime: Mapping[str, Any]) -> Client:
 
 
 def _local_cluster(cpu_workers: int) -> Any:
-    """One worker process per GPU (each seeing only its own, through CUDA_VISIBLE_DEVICES, as dask-cuda's
-    ``LocalCUDACluster`` does, without that dependency), else ``cpu_workers`` workers sharing the cores."""
+    """A cluster on this machine, its workers as :func:`worker_environments` says."""
     import torch
     from distributed import Nanny, Scheduler, SpecCluster
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-    n = len(gpus) if torch.cuda.is_available() else cpu_workers
-    threads = str(max(1, (os.cpu_count() or 1) // n))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
-    workers = {i: {"cls": Nanny, "options": {
-        "nthreads": 1, "silence_logs": logging.ERROR,
-        "env": env | ({"CUDA_VISIBLE_DEVICES": gpus[i]} if torch.cuda.is_available() else {})}}
-        for i in range(n)}
-    logger.info("Starting a local Dask cluster: %d workers (%s)", n,
-                "one per GPU" if torch.cuda.is_available() else f"CPU, {threads} threads each")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    environments = worker_environments(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), cpu_workers, usable_cores())
+    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "silence_logs": logging.ERROR, "env": env}}
+               for i, env in enumerate(environments)}
+    logger.info("Starting a local Dask cluster: %d workers (%s)", len(workers),
+                "one per GPU" if gpus else f"CPU, {environments[0]['OMP_NUM_THREADS']} threads each")
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":8787"}},
                        silence_logs=logging.ERROR)
 
 
+def worker_environments(gpus: int, visible: str | None, cpu_workers: int, cores: int) -> list[dict[str, str]]:
+    """The environment of each local worker process: one worker per GPU, seeing only its own through
+    ``CUDA_VISIBLE_DEVICES`` (as dask-cuda's ``LocalCUDACluster`` does, without that dependency; a
+    ``CUDA_VISIBLE_DEVICES`` set here picks the GPUs), else ``cpu_workers`` workers; the cores are
+    shared out as torch threads, one task at a time per worker."""
+    devices = visible.split(",")[:gpus] if visible else [str(i) for i in range(gpus)]
+    n = len(devices) or cpu_workers
+    threads = str(max(1, cores // n))
+    base = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
+    return [base | {"CUDA_VISIBLE_DEVICES": device} for device in devices] or [base] * cpu_workers
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _worker_facts(device: str) -> dict[str, str]:
     """What a worker computes on, and the versions its numbers depend on."""
+    import ioi_anti
     from ioi_anti.models import resolve_device
 
-    return {"device": resolve_device(device).type, **{name: version(name) for name in SAME_VERSIONS}}
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"device": resolve_device(device).type, "ioi_anti": ioi_anti.__version__,
+            **{name: installed(name) for name in SAME_VERSIONS}}
 
 
 def _check_workers(client: Client, device: str) -> None:

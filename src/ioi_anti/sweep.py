@@ -199,9 +199,13 @@ class ModelSweep:
 
     def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any], ablation: str, seed: int,
                  saved_attribution: pd.DataFrame | None = None,
-                 screening: tuple[Mapping[str, float], Screen] | None = None) -> None:
+                 screening: tuple[Mapping[str, float], Screen] | None = None, lm: LoadedModel | None = None) -> None:
+        """``lm``: a model already loaded (a benchmark's random-weight stand-in); by default the registry
+        model is loaded when first needed, in the process that computes."""
         self.spec, self.tokens, self.runtime, self.ablation, self.seed = spec, tokens, runtime, ablation, seed
         self.saved_attribution, self.screening = saved_attribution, screening
+        if lm is not None:
+            self.__dict__["lm"] = lm  # fills the cached property below
 
     @functools.cached_property
     def attribution(self) -> pd.DataFrame:
