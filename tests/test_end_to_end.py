@@ -18,10 +18,13 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
+import yaml
 from conftest import PROJECT
 from nbclient import NotebookClient
 
 from ioi_anti.execution import usable_cores
+from ioi_anti.sweep import ModelSweep
 
 pytestmark = pytest.mark.integration
 
@@ -36,18 +39,16 @@ SWEEP = "data/07_model_output/head_effects_per_prompt"
 
 CLUSTER = "runtime.cluster=local,runtime.workers=2"
 # torch threads of each worker of a two-worker local cluster: CPU results depend in their last bits on
-# torch's thread count (the reduction order of its kernels), so the in-process reference uses the same.
+# torch's thread count (the reduction order of its kernels), so bit-for-bit references use the same.
 WORKER_THREADS = max(1, usable_cores() // 2)
 
 
 def kedro(
-    root: Path, *args: str, wait: bool = True, params: str = "", threads: int | None = None
+    root: Path, *args: str, wait: bool = True, params: str = ""
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run the kedro CLI in ``root`` with the small settings (plus ``params``)."""
     cmd = [sys.executable, "-m", "kedro", "run", "--params", ",".join(filter(None, [SMALL, params])), *args]
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400"}  # one log line each
-    if threads:
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
@@ -72,10 +73,9 @@ def copy_project(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project after a full small `kedro run`, with as many torch threads as each worker of
-    a two-worker local cluster gets, so that the cluster's numbers can be compared bit for bit."""
+    """A copy of the project after a full small `kedro run`."""
     root = copy_project(tmp_path_factory.mktemp("ioi-anti"))
-    kedro(root, threads=WORKER_THREADS)
+    kedro(root)
     return root
 
 
@@ -92,10 +92,13 @@ class ClusterRun:
 
 @pytest.fixture(scope="module")
 def cluster_run(project: Path, tmp_path_factory: pytest.TempPathFactory) -> ClusterRun:
-    """Data generation and the head sweep of both models on a local Dask cluster; once three layers are
-    saved, one worker process is killed (SIGKILL); then the same command again."""
+    """Everything from the baselines on (sweeps, categories, hero studies, report) on a local Dask cluster,
+    from the in-process run's prompts; once three layers are saved, one worker process is killed
+    (SIGKILL); then the sweep's command again."""
     root = copy_project(tmp_path_factory.mktemp("ioi-anti-cluster"))
-    run = kedro(root, "--to-nodes", "summarise_heads", wait=False, params=CLUSTER)
+    for folder in ("data/03_primary", "data/05_model_input", "data/.settings"):
+        shutil.copytree(project / folder, root / folder)
+    run = kedro(root, "--from-nodes", "measure_baselines", wait=False, params=CLUSTER)
     try:
         deadline = time.monotonic() + 900
         while len(list((root / SWEEP).glob("*/layer_*.parquet"))) < 3:
@@ -110,7 +113,7 @@ def cluster_run(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Clus
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    rerun = kedro(root, "--to-nodes", "summarise_heads", params=CLUSTER)
+    rerun = kedro(root, "--pipeline", "head_ablation", params=CLUSTER)
     return ClusterRun(root, log, run.returncode, saved, rerun.stdout + rerun.stderr)
 
 
@@ -177,24 +180,41 @@ def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
         assert text in report, text
 
 
-def test_a_local_dask_cluster_writes_the_in_process_numbers_bit_for_bit(project: Path,
-                                                                      cluster_run: ClusterRun) -> None:
-    """Both models' baselines and sweeps on two worker processes (one killed on the way) give the
-    in-process run's partitions and tables exactly."""
+def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, cluster_run: ClusterRun, smol,
+                                                            gemma) -> None:
+    """Both models' baselines, sweeps and hero studies on two worker processes (one killed on the way):
+    the same partitions as in process, bit for bit at the workers' torch thread count; the tables within
+    float32 rounding of the in-process run's default thread count; the report written."""
     root = cluster_run.root
     assert "Dask cluster: 2 workers" in cluster_run.log, cluster_run.log[-3000:]
     for folder in (SWEEP, "data/07_model_output/baseline_per_prompt"):
         here = sorted(p.relative_to(project) for p in (project / folder).rglob("*.parquet"))
         there = sorted(p.relative_to(root) for p in (root / folder).rglob("*.parquet"))
         assert here == there and len(here) == 2 + sum(n + 1 for n, _ in GRIDS.values()) * (folder == SWEEP), folder
-        for path in here:
-            pd.testing.assert_frame_equal(pd.read_parquet(root / path), pd.read_parquet(project / path),
-                                          check_exact=True, obj=str(path))
-    for table in ("per_head", "attribution_agreement"):
+    for table in ("per_head", "attribution_agreement", "hero_decomposition", "hero_dose_response"):
         pd.testing.assert_frame_equal(
             pd.read_parquet(latest(root, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
             pd.read_parquet(latest(project, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
-            check_exact=True, obj=table)
+            check_exact=False, atol=2e-5, rtol=1e-5, obj=table)
+    heroes = "data/08_reporting/hero_heads_for_paper.csv/*/hero_heads_for_paper.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(latest(root, heroes)), pd.read_csv(latest(project, heroes)),
+                                  check_exact=False, atol=2e-5, rtol=1e-5)
+    assert latest(root, "data/08_reporting/report.html/*/report.html").stat().st_size > 100_000
+    runtime = yaml.safe_load((PROJECT / "conf" / "base" / "parameters.yml").read_text())["runtime"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(WORKER_THREADS)
+    try:
+        for lm, parts in ((smol, ("attribution", "layer_000", "layer_015", "layer_029")),
+                          (gemma, ("layer_000", "layer_017"))):
+            folder = next((root / SWEEP).glob(f"{lm.spec.model_id}__*"))
+            tokens = pd.read_parquet(root / "data/05_model_input/tokenised_prompts" / f"{lm.spec.model_id}.parquet")
+            sweep = ModelSweep(lm.spec, tokens, runtime | {"device": "cpu"}, "mean", 0, lm=lm)
+            for part in parts:
+                pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{part}.parquet"),
+                                              sweep.job(f"{folder.name}/{part}"), check_exact=True, check_dtype=False,
+                                              obj=f"{lm.spec.model_id} {part}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_worker_killed_mid_sweep_costs_only_its_unfinished_layers(cluster_run: ClusterRun) -> None:
