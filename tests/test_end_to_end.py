@@ -140,7 +140,8 @@ def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
     for model, (n_layers, n_heads) in GRIDS.items():
         rows = per_head[per_head["model"] == model]
         assert len(rows) == n_layers * n_heads == len(rows[["layer", "head"]].drop_duplicates()), model
-    assert set(per_head["family"]) == {"llama", "gemma"} and set(per_head["measured_by"]) == {"exact"}
+    assert set(per_head["family"]) == {"llama", "gemma"} and set(per_head["measured_by_ioi"]) == {"exact"}
+    assert set(per_head["measured_by_anti"]) == {"exact"}
     for column in ("delta_ioi", "delta_ioi_low", "delta_anti_high", "attr_delta_anti"):
         assert per_head[column].notna().all(), column
     assert (per_head["delta_ioi_low"] <= per_head["delta_ioi"]).all()
@@ -282,22 +283,25 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path
 
 
 def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path) -> None:
-    """Screening measures exactly only the heads that could reach the smallest τ; its strong heads at
-    both τ of the run, and their values, are the exact run's."""
+    """Screening measures exactly, task by task, only the heads that could reach the smallest τ; its strong
+    heads at both τ of the run, and their values, are the exact run's."""
     exact = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     kedro(project, "--pipeline", "head_ablation", params="head_ablation.mode=screen")
     screened = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    assert set(screened["mode"]) == {"screen"} and set(screened["measured_by"]) == {"exact", "estimate"}
+    assert set(screened["mode"]) == {"screen"}
     keys = ["model", "layer", "head"]
     both = exact.merge(screened, on=keys, suffixes=("", "_screen"))
-    for tau in (0.03, 0.05):
-        for task in ("ioi", "anti"):
+    for task in ("ioi", "anti"):
+        measured = both[f"measured_by_{task}_screen"] == "exact"
+        assert 0 < measured.sum() < len(both), task
+        for tau in (0.03, 0.05):
             strong = both[f"delta_{task}"].abs() >= tau
-            assert (both["measured_by_screen"][strong] == "exact").all(), (tau, task)
+            assert measured[strong].all(), (tau, task)
             assert ((both[f"delta_{task}_screen"].abs() >= tau) == strong).all(), (tau, task)
-    measured = both["measured_by_screen"] == "exact"
-    pd.testing.assert_series_equal(both.loc[measured, "delta_ioi_screen"], both.loc[measured, "delta_ioi"],
-                                   check_names=False, atol=1e-5, rtol=1e-5)
+        pd.testing.assert_series_equal(both.loc[measured, f"delta_{task}_screen"], both.loc[measured, f"delta_{task}"],
+                                       check_names=False, atol=1e-5, rtol=1e-5)
+    only_one_task = (both["measured_by_ioi_screen"] == "exact") != (both["measured_by_anti_screen"] == "exact")
+    assert only_one_task.any()  # per-task selection: a head that matters for one task only is measured on it only
 
 
 POINTS_JS = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length"

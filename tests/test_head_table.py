@@ -86,27 +86,34 @@ def test_recall_counts_strong_heads_found_among_the_top_k_estimates() -> None:
 
 def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere() -> None:
     long, baseline = _inputs()
-    measured = [(0, 1), (1, 2)]
-    exact_rows = long["method"] == "exact"
-    keep = ~exact_rows | pd.Series(list(zip(long["layer"], long["head"], strict=True))).isin(measured).to_numpy()
+    measured = {"ioi": [(0, 1), (1, 2)], "anti": [(1, 2), (1, 0)]}
+    head = pd.Series(list(zip(long["layer"], long["head"], strict=True)))
+    keep = long["method"] == "attribution"
+    for task, heads in measured.items():
+        keep |= ((long["method"] == "exact") & (long["task"] == task)).to_numpy() & head.isin(heads).to_numpy()
     table = model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured)
     full = model_head_table(long, baseline, PARAMS, seed=0)
-    is_exact = pd.Series(list(zip(table["layer"], table["head"], strict=True))).isin(measured).to_numpy()
-    assert list(table["measured_by"]) == ["exact" if e else "estimate" for e in is_exact]
-    for task in ("ioi", "anti"):
+    rows = pd.Series(list(zip(table["layer"], table["head"], strict=True)))
+    for task, heads in measured.items():
+        is_exact = rows.isin(heads).to_numpy()
+        assert list(table[f"measured_by_{task}"]) == ["exact" if e else "estimate" for e in is_exact]
         np.testing.assert_allclose(table.loc[is_exact, f"delta_{task}"], full.loc[is_exact, f"delta_{task}"])
         np.testing.assert_allclose(table.loc[~is_exact, f"delta_{task}"], full.loc[~is_exact, f"attr_delta_{task}"])
         assert table[f"delta_{task}_low"].notna().all()
-    with pytest.raises(ValueError, match="misses 1 heads"):
-        model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=[*measured, (0, 0)])
+    agreement = pd.DataFrame(attribution_agreement(table, [0.05]))
+    assert agreement.set_index("task")["n_heads"].to_dict() == {"ioi": 2, "anti": 2}
+    with pytest.raises(ValueError, match="anti/exact misses 1 heads"):
+        model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
 
 
-def test_screen_selection_takes_heads_near_tau_and_the_top_k() -> None:
+def test_screen_selection_takes_heads_near_tau_and_the_top_k_per_task() -> None:
     estimates = pd.DataFrame({"task": ["ioi"] * 4 + ["anti"] * 4, "layer": [0, 0, 1, 1] * 2,
                               "head": [0, 1, 0, 1] * 2,
                               "estimate": [0.001, -0.016, 0.2, 0.0, 0.0, 0.002, 0.0, 0.003]})
-    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.015, top_k=0)) == [(0, 1), (1, 0)]
-    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=0)) == [(1, 0)]
-    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=1)) == [(1, 0), (1, 1)]
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.015, top_k=0)) == {
+        "ioi": [(0, 1), (1, 0)], "anti": []}
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=0)) == {"ioi": [(1, 0)], "anti": []}
+    assert screen_selection(estimates, Screen(tau_min=0.03, margin=0.01, top_k=1)) == {
+        "ioi": [(1, 0)], "anti": [(1, 1)]}
     with pytest.raises(ValueError, match="margin must lie in"):
         Screen(tau_min=0.03, margin=0.05, top_k=0)

@@ -39,7 +39,7 @@ from ioi_anti.pipelines.categorisation.nodes import (
     count_strong_heads,
 )
 from ioi_anti.pipelines.reporting import nodes
-from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, decomposition_key, markdown_table
+from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, decomposition_key, markdown_table, screening_section
 from ioi_anti.routes import route_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -376,3 +376,17 @@ def test_models_are_compared_in_words_and_numbers() -> None:
     assert "IOI gap" in four and "largest share of its heads" in four
     single = report_of(tables_for(SINGLE_MODEL)).split("## Models compared")[1].split("\n## ")[0]
     assert "**smollm2-135m**" in single and "largest share" not in single
+
+
+def test_screening_section_counts_each_task_and_the_largest_estimate_left() -> None:
+    heads = pd.DataFrame({
+        "model": ["m"] * 4, "layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+        "delta_ioi": [0.2, -0.004, 0.01, 0.001], "delta_anti": [0.002, 0.1, -0.003, 0.0],
+        "measured_by_ioi": ["exact", "estimate", "exact", "estimate"],
+        "measured_by_anti": ["estimate", "exact", "estimate", "estimate"],
+    })
+    section = screening_section(heads)
+    assert "- m: IOI: 2 of 4 heads measured exactly, the largest |Δ| only estimated 0.004; " in section
+    assert "anti-repetition: 1 of 4 heads measured exactly, the largest |Δ| only estimated 0.003." in section
+    exact = heads.assign(measured_by_ioi="exact", measured_by_anti="exact")
+    assert screening_section(exact) == ""

@@ -23,10 +23,9 @@ FAMILY_SYMBOLS = {"gpt2": "circle", "gpt-neo": "square", "opt": "triangle-up", "
                   "llama": "triangle-down", "gemma": "x"}
 HOVER = (
     "<b>%{customdata[0]} %{customdata[1]}</b><br>"
-    "Δ_IOI %{x:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}]<br>"
-    "Δ_anti %{y:.3f} [%{customdata[4]:.3f}, %{customdata[5]:.3f}]<br>"
-    "category %{customdata[6]} (robust: %{customdata[7]})<br>"
-    "measured by %{customdata[8]}<extra></extra>"
+    "Δ_IOI %{x:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] (%{customdata[8]})<br>"
+    "Δ_anti %{y:.3f} [%{customdata[4]:.3f}, %{customdata[5]:.3f}] (%{customdata[9]})<br>"
+    "category %{customdata[6]} (robust: %{customdata[7]})<extra></extra>"
 )
 
 
@@ -45,12 +44,14 @@ def phase_space(heads: pd.DataFrame, tau: float) -> go.Figure:
     for value in (-tau, tau):
         fig.add_vline(x=value, line={"dash": "dash", "color": "#888888", "width": 1})
         fig.add_hline(y=value, line={"dash": "dash", "color": "#888888", "width": 1})
-    measured = shown["measured_by"] if "measured_by" in shown.columns else pd.Series("exact", index=shown.index)
+    exact = pd.Series("exact", index=shown.index)
+    measured = {task: shown.get(f"measured_by_{task}", exact) for task in ("ioi", "anti")}
     custom = pd.DataFrame({
         "model": shown["model"], "head": "L" + shown["layer"].astype(str) + "H" + shown["head"].astype(str),
         "ioi_low": shown["delta_ioi_low"], "ioi_high": shown["delta_ioi_high"],
         "anti_low": shown["delta_anti_low"], "anti_high": shown["delta_anti_high"],
-        "category": shown["category"], "robust": shown["category_robust"], "measured": measured,
+        "category": shown["category"], "robust": shown["category_robust"],
+        "measured_ioi": measured["ioi"], "measured_anti": measured["anti"],
     })
     for family in ordered_families(shown["family"]):
         rows = shown[shown["family"] == family].sort_values("n_params", kind="stable")

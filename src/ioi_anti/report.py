@@ -17,7 +17,7 @@ from markdown_it import MarkdownIt
 
 from ioi_anti.categories import CATEGORIES, default_tau_rows
 from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
-from ioi_anti.routes import REMAINDER, ROUTES, shared_hero_answers
+from ioi_anti.routes import REMAINDER, ROUTES, TASK_NAMES, shared_hero_answers
 from ioi_anti.training_plots import series, with_steps
 
 NOT_RECORDED = "not recorded"
@@ -361,19 +361,24 @@ def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[s
 
 
 def screening_section(heads: pd.DataFrame) -> str:
-    """In a screening run: per model, how many heads were measured exactly and which were only estimated."""
-    if "measured_by" not in heads.columns or (heads["measured_by"] == "exact").all():
+    """In a screening run: per model and task, how many heads were measured exactly and how large the
+    largest estimate left unmeasured is."""
+    columns = [f"measured_by_{task}" for task in TASK_NAMES]
+    if not set(columns) <= set(heads.columns) or (heads[columns] == "exact").all().all():
         return ""
     lines = ["## Screening", "",
-             "This run screened heads by attribution patching and measured exactly only those whose estimate "
-             "could reach the smallest τ (docs/metrics.md, \"Screening\"). Heads only estimated keep their "
-             "attribution Δ and interval; no category, count, figure or hero depends on them being exact, since "
-             "they are all weak.", ""]
+             "This run screened heads by attribution patching and measured exactly, task by task, only the heads "
+             "whose estimate for that task could reach the smallest τ (docs/metrics.md, \"Screening\"). A Δ only "
+             "estimated keeps its attribution value and interval; no category, count, figure or hero depends on "
+             "it being exact, since it is weak at every τ of the run.", ""]
     for model, rows in heads.groupby("model", sort=False):
-        estimated = rows[rows["measured_by"] == "estimate"]
-        largest = np.maximum(estimated["delta_ioi"].abs(), estimated["delta_anti"].abs()).max()
-        lines.append(f"- {model}: {len(rows) - len(estimated)} of {len(rows)} heads measured exactly; "
-                     f"{len(estimated)} only estimated (largest estimated |Δ| {largest:.3f}).")
+        parts = []
+        for task in TASK_NAMES:
+            estimated = rows[rows[f"measured_by_{task}"] == "estimate"]
+            largest = estimated[f"delta_{task}"].abs().max() if len(estimated) else 0.0
+            parts.append(f"{TASK_NAMES[task]}: {len(rows) - len(estimated)} of {len(rows)} heads measured exactly, "
+                         f"the largest |Δ| only estimated {largest:.3f}")
+        lines.append(f"- {model}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
 

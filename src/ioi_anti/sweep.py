@@ -2,8 +2,9 @@
 patching, each returning tidy per-prompt tables, plus the run fingerprint used to resume.
 
 Two sweep modes: ``exact`` measures every head exactly; ``screen`` estimates every head by
-attribution patching (one forward and backward pass per prompt group) and measures exactly only
-the heads whose estimate could reach the smallest τ of the run (:func:`screen_selection`).
+attribution patching (one forward and backward pass per prompt group) and measures exactly, task by
+task, only the heads whose estimate for that task could reach the smallest τ of the run
+(:func:`screen_selection`).
 
 Pipelines hand these jobs to a partitioned dataset as lazy callables, so each model (and each
 layer of the head sweep) is computed and saved one at a time.
@@ -146,10 +147,10 @@ def baseline_problem(load: Callable[[], pd.DataFrame], pair_ids: Mapping[str, np
 
 @dataclass(frozen=True)
 class Screen:
-    """Which heads a screening sweep measures exactly (see docs/metrics.md, "Screening").
+    """Which heads a screening sweep measures exactly, per task (see docs/metrics.md, "Screening").
 
-    A head is measured exactly when its estimated |Δ| for either task is at least
-    ``tau_min - margin``, or when it is among the ``top_k`` largest estimates of a task.
+    A head is measured exactly on a task's prompts when its estimated |Δ| for that task is at least
+    ``tau_min - margin``, or when it is among the ``top_k`` largest estimates of that task.
     """
 
     tau_min: float
@@ -175,14 +176,24 @@ def estimated_deltas(attribution: pd.DataFrame, gaps: Mapping[str, float]) -> pd
     return mean.assign(estimate=mean["effect"] / mean["task"].map(gaps))
 
 
-def screen_selection(estimates: pd.DataFrame, screen: Screen) -> list[tuple[int, int]]:
-    """The (layer, head) pairs a screening sweep measures exactly, for both tasks."""
-    picked: set[tuple[int, int]] = set()
-    for _, frame in estimates.groupby("task"):
+Selection = dict[str, list[tuple[int, int]]]
+"""Per task, the (layer, head) pairs measured exactly on that task's prompts."""
+
+
+def screen_selection(estimates: pd.DataFrame, screen: Screen) -> Selection:
+    """The heads a screening sweep measures exactly, task by task.
+
+    Per task, not per head: a head whose estimate could reach τ for one task only is measured on
+    that task's prompts only, since its other estimate already rules it out for the other task (the
+    same argument that leaves unselected heads estimated).
+    """
+    picked: Selection = {}
+    for task in TASKS:
+        frame = estimates[estimates["task"] == task]
         size = frame["estimate"].abs()
         chosen = frame[(size >= screen.tau_min - screen.margin) | frame.index.isin(size.nlargest(screen.top_k).index)]
-        picked |= set(zip(chosen["layer"].astype(int), chosen["head"].astype(int), strict=True))
-    return sorted(picked)
+        picked[task] = sorted(zip(chosen["layer"].astype(int), chosen["head"].astype(int), strict=True))
+    return picked
 
 
 @dataclass
@@ -212,18 +223,19 @@ class ModelSweep:
         """The attribution estimates: the saved partition on a resumed run, else computed now."""
         return self.saved_attribution if self.saved_attribution is not None else self.attribution_effects()
 
-    def selected_heads(self, gaps: Mapping[str, float], screen: Screen) -> list[tuple[int, int]]:
-        """Heads a screening sweep measures exactly (from the attribution estimates)."""
+    def selected_heads(self, gaps: Mapping[str, float], screen: Screen) -> Selection:
+        """Heads a screening sweep measures exactly, per task (from the attribution estimates)."""
         return screen_selection(estimated_deltas(self.attribution, gaps), screen)
 
     @functools.cached_property
-    def selection(self) -> list[tuple[int, int]] | None:
-        """The heads this sweep measures exactly (None: every head), computed and logged once."""
+    def selection(self) -> Selection | None:
+        """The heads this sweep measures exactly, per task (None: every head), computed and logged once."""
         if self.screening is None:
             return None
         selected = self.selected_heads(*self.screening)
-        logger.info("%s: screening selected %d of %d heads for exact measurement.", self.spec.model_id,
-                    len(selected), self.lm.n_layers * self.lm.n_heads)
+        logger.info("%s: screening selected %s of %d heads for exact measurement.", self.spec.model_id,
+                    " and ".join(f"{len(selected[task])} ({task})" for task in TASKS),
+                    self.lm.n_layers * self.lm.n_heads)
         return selected
 
     def job(self, key: str) -> pd.DataFrame:
@@ -231,8 +243,10 @@ class ModelSweep:
         if key.endswith("/attribution"):
             return self.attribution
         layer = int(key.rsplit("_", 1)[1])
-        heads = None if self.selection is None else [head for lay, head in self.selection if lay == layer]
-        return self.layer_effects(layer, heads)
+        if self.selection is None:
+            return self.layer_effects(layer)
+        return self.layer_effects(layer, {task: [h for lay, h in heads if lay == layer]
+                                          for task, heads in self.selection.items()})
 
     @functools.cached_property
     def lm(self) -> LoadedModel:
@@ -266,18 +280,22 @@ class ModelSweep:
             }))
         return pd.concat(frames, ignore_index=True)
 
-    def layer_effects(self, layer: int, heads: Sequence[int] | None = None) -> pd.DataFrame:
-        """Exact effect (ablated minus clean metric) of each head of ``layer`` (or of ``heads``
-        only) on every prompt."""
-        heads = list(range(self.lm.n_heads)) if heads is None else list(heads)
+    def layer_effects(self, layer: int, heads: Mapping[str, Sequence[int]] | None = None) -> pd.DataFrame:
+        """Exact effect (ablated minus clean metric) of each head of ``layer`` on every prompt of each
+        task (or, with ``heads``, of the heads it lists for each task only)."""
         frames = [pd.DataFrame(columns=["task", "layer", "head", "pair_id", "effect", "method"])]
-        for state in self.states if heads else []:
+        todo = {task: list(range(self.lm.n_heads)) if heads is None else list(heads.get(task, [])) for task in TASKS}
+        for state in self.states if any(todo.values()) else []:
+            heads_of_task = todo[state.task]
+            if not heads_of_task:
+                continue
             per_group = []
             for cp, values in zip(state.clean, state.values, strict=True):
-                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime["max_rows"], heads)
+                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime["max_rows"],
+                                                heads_of_task)
                 per_group.append((ablated - cp.metric).float().cpu().numpy()[None])
             frame = self._tidy(state, lambda _: layer, per_group, "exact")
-            frames.append(frame.assign(head=np.asarray(heads)[frame["head"].to_numpy()]))
+            frames.append(frame.assign(head=np.asarray(heads_of_task)[frame["head"].to_numpy()]))
         return pd.concat(frames, ignore_index=True).astype({"layer": int, "head": int, "pair_id": int,
                                                             "effect": "float32"}).assign(model_id=self.spec.model_id)
 

@@ -22,6 +22,7 @@ from ioi_anti.sweep import (
     TASKS,
     ModelSweep,
     Screen,
+    Selection,
     baseline_key,
     clean_pair_ids,
     estimated_deltas,
@@ -163,39 +164,42 @@ def summarise_heads(
 
 
 def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: dict[str, int], model: str,
-                  exact_heads: list[tuple[int, int]] | None = None) -> None:
+                  exact_heads: Selection | None = None) -> None:
     """Every (task, layer, head) of the model's grid is present, once per prompt, and nothing else.
 
-    ``exact_heads``: in a screening run, the heads that must have exact measurements (every
-    head has an attribution estimate); by default every head of the grid.
+    ``exact_heads``: in a screening run, per task, the heads that must have exact measurements
+    (every head has an attribution estimate); by default every head of the grid, for both tasks.
     """
     grid = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
+    no_exact_needed = exact_heads is not None and not any(exact_heads.values())
     for method in ("exact", "attribution"):
-        if method not in set(long["method"]) and not (method == "exact" and exact_heads == []):
+        if method not in set(long["method"]) and not (method == "exact" and no_exact_needed):
             raise ValueError(f"{model}: no {method} measurements; re-run `kedro run --pipeline head_ablation`.")
-    for (task, method), frame in long.groupby(["task", "method"]):
-        bad = frame[(frame["layer"] >= n_layers) | (frame["head"] >= n_heads) | (frame["layer"] < 0)]
-        if not bad.empty:
-            raise ValueError(f"{model}: {task}/{method} rows outside the {n_layers}x{n_heads} grid, e.g. "
-                             f"L{bad['layer'].iloc[0]}H{bad['head'].iloc[0]}.")
-        counts = frame.groupby(["layer", "head"]).size()
-        expected = grid if method == "attribution" or exact_heads is None else pd.MultiIndex.from_tuples(
-            exact_heads, names=["layer", "head"])
-        missing = expected.difference(counts.index)
-        if len(missing):
-            raise ValueError(f"{model}: {task}/{method} misses {len(missing)} heads (e.g. L{missing[0][0]}"
-                             f"H{missing[0][1]}); re-run `kedro run --pipeline head_ablation` to finish the sweep.")
-        if (counts != n_prompts[task]).any():
-            raise ValueError(f"{model}: {task}/{method} has heads measured on other than "
-                             f"{n_prompts[task]} prompts (duplicate or partial partitions).")
+    for task in TASKS:
+        for method in ("exact", "attribution"):
+            frame = long[(long["task"] == task) & (long["method"] == method)]
+            bad = frame[(frame["layer"] >= n_layers) | (frame["head"] >= n_heads) | (frame["layer"] < 0)]
+            if not bad.empty:
+                raise ValueError(f"{model}: {task}/{method} rows outside the {n_layers}x{n_heads} grid, e.g. "
+                                 f"L{bad['layer'].iloc[0]}H{bad['head'].iloc[0]}.")
+            counts = frame.groupby(["layer", "head"]).size()
+            expected = grid if method == "attribution" or exact_heads is None else pd.MultiIndex.from_tuples(
+                exact_heads.get(task, []), names=["layer", "head"])
+            missing = expected.difference(counts.index)
+            if len(missing):
+                raise ValueError(f"{model}: {task}/{method} misses {len(missing)} heads (e.g. L{missing[0][0]}"
+                                 f"H{missing[0][1]}); re-run `kedro run --pipeline head_ablation` to finish the sweep.")
+            if (counts != n_prompts[task]).any():
+                raise ValueError(f"{model}: {task}/{method} has heads measured on other than "
+                                 f"{n_prompts[task]} prompts (duplicate or partial partitions).")
 
 
 def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[str, Any], seed: int,
-                     exact_heads: list[tuple[int, int]] | None = None) -> pd.DataFrame:
+                     exact_heads: Selection | None = None) -> pd.DataFrame:
     """Delta per head and task, normalised by the task gap, with a paired ratio bootstrap.
 
-    Heads without exact measurements (a screening run) take the attribution estimate and its
-    interval, and are marked ``measured_by = "estimate"``.
+    Where a head has no exact measurement for a task (a screening run), its Delta for that task is
+    the attribution estimate with its interval, and ``measured_by_<task>`` says ``estimate``.
     """
     facts = baseline.iloc[0]
     n_layers, n_heads = int(facts["n_layers"]), int(facts["n_heads"])
@@ -217,12 +221,12 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[st
         gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - params["ci"]) / 2)
         out[f"gap_{task}"], out[f"n_prompts_{task}"] = gaps.mean(), len(gaps)
         gap_ok = gap_ok and bool(gap_low > 0)
-    exact = out["delta_ioi"].notna() & out["delta_anti"].notna()
     for task in TASKS:
+        exact = out[f"delta_{task}"].notna()
         for suffix in ("", "_low", "_high"):
             out[f"delta_{task}{suffix}"] = out[f"delta_{task}{suffix}"].where(exact, out[f"attr_delta_{task}{suffix}"])
         out = out.drop(columns=[f"attr_delta_{task}_low", f"attr_delta_{task}_high"])
-    out["measured_by"] = np.where(exact, "exact", "estimate")
+        out[f"measured_by_{task}"] = np.where(exact, "exact", "estimate")
     checkpoint = parse_model_id(str(facts["model_id"]))
     return out.assign(model=facts["model_id"], base_model=checkpoint.base_model, checkpoint=checkpoint.label,
                       training_step=checkpoint.training_step, family=facts["family"],
@@ -231,7 +235,7 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[st
 
 def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: float = 0.1) -> list[dict[str, Any]]:
     """How well attribution patching agrees with the exact Delta, per task and τ, over the heads
-    measured exactly (all heads in an exact run):
+    measured exactly on that task (all heads in an exact run):
 
     * ``spearman``, ``pearson``: over those heads; ``spearman_top`` over the ``top_fraction`` of them
       with the largest exact |Delta| (at least 10), where near-zero heads no longer dominate the ranks;
@@ -239,13 +243,13 @@ def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: 
       found among the k = ``n_strong`` (or 2k) largest |estimates|;
     * ``sign_agreement``: the share of strong heads whose estimate has the exact Delta's sign.
     """
-    table = table[table["measured_by"] == "exact"]
     rows = []
-    n_top = min(len(table), max(10, round(top_fraction * len(table))))
     for task in TASKS:
-        exact, attr = table[f"delta_{task}"], table[f"attr_delta_{task}"]
+        measured = table[table[f"measured_by_{task}"] == "exact"]
+        n_top = min(len(measured), max(10, round(top_fraction * len(measured))))
+        exact, attr = measured[f"delta_{task}"], measured[f"attr_delta_{task}"]
         top = exact.abs().nlargest(n_top).index
-        base = {"model": table["model"].iloc[0], "task": task, "n_heads": len(table),
+        base = {"model": table["model"].iloc[0], "task": task, "n_heads": len(measured),
                 "spearman": float(spearmanr(exact, attr).statistic), "pearson": float(pearsonr(exact, attr).statistic),
                 "spearman_top": float(spearmanr(exact[top], attr[top]).statistic), "n_top": n_top}
         for tau in taus:
