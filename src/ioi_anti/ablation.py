@@ -14,7 +14,8 @@ block (the residual stream and the keyword arguments the HF model passes: masks,
 tables, position ids), so ablating a head in layer L replays only blocks L..N-1; all heads of
 a layer are ablated at once in a batch of copies; logits are computed at END only, in every pass
 (``logits_to_keep=1``: prompts of a group share their length, so END is the last position; a
-full-vocabulary logits tensor of every position would be ~1.8 GB per batch for Gemma-3).
+full-vocabulary logits tensor of every position would be ~1.8 GB per batch for Gemma-3), and in
+the replays at the candidate tokens only (:func:`end_candidates`).
 :func:`reference_layer_metrics` is the plain one-full-forward-per-head version it is tested
 against.
 """
@@ -98,10 +99,20 @@ class CleanPass:
         return task_metric(self.cand_logits, self.group.weights)
 
 
-def end_candidates(lm: LoadedModel, resid_end: Float[Tensor, "n d"], tokens: Int[Tensor, "n k"]) -> Tensor:
-    """Final norm and unembedding of END residuals only, read at the candidate tokens."""
-    logits = lm.bridge.unembed(lm.bridge.ln_final(resid_end))
-    return logits.gather(-1, tokens)
+def end_candidates(
+    lm: LoadedModel, resid_end: Float[Tensor, "n d"], tokens: Int[Tensor, "n k"]
+) -> Float[Tensor, "n k"]:
+    """Final norm of END residuals and their logits at the candidate tokens only.
+
+    The metric is linear in those few logits, so only the candidates' unembedding rows are used:
+    the full vocabulary (262k rows for Gemma-3) cost about as much per replayed row as two of its
+    blocks. The bridge's unembedding is the HF output ``Linear`` between two hook points, which
+    nothing here hooks, so its weight (and bias) rows give the same logits.
+    """
+    normed = lm.bridge.ln_final(resid_end)
+    unembed = lm.bridge.unembed.original_component
+    logits = torch.einsum("nd,nkd->nk", normed, unembed.weight[tokens])
+    return logits if unembed.bias is None else logits + unembed.bias[tokens]
 
 
 @contextlib.contextmanager
