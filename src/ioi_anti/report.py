@@ -317,7 +317,8 @@ def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
         "## Attribution patching agreement",
         "",
         "Attribution patching (one forward and one backward pass for all heads) against the exact ablation Δ, "
-        "over the heads measured exactly: Spearman and Pearson correlation, the share of the `n_strong` heads "
+        "over the heads measured exactly on the task (`n_heads`; all of them unless the run screened): Spearman "
+        "and Pearson correlation, the share of the `n_strong` heads "
         "with exact |Δ| ≥ τ found among the k = `n_strong` (and 2k) largest estimates, and the share of those "
         "strong heads whose estimate has the right sign.",
         "",
