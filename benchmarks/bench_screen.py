@@ -25,7 +25,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from ioi_anti import prompts as P
 from ioi_anti.models import ModelSpec, load_model, load_tokenizer
-from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table, task_gaps
+from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -77,8 +77,7 @@ def main() -> None:
         start = time.perf_counter()
         screen_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
         selected = screen_sweep.selected_heads(gaps, screen)
-        screen_long = pd.concat([screen_sweep.layer_effects(layer, {task: [h for lay, h in heads if lay == layer]
-                                                                    for task, heads in selected.items()})
+        screen_long = pd.concat([screen_sweep.layer_effects(layer, heads_in_layer(selected, layer))
                                  for layer in range(lm.n_layers)])
         screen_time = time.perf_counter() - start
         estimates = _deltas(screen_sweep.attribution, gaps)

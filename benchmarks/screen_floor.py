@@ -16,13 +16,17 @@ docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-TASKS = ("ioi", "anti")
+from ioi_anti.sweep import TASKS, Screen, screen_selection
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA, CONF = ROOT / "data", ROOT / "conf" / "base"
 
 
 def _latest(pattern: str) -> Path:
@@ -51,16 +55,22 @@ def _costs(model: str, heads: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     return cost, float(cost["cost"].sum())
 
 
-def _selection(heads: pd.DataFrame, task: str, tau_min: float, margin: float, top_k: int) -> pd.Series:
-    size = heads[f"attr_delta_{task}"].abs()
-    return (size >= tau_min - margin) | size.rank(ascending=False, method="first").le(top_k)
+def _selection(heads: pd.DataFrame, screen: Screen) -> dict[str, np.ndarray]:
+    """Per task, which rows of ``heads`` the pipeline's screening rule would measure exactly."""
+    estimates = pd.concat([heads[["layer", "head"]].assign(task=task, estimate=heads[f"attr_delta_{task}"])
+                           for task in TASKS], ignore_index=True)
+    chosen = screen_selection(estimates, screen)
+    keys = pd.Series(list(zip(heads["layer"], heads["head"], strict=True)))
+    return {task: keys.isin(chosen[task]).to_numpy() for task in TASKS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tau-min", type=float, default=0.03)
-    parser.add_argument("--top-k", type=int, default=10)
-    args = parser.parse_args()
+    parser.parse_args()
+    rule = yaml.safe_load((CONF / "parameters_head_ablation.yml").read_text())["head_ablation"]["screen"]
+    categorisation = yaml.safe_load((CONF / "parameters_categorisation.yml").read_text())["categorisation"]
+    tau_min = min(categorisation["tau"], *categorisation["sensitivity_taus"])
+    screen = Screen(tau_min=tau_min, margin=float(rule["margin"]), top_k=int(rule["top_k"]))
     per_head = pd.read_parquet(_latest("07_model_output/per_head.parquet/*/per_head.parquet"))
     if (per_head["mode"] != "exact").any():
         raise ValueError("The latest per-head table is from a screening run; this needs an exact run.")
@@ -69,14 +79,14 @@ def main() -> None:
         heads = heads.reset_index(drop=True)
         cost, total = _costs(str(model), heads)
         by_task = {task: cost[cost["task"] == task]["cost"].to_numpy() for task in TASKS}
-        strong = {task: (heads[f"delta_{task}"].abs() >= args.tau_min).to_numpy() for task in TASKS}
+        strong = {task: (heads[f"delta_{task}"].abs() >= screen.tau_min).to_numpy() for task in TASKS}
         either = strong["ioi"] | strong["anti"]
         floor_rows.append(f"| {model} | {int(either.sum())} of {len(heads)} | "
                           f"{sum(by_task[t][either].sum() for t in TASKS) / total:.1%} | "
                           f"{int(strong['ioi'].sum())} + {int(strong['anti'].sum())} | "
                           f"{sum(by_task[t][strong[t]].sum() for t in TASKS) / total:.1%} |")
-        for margin in (0.026, 0.02, 0.015, 0.01):
-            chosen = {t: _selection(heads, t, args.tau_min, margin, args.top_k).to_numpy() for t in TASKS}
+        for margin in sorted({screen.margin, 0.02, 0.015, 0.01}, reverse=True):
+            chosen = _selection(heads, dataclasses.replace(screen, margin=margin))
             union = chosen["ioi"] | chosen["anti"]
             missed = sum(int((strong[t] & ~chosen[t]).sum()) for t in TASKS)
             rule_rows.append(f"| {model} | {margin} | {sum(by_task[t][union].sum() for t in TASKS) / total:.1%} | "
@@ -84,31 +94,31 @@ def main() -> None:
         prefix = max((DATA / "07_model_output" / "head_effects_per_prompt").glob(f"{model}__*"),
                      key=lambda p: p.stat().st_mtime).name
         effects = _per_prompt(str(model), prefix)
-        gaps = (heads.set_index(["layer", "head"])[["gap_ioi", "gap_anti"]].iloc[0]).to_dict()
+        gaps = heads[["gap_ioi", "gap_anti"]].iloc[0].to_dict()
         for fraction, k in ((1 / 2, 3), (1 / 3, 3), (1 / 3, 4)):
             shares, misses = [], []
             for draw in range(10):
-                share, miss = _two_stage(effects, heads, cost, total, gaps, args, fraction, k, draw)
+                share, miss = _two_stage(effects, heads, cost, total, gaps, screen, fraction, k, draw)
                 shares.append(share)
                 misses.append(miss)
             stage_rows.append(f"| {model} | {fraction:.2f} | {k} | {np.mean(shares):.1%} | "
                               f"{sum(m > 0 for m in misses)} of 10 |")
-    print(f"Strong: exact |Δ| >= τ_min = {args.tau_min}. Cost: (N - L) x clean tokens of the task, summed.\n")
+    print(f"Strong: exact |Δ| >= τ_min = {screen.tau_min}. Cost: (N - L) x clean tokens of the task, summed.\n")
     print("| model | strong heads (either task) | their share, both tasks measured | strong (IOI + anti) | "
           "share, each task only where strong |\n|---|---|---|---|---|")
     print("\n".join(floor_rows))
-    print(f"\nMargin rule (|estimate| >= {args.tau_min} - margin, or top {args.top_k} per task):\n")
+    print(f"\nMargin rule (|estimate| >= {screen.tau_min} - margin, or top {screen.top_k} per task):\n")
     print("| model | margin | share, per head (both tasks) | share, per task | strong (head, task) missed |\n"
           "|---|---|---|---|---|")
     print("\n".join(rule_rows))
-    print("\nTwo-stage exact rule after the margin-0.026 per-task selection (ten random prompt subsets):\n")
+    print(f"\nTwo-stage exact rule after the margin-{screen.margin} per-task selection (ten random prompt subsets):\n")
     print("| model | fraction first | k (standard errors) | mean share | draws missing a strong head |\n"
           "|---|---|---|---|---|")
     print("\n".join(stage_rows))
 
 
 def _two_stage(effects: pd.DataFrame, heads: pd.DataFrame, cost: pd.DataFrame, total: float,
-               gaps: dict[str, float], args: argparse.Namespace, fraction: float, k: float,
+               gaps: dict[str, float], screen: Screen, fraction: float, k: float,
                draw: int) -> tuple[float, int]:
     """Cost share and strong (head, task) pairs missed by one draw of the two-stage rule."""
     rng = np.random.default_rng(draw)
@@ -117,15 +127,15 @@ def _two_stage(effects: pd.DataFrame, heads: pd.DataFrame, cost: pd.DataFrame, t
         rows = effects[effects["task"] == task].assign(delta=lambda f, t=task: f["effect"] / gaps[f"gap_{t}"])
         ids = np.sort(rows["pair_id"].unique())
         first = set(rng.choice(ids, max(2, round(fraction * len(ids))), replace=False).tolist())
-        chosen = heads[_selection(heads, task, args.tau_min, 0.026, args.top_k)]
+        chosen = heads[_selection(heads, screen)[task]]
         unit = cost[cost["task"] == task].set_index(["layer", "head"])["cost"] / len(ids)
         for layer, head in zip(chosen["layer"], chosen["head"], strict=True):
             deltas = rows[(rows["layer"] == layer) & (rows["head"] == head)]
             sub = deltas[deltas["pair_id"].isin(first)]["delta"]
             spent += unit[(layer, head)] * len(sub)
-            if abs(sub.mean()) + k * sub.std(ddof=1) / np.sqrt(len(sub)) >= args.tau_min:
+            if abs(sub.mean()) + k * sub.std(ddof=1) / np.sqrt(len(sub)) >= screen.tau_min:
                 spent += unit[(layer, head)] * (len(deltas) - len(sub))
-            elif abs(deltas["delta"].mean()) >= args.tau_min:
+            elif abs(deltas["delta"].mean()) >= screen.tau_min:
                 missed += 1
     return spent / total, missed
 

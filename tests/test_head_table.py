@@ -100,8 +100,9 @@ def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere
         np.testing.assert_allclose(table.loc[is_exact, f"delta_{task}"], full.loc[is_exact, f"delta_{task}"])
         np.testing.assert_allclose(table.loc[~is_exact, f"delta_{task}"], full.loc[~is_exact, f"attr_delta_{task}"])
         assert table[f"delta_{task}_low"].notna().all()
-    agreement = pd.DataFrame(attribution_agreement(table, [0.05]))
-    assert agreement.set_index("task")["n_heads"].to_dict() == {"ioi": 2, "anti": 2}
+    agreement = pd.DataFrame(attribution_agreement(table, [0.05])).set_index("task")
+    assert agreement["n_heads"].to_dict() == {"ioi": 2, "anti": 2}
+    assert agreement[["spearman", "pearson", "spearman_top"]].isna().all().all()  # two heads: no correlation
     with pytest.raises(ValueError, match="anti/exact misses 1 heads"):
         model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
 

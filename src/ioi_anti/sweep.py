@@ -196,6 +196,11 @@ def screen_selection(estimates: pd.DataFrame, screen: Screen) -> Selection:
     return picked
 
 
+def heads_in_layer(selection: Selection, layer: int) -> dict[str, list[int]]:
+    """Per task, the heads of ``layer`` in a selection (what one layer's job of a screening sweep measures)."""
+    return {task: [head for lay, head in heads if lay == layer] for task, heads in selection.items()}
+
+
 @dataclass
 class TaskState:
     """One task's clean passes (with block inputs) and ablation values, ready for the sweep."""
@@ -243,10 +248,7 @@ class ModelSweep:
         if key.endswith("/attribution"):
             return self.attribution
         layer = int(key.rsplit("_", 1)[1])
-        if self.selection is None:
-            return self.layer_effects(layer)
-        return self.layer_effects(layer, {task: [h for lay, h in heads if lay == layer]
-                                          for task, heads in self.selection.items()})
+        return self.layer_effects(layer, None if self.selection is None else heads_in_layer(self.selection, layer))
 
     @functools.cached_property
     def lm(self) -> LoadedModel:

@@ -250,8 +250,8 @@ def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: 
         exact, attr = measured[f"delta_{task}"], measured[f"attr_delta_{task}"]
         top = exact.abs().nlargest(n_top).index
         base = {"model": table["model"].iloc[0], "task": task, "n_heads": len(measured),
-                "spearman": float(spearmanr(exact, attr).statistic), "pearson": float(pearsonr(exact, attr).statistic),
-                "spearman_top": float(spearmanr(exact[top], attr[top]).statistic), "n_top": n_top}
+                "spearman": _correlation(spearmanr, exact, attr), "pearson": _correlation(pearsonr, exact, attr),
+                "spearman_top": _correlation(spearmanr, exact[top], attr[top]), "n_top": n_top}
         for tau in taus:
             strong = exact.index[exact.abs() >= tau]
             k = len(strong)
@@ -261,6 +261,11 @@ def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: 
             signs = float((np.sign(exact[strong]) == np.sign(attr[strong])).mean()) if k else np.nan
             rows.append(base | {"tau": tau, "n_strong": k, **recall, "sign_agreement": signs})
     return rows
+
+
+def _correlation(method: Callable[..., Any], x: pd.Series, y: pd.Series) -> float:
+    """A correlation, or NaN below three heads (a screening run can measure that few on a task)."""
+    return float(method(x, y).statistic) if len(x) >= 3 else float("nan")
 
 
 def run_metadata(per_head: pd.DataFrame, models: list[str], runtime: dict[str, Any], params: dict[str, Any],
