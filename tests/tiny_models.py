@@ -57,11 +57,13 @@ def tiny_config(family: str, vocab_size: int):
     return cfg
 
 
-def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LoadedModel:
-    """A random tiny model of ``family`` wrapped by the project's loader."""
+def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A random tiny model of ``family`` wrapped by the project's loader (``float64`` where a test's
+    effects are so small that float32 rounding would be a visible share of them)."""
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tokenizer))
-    hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").to(dtype)
     spec = ModelSpec(
         model_id=f"tiny-{family}", family=family, source="hub",
         hf_name=f"tiny-{family}", prepend_bos=family != "llama",
