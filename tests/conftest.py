@@ -58,6 +58,28 @@ def gemma(gemma_spec: ModelSpec) -> LoadedModel:
     return load_model(gemma_spec, "cpu", "float32")
 
 
+@pytest.fixture(scope="session")
+def qwen_spec(registry: dict[str, Any]) -> ModelSpec:
+    """Qwen2.5-Coder-0.5B-Instruct; its tests skip, naming the install, where the `scale` extra is missing."""
+    spec = ModelSpec.from_registry("qwen2.5-coder-0.5b", registry)
+    assert spec.chunks is not None
+    if spec.chunks.missing():
+        pytest.skip(f"qwen2.5-coder-0.5b: chunk packages not installed ({spec.install})")
+    return spec
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_spec: ModelSpec) -> LoadedModel:
+    """The embedded Qwen2.5-Coder-0.5B-Instruct, on CPU (assembled once, then ~45 s to de-quantise)."""
+    return load_model(qwen_spec, "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokens_by_task(qwen_spec: ModelSpec) -> dict[str, pd.DataFrame]:
+    """Small prompt sets in Qwen's tokenizer (no BOS)."""
+    return small_prompt_sets(load_tokenizer(qwen_spec), qwen_spec.prepend_bos)
+
+
 @pytest.fixture()
 def dg_params() -> dict[str, Any]:
     return project_params("parameters_data_generation.yml")["data_generation"]

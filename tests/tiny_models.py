@@ -11,12 +11,13 @@ from transformers import (
     GPTNeoXConfig,
     LlamaConfig,
     OPTConfig,
+    Qwen2Config,
     PreTrainedTokenizerBase,
 )
 
 from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
 
-TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
+TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 
 
 def tiny_config(family: str, vocab_size: int):
@@ -52,6 +53,13 @@ def tiny_config(family: str, vocab_size: int):
             intermediate_size=64, max_position_embeddings=128, query_pre_attn_scalar=8, sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"], **common
         )
+    elif family == "qwen2":
+        # Grouped KV heads like Llama, plus the biases on q, k and v that set Qwen2 apart; untied
+        # embeddings, as the GGUF-loaded Qwen2.5-Coder models have.
+        cfg = Qwen2Config(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+            intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False, **common
+        )
     else:
         raise ValueError(family)
     return cfg
@@ -64,8 +72,13 @@ def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tokenizer))
     hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").to(dtype)
+    if family == "qwen2":
+        with torch.no_grad():  # initialised to zero, which would leave the q/k/v biases untested
+            for name, param in hf_model.named_parameters():
+                if name.endswith("_proj.bias"):
+                    param.normal_(0.0, 0.1)
     spec = ModelSpec(
         model_id=f"tiny-{family}", family=family, source="hub",
-        hf_name=f"tiny-{family}", prepend_bos=family != "llama",
+        hf_name=f"tiny-{family}", prepend_bos=family not in ("llama", "qwen2"),
     )
     return wrap_model(spec, hf_model, tokenizer, torch.device("cpu"))

@@ -25,6 +25,7 @@ import yaml
 from kedro.framework.hooks import hook_impl
 
 from ioi_anti import execution, run_settings
+from ioi_anti.models import release_models
 from ioi_anti.validation import check_named_hero_grids, validate_settings
 
 logger = logging.getLogger(__name__)
@@ -224,12 +225,15 @@ class RunGuard:
 
 
 class ClusterLifetime:
-    """Close the Dask cluster a run started (``runtime.cluster``) when the run ends, however it ends."""
+    """Close the Dask cluster a run started (``runtime.cluster``), and release the models the run kept
+    loaded, when the run ends, however it ends."""
 
     @hook_impl
     def after_pipeline_run(self) -> None:
         execution.close()
+        release_models()
 
     @hook_impl
     def on_pipeline_error(self) -> None:
         execution.close()
+        release_models()

