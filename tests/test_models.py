@@ -7,15 +7,18 @@ import hashlib
 import importlib
 import re
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import models
 from ioi_anti.chunks import ChunkedFile, ChunkError
+from ioi_anti.hooks import base_schema
 from ioi_anti.models import (
     ModelConfigError,
     ModelSpec,
@@ -234,3 +237,41 @@ def test_paper_model_loads_through_the_bridge(model_id: str, registry, hub_avail
 
     lm = load_model(spec, "auto", "float32")
     assert lm.n_layers > 0 and lm.n_heads > 0
+
+
+def test_models_stay_loaded_within_the_budget_and_are_released_for_a_big_one(monkeypatch, smol_tokenizer) -> None:
+    """Two small models stay loaded across steps; a model that does not fit beside them is loaded only
+    after they are released (their weights freed); asking for a small one again releases the big one."""
+    sizes = {"a": 1_000, "b": 1_000, "big": 10_000}
+    loads: list[str] = []
+
+    def fake_load(spec: ModelSpec, device: str, dtype: str):
+        loads.append(spec.model_id)
+        return tiny_model("gpt2", smol_tokenizer)
+    monkeypatch.setattr(models, "_load", fake_load)
+    monkeypatch.setattr(models, "estimated_bytes", lambda spec, dtype: sizes[spec.model_id])
+    monkeypatch.setattr(models, "weights_bytes", lambda lm: 1_000 if loads[-1] != "big" else 10_000)
+    spec = {m: ModelSpec(model_id=m, family="gpt2", source="gguf", hf_name=m, prepend_bos=True) for m in sizes}
+    cache = models.ModelCache(budget_bytes=2_500)
+    a = cache.get(spec["a"], "cpu", "float32")
+    assert cache.get(spec["b"], "cpu", "float32") is not a and cache.get(spec["a"], "cpu", "float32") is a
+    released = weakref.ref(a.bridge.original_model)
+    del a
+    cache.get(spec["big"], "cpu", "float32")
+    assert [key[0].model_id for key in cache.loaded] == ["big"] and released() is None
+    cache.get(spec["a"], "cpu", "float32")
+    assert [key[0].model_id for key in cache.loaded] == ["a"]
+    assert loads == ["a", "b", "big", "a"]
+    cache.clear()
+    assert not cache.loaded
+
+
+def test_scale_environment_runs_the_four_embedded_models(registry) -> None:
+    scale = yaml.safe_load((PROJECT / "conf" / "scale" / "parameters.yml").read_text())
+    specs = resolve_models(scale["models"], registry)
+    assert [s.family for s in specs] == ["llama", "gemma", "qwen2", "qwen2"]
+    assert all(s.source == "gguf" for s in specs) and scale["head_ablation"]["mode"] == "screen"
+    schema = base_schema(PROJECT / "conf")
+    problems = settings_problems(schema | {"models": scale["models"]}, schema)
+    missing = [s for s in specs if s.chunks is not None and s.chunks.missing()]
+    assert len(problems) == len(missing) and all('pip install -e ".[scale]"' in p for p in problems), problems
