@@ -25,6 +25,10 @@ install-scale:
 test:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra --durations=15
 
+# Without the embedded-model integration tests and the Hub tests: a few minutes, for iteration.
+test-fast:
+	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -q -m "not integration and not hub"
+
 lint:
 	ruff check src tests benchmarks
 
