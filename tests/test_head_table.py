@@ -17,7 +17,7 @@ def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     baseline = pd.DataFrame([
         {"task": task, "pair_id": i, "m_clean": 3.0 + rng.normal(), "m_ref": rng.normal(), "model_id": "tiny",
-         "family": "gpt2", "n_params": 1000, "n_layers": N_LAYERS, "n_heads": N_HEADS}
+         "family": "gpt2", "tuning": "base", "n_params": 1000, "n_layers": N_LAYERS, "n_heads": N_HEADS}
         for task in ("ioi", "anti") for i in range(N_PROMPTS)
     ])
     long = pd.DataFrame([
@@ -118,3 +118,25 @@ def test_screen_selection_takes_heads_near_tau_and_the_top_k_per_task() -> None:
         "ioi": [(1, 0)], "anti": [(1, 1)]}
     with pytest.raises(ValueError, match="margin must lie in"):
         Screen(tau_min=0.03, margin=0.05, top_k=0)
+
+
+def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -> None:
+    """Baselines saved before ``tuning`` was recorded keep their partition keys and are reused."""
+    from ioi_anti.pipelines.data_generation.nodes import summarise_baselines
+    from ioi_anti.pipelines.head_ablation.nodes import _settings, summarise_heads
+    from ioi_anti.sweep import baseline_key, fingerprint, partition_prefix
+
+    long, baseline = _inputs()
+    old = baseline.drop(columns="tuning").assign(correct_clean=True)
+    tokens = pd.DataFrame({"prompt_id": [0], "task": ["ioi"], "role": ["clean"], "pair_id": [0], "template_id": [0],
+                           "input_ids": [[1, 2]], "metric_token_ids": [[2]], "metric_weights": [[1.0]]})
+    runtime = {"device": "cpu", "dtype": "float32"}
+    registry = {"tiny": {"family": "gpt2", "source": "hub", "hf_name": "tiny", "tuning": "instruct"}}
+    baselines = {baseline_key("tiny", tokens, runtime): lambda: old}
+    summary = summarise_baselines(baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime, seed=0, n_boot=50)
+    assert set(summary["tuning"]) == {"instruct"}
+    prefix = partition_prefix("tiny", fingerprint("tiny", tokens, _settings(runtime, PARAMS, None)))
+    per_head, _agreement, metadata = summarise_heads(
+        {f"{prefix}/layer_000": lambda: long}, baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime,
+        PARAMS, {"tau": 0.05, "sensitivity_taus": [0.03]}, seed=0)
+    assert set(per_head["tuning"]) == {"instruct"} and metadata["model_config"][0]["tuning"] == "instruct"

@@ -13,7 +13,16 @@ from matplotlib.axes import Axes
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from synthetic import FOUR_MODELS, HERO_MODELS, STUDY_COLUMNS, make_hero_studies, make_heroes, make_per_head
+from synthetic import (
+    FOUR_MODELS,
+    HERO_COLUMNS,
+    HERO_MODELS,
+    OFFLINE_FOUR,
+    STUDY_COLUMNS,
+    make_hero_studies,
+    make_heroes,
+    make_per_head,
+)
 
 from ioi_anti import hero_plots
 from ioi_anti.plotting import FigureStyle
@@ -231,8 +240,13 @@ def test_hero_section_without_heroes() -> None:
 def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> None:
     from ioi_anti.pipelines import hero_heads
     from ioi_anti.pipelines.hero_heads.nodes import STUDY_COLUMNS as PIPELINE_COLUMNS
+    from ioi_anti.pipelines.hero_heads.nodes import select_hero_heads
 
     assert STUDY_COLUMNS == PIPELINE_COLUMNS
+    per_head = make_per_head(OFFLINE_FOUR)
+    selected = select_hero_heads(per_head, 0.05, {"top_per_category": 1})
+    assert list(selected.columns) == HERO_COLUMNS
+    assert selected.groupby("model")["tuning"].first().to_dict() == {m.model: m.tuning for m in OFFLINE_FOUR}
     assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)
 
     outputs = hero_heads.create_pipeline().all_outputs()

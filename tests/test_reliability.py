@@ -120,7 +120,8 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
 
     rng = np.random.default_rng(0)
     baseline = pd.DataFrame([{"task": t, "pair_id": i, "m_clean": 3 + rng.normal(), "m_ref": rng.normal(),
-                              "model_id": "m", "family": "gpt2", "n_params": 1, "n_layers": 1, "n_heads": 2}
+                              "model_id": "m", "family": "gpt2", "tuning": "base", "n_params": 1, "n_layers": 1,
+                              "n_heads": 2}
                              for t in ("ioi", "anti") for i in range(8)])
     long = pd.DataFrame([{"task": t, "layer": 0, "head": h, "pair_id": i, "method": m, "effect": rng.normal()}
                          for t in ("ioi", "anti") for m in ("exact", "attribution") for h in (0, 1) for i in range(8)])

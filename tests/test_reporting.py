@@ -15,10 +15,13 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from synthetic import (
     FOUR_MODELS,
     HERO_MODELS,
+    OFFLINE_FOUR,
     SINGLE_MODEL,
     SyntheticModel,
     make_attribution_agreement,
@@ -47,7 +50,7 @@ CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "ci_
               "n_depth_bins": 5}
 REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
 FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
-RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED}
+RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED, "offline": OFFLINE_FOUR}
 HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention", "hero_routes")
 VERDICT = {"main_share": 0.5, "min_share": 0.2}
 
@@ -219,8 +222,9 @@ def test_report_contents(run: tuple[str, dict[str, Any]]) -> None:
                     "## Correlation of Δ_IOI and Δ_anti", "## Attribution patching agreement", "## Hero heads"):
         assert heading in report
     hero_section = report.split("## Hero heads")[1]
-    assert ("no hero heads in this run" in hero_section) == (name == "single")  # smollm2 has no synthetic hero
-    assert all((f"`{fig.file_name}`" in hero_section) == (name != "single") for fig in HERO_FIGURES)
+    no_heroes = not set(HERO_MODELS) & set(meta["models"])  # single, offline: no synthetic hero
+    assert ("no hero heads in this run" in hero_section) == no_heroes
+    assert all((f"`{fig.file_name}`" in hero_section) != no_heroes for fig in HERO_FIGURES)
     n_strong_rows = report.split("### τ = 0.05 (default)")[1].split("##")[0].count("\n| ")
     assert n_strong_rows == len(meta["models"]) + 1  # header + one row per model
     assert ("WARNING — opt-125m" in report) == (name == "flagged")
@@ -372,10 +376,108 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
 def test_models_are_compared_in_words_and_numbers() -> None:
     four = report_of(tables_for(FOUR_MODELS)).split("## Models compared")[1].split("\n## ")[0]
     for model in ("gpt2", "gpt2-medium", "opt-125m", "pythia-160m"):
-        assert f"**{model}**" in four and f"({model})" in four, model
+        assert f"\n| {model} | " in four and f"({model})" in four, model
     assert "IOI gap" in four and "largest share of its heads" in four
+    assert "Base (pretrained only): gpt2, gpt2-medium, opt-125m, pythia-160m." in four
+    assert "Instruction-tuned" not in four
     single = report_of(tables_for(SINGLE_MODEL)).split("## Models compared")[1].split("\n## ")[0]
-    assert "**smollm2-135m**" in single and "largest share" not in single
+    assert "\n| smollm2-135m | " in single and "largest share" not in single
+
+
+def _families(models: tuple[SyntheticModel, ...]) -> dict[str, int]:
+    """Sizes per family of a synthetic run."""
+    return pd.Series([m.family for m in models]).value_counts().to_dict()
+
+
+def _drawn_as_line(line: Line2D) -> bool:
+    """The line is drawn between its points (a lone point keeps no line style either)."""
+    return line.get_linestyle() != "None"
+
+
+@pytest.mark.parametrize("models", [OFFLINE_FOUR, FOUR_MODELS, SINGLE_MODEL], ids=["offline", "four", "single"])
+def test_scale_figures_draw_a_line_through_a_family_of_several_sizes_and_a_point_for_one_size(
+        models: tuple[SyntheticModel, ...]) -> None:
+    tables, sizes = tables_for(models), _families(models)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS)
+    for ax in (a for a in corr.axes if a.containers):
+        bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+        assert set(bars) == set(sizes)
+        for family, n in sizes.items():
+            data_line = bars[family].lines[0]
+            assert len(data_line.get_xdata()) == n and _drawn_as_line(data_line) == (n >= 2), family
+    for ax in scaling.axes:
+        lines = {line.get_label(): line for line in ax.lines}
+        for family, n in sizes.items():
+            for label in (family, f"{family} (robust)"):
+                assert _drawn_as_line(lines[label]) == (n >= 2), (ax.get_title(), label)
+    for fig in (corr, scaling):
+        handles = {h.get_label().split(" · ")[0]: h for h in fig.legends[0].legend_handles}
+        assert all(_drawn_as_line(handles[f]) == (n >= 2) for f, n in sizes.items())
+        assert "a line joins the sizes of a family" in fig.legends[0].get_title().get_text()
+        labels = [h.get_label() for h in fig.legends[0].legend_handles]
+        assert all(f"{f} · {n} size{'s' if n > 1 else ''}" in " ".join(labels) for f, n in sizes.items())
+
+
+def test_scale_figures_tell_base_from_instruction_tuned_models() -> None:
+    tuning = {m.model: m.tuning for m in OFFLINE_FOUR}
+    tables = tables_for(OFFLINE_FOUR)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS)
+    markers = [line for line in corr.axes[0].lines if line.get_linestyle() == "None"]
+    faces = {line.get_label(): line.get_markerfacecolor() for line in markers if " " in line.get_label()}
+    assert faces == {"llama instruct": "white", "gemma base": plotting.family_colour("gemma"),
+                     "qwen2 instruct": "white"}
+    labels = [h.get_label() for h in corr.legends[0].legend_handles]
+    assert "hollow: instruction-tuned" in labels and "filled: base" in labels
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS)
+    labels = [h.get_label() for h in scaling.legends[0].legend_handles]
+    assert labels == ["llama · 1 size · instruct", "gemma · 1 size · base", "qwen2 · 2 sizes · instruct"]
+    grid = nodes.plot_family_grid(tables["head_categories"], REP_PARAMS)
+    titles = {ax.get_title().split(" ")[0]: ax.get_title() for ax in grid.axes if ax.axison}
+    assert all(("instruct" in titles[m]) == (t == "instruct") for m, t in tuning.items())
+    base_only = tables_for(FOUR_MODELS)
+    corr = nodes.plot_corr_vs_scale(base_only["correlations"], REP_PARAMS)
+    assert not any("instruct" in h.get_label() for h in corr.legends[0].legend_handles)
+    mixed = tables_for((*OFFLINE_FOUR[:2], dataclasses.replace(OFFLINE_FOUR[2], tuning="base"), OFFLINE_FOUR[3]))
+    scaling = nodes.plot_strong_head_scaling(mixed["strong_head_counts"], REP_PARAMS)
+    assert "qwen2 · 2 sizes · 630M base, 1.8B instruct" in [h.get_label() for h in scaling.legends[0].legend_handles]
+
+
+def test_tuning_is_a_column_of_every_per_model_table() -> None:
+    tables = tables_for(OFFLINE_FOUR)
+    expected = {m.model: m.tuning for m in OFFLINE_FOUR}
+    for name in ("per_head", "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline"):
+        table = tables[name]
+        assert table.groupby("model")["tuning"].first().to_dict() == expected, name
+    corr_table = nodes.corr_vs_scale_table(tables["correlations"])
+    assert list(corr_table.columns[:4]) == ["model", "family", "tuning", "n_params"]
+    with pytest.raises(ValueError, match="tuning"):
+        categorise_heads(tables["per_head"].drop(columns="tuning"), CAT_PARAMS)
+
+
+def test_report_compares_the_four_offline_models_in_one_table_first() -> None:
+    report = report_of(tables_for(OFFLINE_FOUR))
+    compared = report.split("## Models compared")[1].split("\n## ")[0]
+    table = [line for line in compared.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| model | family | tuning | params | layers × heads | IOI gap | anti-rep. gap | "
+                               "Pearson r | IOI-only | anti-only | shared |")
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("| smollm2-135m", "llama", "instruction-tuned", "135M", "30 × 9"),
+        ("| gemma3-270m", "gemma", "base", "268M", "18 × 4"),
+        ("| qwen2.5-coder-0.5b", "qwen2", "instruction-tuned", "630M", "24 × 14"),
+        ("| qwen2.5-coder-1.5b", "qwen2", "instruction-tuned", "1.8B", "28 × 12"),
+    ]
+    assert compared.index("| model |") < compared.index("Instruction-tuned: smollm2-135m, qwen2.5-coder-0.5b, "
+                                                        "qwen2.5-coder-1.5b.")
+    assert "Base (pretrained only): gemma3-270m." in compared and "also one between families" in compared
+    assert report.index("## Models compared") < report.index("## Figures") < report.index("## Run")
+    run = report.split("## Run")[1].split("\n## ")[0]
+    assert "- Models (4, by family and size):" in run
+    assert "  - gemma3-270m: gemma, base, 268M parameters, 18 layers × 4 heads" in run
+    assert "  - qwen2.5-coder-1.5b: qwen2, instruction-tuned, 1.8B parameters, 28 layers × 12 heads" in run
+    correlation = report.split("## Correlation of Δ_IOI and Δ_anti")[1]
+    assert "| model | family | tuning | params |" in correlation
 
 
 def test_screening_section_counts_each_task_and_the_largest_estimate_left() -> None:

@@ -11,8 +11,8 @@ from transformers import (
     GPTNeoXConfig,
     LlamaConfig,
     OPTConfig,
-    Qwen2Config,
     PreTrainedTokenizerBase,
+    Qwen2Config,
 )
 
 from ioi_anti.models import LoadedModel, ModelSpec, wrap_model

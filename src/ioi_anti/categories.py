@@ -18,7 +18,7 @@ from scipy.stats import rankdata
 TASKS = ("ioi", "anti")
 CATEGORIES = ("IOI-only", "anti-only", "shared", "weak")
 STRONG_CATEGORIES = CATEGORIES[:3]
-MODEL_COLUMNS = ("model", "family", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
+MODEL_COLUMNS = ("model", "family", "tuning", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
 CHECKPOINT_COLUMNS = ("base_model", "checkpoint", "training_step")  # carried along where the per-head table has them
 REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head") + tuple(
     f"delta_{task}{suffix}" for task in TASKS for suffix in ("", "_low", "_high")
@@ -141,7 +141,7 @@ def categorise_all_taus(per_head: pd.DataFrame, tau: float, sensitivity_taus: It
 
 
 def _model_info(heads: pd.DataFrame) -> pd.DataFrame:
-    """One row of model-level columns (family, size, ablation, gap flag) per model."""
+    """One row of model-level columns (family, tuning, size, ablation, gap flag) per model."""
     columns = [*MODEL_COLUMNS[1:], *(c for c in CHECKPOINT_COLUMNS if c in heads.columns)]
     return heads.groupby("model", sort=True, dropna=False)[columns].first().reset_index()
 

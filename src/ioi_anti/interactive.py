@@ -20,7 +20,7 @@ from ioi_anti.plotting import (
 
 # Plotly marker symbols in the spirit of the static figure's family markers (matplotlib names differ).
 FAMILY_SYMBOLS = {"gpt2": "circle", "gpt-neo": "square", "opt": "triangle-up", "pythia": "diamond",
-                  "llama": "triangle-down", "gemma": "x"}
+                  "llama": "triangle-down", "gemma": "x", "qwen2": "pentagon"}
 HOVER = (
     "<b>%{customdata[0]} %{customdata[1]}</b><br>"
     "Δ_IOI %{x:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] (%{customdata[8]})<br>"

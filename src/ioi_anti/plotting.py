@@ -2,7 +2,8 @@
 
 Figures are built on the object-oriented API with an Agg canvas, so they render headless and are
 untouched by ``plt.close("all")`` (which kedro's MatplotlibDataset calls after every save).
-Colours are Okabe–Ito (colour-blind safe); family is also encoded by marker shape.
+Colours are Okabe–Ito (colour-blind safe); family is also encoded by marker shape. On the scale
+figures a line joins the sizes of a family, and a family with one size is a lone marker.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
 
 # Same order as ioi_anti.models.FAMILIES, which is not imported here because that module loads torch.
-FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma")
+FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00",
-                  "gemma": "#56B4E9"}
-FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v", "gemma": "X"}
+                  "gemma": "#56B4E9", "qwen2": "#000000"}
+FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v", "gemma": "X", "qwen2": "p"}
 CATEGORY_COLOURS = {"IOI-only": "#0072B2", "anti-only": "#D55E00", "shared": "#009E73", "weak": "#AAAAAA"}
-UNKNOWN_COLOUR, UNKNOWN_MARKER = "#000000", "P"
+UNKNOWN_COLOUR, UNKNOWN_MARKER = "#999999", "P"
+INSTRUCT = "instruct"  # ModelSpec.tuning of an instruction-tuned model ("base": pretrained only)
+TUNING_WORDS = {"base": "base", INSTRUCT: "instruction-tuned"}
 FLAG_COLOUR = "#B00000"
 GAP_WARNING = "gap ≤ 0: Δ not meaningful"
 X_DELTA = r"$\Delta_{\mathrm{IOI}}$ (fraction of IOI gap; < 0: head supports IOI)"
@@ -69,7 +72,7 @@ def ablation_label(table: pd.DataFrame) -> str:
 
 
 def family_colour(family: str) -> str:
-    """Okabe–Ito colour of a model family (black for an unknown family)."""
+    """Okabe–Ito colour of a model family (grey for an unknown family)."""
     return FAMILY_COLOURS.get(family, UNKNOWN_COLOUR)
 
 
@@ -141,8 +144,55 @@ def _flag_handle() -> Line2D:
     return Line2D([], [], marker="x", color=FLAG_COLOUR, linestyle="none", markersize=7, label=GAP_WARNING)
 
 
-def _family_handles(families: list[str]) -> list[Line2D]:
-    return [Line2D([], [], color=family_colour(f), marker=family_marker(f), label=f) for f in families]
+def family_line(n_sizes: int, line: str = "-") -> str:
+    """Line style of a family on a scale figure: ``line`` through two or more sizes, none for one size."""
+    return line if n_sizes >= 2 else "none"
+
+
+def _sizes(rows: pd.DataFrame) -> dict[str, int]:
+    """Number of models (sizes) of each family in ``rows``."""
+    return rows.groupby("family")["model"].nunique().to_dict()
+
+
+def _has_instruct(table: pd.DataFrame) -> bool:
+    """Whether any model of ``table`` is instruction-tuned."""
+    return bool((table["tuning"] == INSTRUCT).any())
+
+
+def _tuning_note(rows: pd.DataFrame) -> str:
+    """A family's tuning for its legend label: one word, or each size's when its models differ."""
+    models = rows.groupby("model")[["n_params", "tuning"]].first().sort_values("n_params")
+    if models["tuning"].nunique() == 1:
+        return str(models["tuning"].iloc[0])
+    return ", ".join(f"{format_params(n)} {t}" for n, t in models.itertuples(index=False))
+
+
+def _family_handles(rows: pd.DataFrame, families: list[str], with_tuning: bool = False) -> list[Line2D]:
+    """Legend entries: a line for a family of several sizes, a lone marker for one size; with
+    ``with_tuning`` each label also says whether the family's models are base or instruction-tuned."""
+    sizes = _sizes(rows)
+    handles = []
+    for f in families:
+        label = f"{f} · {sizes[f]} size{'s' if sizes[f] > 1 else ''}"
+        if with_tuning:
+            label += f" · {_tuning_note(rows[rows['family'] == f])}"
+        handles.append(Line2D([], [], color=family_colour(f), marker=family_marker(f), linestyle=family_line(sizes[f]),
+                              label=label))
+    return handles
+
+
+def _tuning_handles() -> list[Line2D]:
+    return [Line2D([], [], marker="o", linestyle="none", color="#777777", markerfacecolor=face, label=label)
+            for face, label in (("#777777", "filled: base"), ("white", "hollow: instruction-tuned"))]
+
+
+def _bottom_legend(fig: Figure, handles: list[Line2D], style: FigureStyle) -> None:
+    """The family legend under the panels: as many entries a row as fit the figure, read row by row."""
+    entry_in = max(len(h.get_label()) for h in handles) * 0.5 * style.font_size / 72 + 0.55
+    ncols = max(1, min(len(handles), int(style.width_in // entry_in)))
+    by_column = [h for j in range(ncols) for h in handles[j::ncols]]  # matplotlib fills a legend column by column
+    fig.legend(handles=by_column, loc="outside lower center", ncols=ncols,
+               title="Model family: a line joins the sizes of a family; a lone marker is a family of one size")
 
 
 def _correlation_limits(corr: pd.DataFrame) -> tuple[float, float]:
@@ -156,11 +206,13 @@ def _correlation_limits(corr: pd.DataFrame) -> tuple[float, float]:
 def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = None) -> Figure:
     """Pearson and Spearman correlation of Δ_IOI vs Δ_anti over all heads, against model size.
 
-    One line per family; error bars are the bootstrap intervals over heads.
+    A line through the sizes of each family (a lone marker for a family of one size); error bars are
+    the bootstrap intervals over heads; hollow markers are instruction-tuned models.
     """
     style = style or FigureStyle()
     flagged = flagged_models(corr)
     families = ordered_families(corr["family"])
+    sizes = _sizes(corr)
     level = float(corr["level"].iloc[0])
     with styled(style):
         fig = new_figure(style.width_in, style.panel_height_in * 1.5 + 0.9)
@@ -170,18 +222,22 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
             for family in families:
                 rows = corr[corr["family"] == family].sort_values("n_params")
                 yerr = np.vstack([rows[stat] - rows[f"{stat}_low"], rows[f"{stat}_high"] - rows[stat]])
-                ax.errorbar(
-                    _dodged(rows, families), rows[stat], yerr=np.clip(yerr, 0, None), color=family_colour(family),
-                    marker=family_marker(family), markersize=5, capsize=2.5, linewidth=1.2, label=family,
-                )
+                x, colour = _dodged(rows, families), family_colour(family)
+                ax.errorbar(x, rows[stat], yerr=np.clip(yerr, 0, None), color=colour, capsize=2.5, linewidth=1.2,
+                            linestyle=family_line(sizes[family]), label=family)
+                for tuning, points in rows.groupby("tuning"):
+                    ax.plot(x.loc[points.index], points[stat], linestyle="none", color=colour,
+                            marker=family_marker(family), markersize=5.5, markeredgewidth=1.2, zorder=3,
+                            markerfacecolor="white" if tuning == INSTRUCT else colour, label=f"{family} {tuning}")
             bad = corr[corr["model"].isin(flagged)]
             _flag_points(ax, _dodged(bad, families), bad[stat])
             _log_params_axis(ax, corr["n_params"])
             ax.set_title(name)
         axes[0].set_ylabel(r"Correlation of $\Delta_{\mathrm{IOI}}$ and $\Delta_{\mathrm{anti}}$ over heads")
         axes[0].set_ylim(*_correlation_limits(corr))
-        handles = _family_handles(families) + ([_flag_handle()] if flagged else [])
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="Model family")
+        handles = (_family_handles(corr, families) + (_tuning_handles() if _has_instruct(corr) else [])
+                   + ([_flag_handle()] if flagged else []))
+        _bottom_legend(fig, handles, style)
         _suptitle(
             fig,
             f"Head effects on IOI vs anti-repetition: correlation over all heads by model size\n"
@@ -197,14 +253,17 @@ def _head_counts(rows: pd.DataFrame, column: str, percent: bool) -> pd.Series:
 
 
 def _scaling_panel(ax: Axes, rows: pd.DataFrame, families: list[str], percent: bool) -> None:
-    """One category's strong-head curve (solid, filled) and robust subset (dotted, hollow) per family."""
+    """One category's strong-head curve (solid, filled) and robust subset (dotted, hollow) per family;
+    markers only for a family of one size."""
     for family in families:
         fam = rows[rows["family"] == family].sort_values("n_params")
         colour, marker = family_colour(family), family_marker(family)
-        x = _dodged(fam, families)
-        ax.plot(x, _head_counts(fam, "count", percent), color=colour, marker=marker, markersize=5, linewidth=1.2)
-        ax.plot(x, _head_counts(fam, "n_robust", percent), color=colour, marker=marker,
-                markersize=5, linewidth=1.0, linestyle=":", markerfacecolor="white")
+        x, n_sizes = _dodged(fam, families), fam["model"].nunique()
+        ax.plot(x, _head_counts(fam, "count", percent), color=colour, marker=marker, markersize=5, linewidth=1.2,
+                linestyle=family_line(n_sizes), label=family)
+        ax.plot(x, _head_counts(fam, "n_robust", percent), color=colour, marker=marker, markersize=5,
+                linewidth=1.0, linestyle=family_line(n_sizes, ":"), markerfacecolor="white",
+                label=f"{family} (robust)")
 
 
 def meaningful_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], str]:
@@ -250,12 +309,13 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
         strong = shown[shown["category"].isin(STRONG_CATEGORIES)]
         for row, (percent, _label) in enumerate(SCALING_ROWS):
             axes[row, 0].set_ylim(0, max(1.0, 1.1 * float(_head_counts(strong, "count", percent).max())))
-        handles = _family_handles(families) + ([_flag_handle()] if verb == "flagged" else [])
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), title="Model family")
+        handles = _family_handles(shown, families, _has_instruct(shown)) + (
+            [_flag_handle()] if verb == "flagged" else [])
+        _bottom_legend(fig, handles, style)
         _suptitle(
             fig,
             f"Strong heads by category vs model size ({ablation_label(counts)} ablation, τ = {tau:g})\n"
-            "solid, filled: all strong heads (|Δ| ≥ τ); dotted, hollow: robust subset (95% CI beyond τ)",
+            "filled: all strong heads (|Δ| ≥ τ); hollow (dotted): robust subset (95% CI beyond τ)",
             flagged,
             flag_verb=verb,
         )
@@ -353,7 +413,8 @@ def _grid_panel(ax: Axes, rows: pd.DataFrame, tau: float, flagged: bool, limits:
     _tau_guides(ax, tau)
     _scatter_heads(ax, rows, lambda _family: "o", size=10)
     first = rows.iloc[0]
-    title = f"{first['model']} ({format_params(first['n_params'])})"
+    instruct = ", instruct" if first["tuning"] == INSTRUCT else ""
+    title = f"{first['model']} ({format_params(first['n_params'])}{instruct})"
     outside = int(((rows["delta_ioi"].abs() > limits[0]) | (rows["delta_anti"].abs() > limits[1])).sum())
     if outside:
         title += f"\n{outside} head(s) off-axis"
@@ -442,7 +503,8 @@ def layer_hist(counts: pd.DataFrame, tau: float, style: FigureStyle | None = Non
             depth.set_xlabel("Depth fraction")
         fig.legend(loc="outside right upper", title="Category (heads)")
         gap_ok = bool(first["gap_ok"])
-        title = (f"{first['model']} ({first['family']}, {format_params(first['n_params'])}): strong heads by layer\n"
+        title = (f"{first['model']}: strong heads by layer\n{first['family']}, "
+                 f"{TUNING_WORDS.get(first['tuning'], first['tuning'])}, {format_params(first['n_params'])} · "
                  f"{ablation_label(counts)} ablation, τ = {tau:g}")
         fig.suptitle(title if gap_ok else f"{title}\n{GAP_WARNING}", color="black" if gap_ok else FLAG_COLOUR)
     return fig

@@ -1,4 +1,5 @@
-"""The Markdown report: run settings, baseline, figures, strong-head and correlation tables, warnings.
+"""The Markdown report: the models compared, figures, run settings, baseline, strong-head and correlation
+tables, warnings.
 
 Tables are written by :func:`markdown_table` rather than ``DataFrame.to_markdown``, which needs the
 optional ``tabulate`` package (not a project dependency); a pipe table needs no more than this.
@@ -15,8 +16,16 @@ import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from ioi_anti.categories import CATEGORIES, default_tau_rows
-from ioi_anti.plotting import FAMILY_ORDER, GAP_WARNING, ablation_label, flagged_models, format_params
+from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES, default_tau_rows
+from ioi_anti.plotting import (
+    FAMILY_ORDER,
+    GAP_WARNING,
+    INSTRUCT,
+    TUNING_WORDS,
+    ablation_label,
+    flagged_models,
+    format_params,
+)
 from ioi_anti.routes import REMAINDER, ROUTES, TASK_NAMES, shared_hero_answers
 from ioi_anti.training_plots import series, with_steps
 
@@ -41,15 +50,17 @@ FIGURES = (
     FigureEntry(
         "corr_vs_scale_cross_family_plot", "corr_vs_scale_cross_family.png",
         "Pearson (left) and Spearman (right) correlation of Δ_IOI with Δ_anti over all heads of each model "
-        "against parameter count, one line per family, with bootstrap intervals over heads (families are "
+        "against parameter count, with bootstrap intervals over heads: a line joins the sizes of a family, a "
+        "family of one size is a lone marker, and hollow markers are instruction-tuned models (families are "
         "offset by a few % on the log x axis so equal sizes do not overlap); the numbers are in "
         "`corr_vs_scale_cross_family.csv`.",
     ),
     FigureEntry(
         "strong_head_scaling_plot", "strong_head_scaling.png",
         "Number (top) and share (bottom) of IOI-only, anti-only and shared heads at the default τ against "
-        "parameter count, marker per family; dotted hollow markers count the robust subset whose 95% "
-        "interval clears τ.",
+        "parameter count, marker per family, a line through the sizes of a family (a lone marker for one size); "
+        "hollow markers on dotted lines count the robust subset whose 95% interval clears τ, and the legend "
+        "says which families are base or instruction-tuned when the run has instruction-tuned models.",
     ),
     FigureEntry(
         "all_heads_phase_space_plot", "all_heads_phase_space.png",
@@ -59,7 +70,8 @@ FIGURES = (
     ),
     FigureEntry(
         "family_grid_plot", "family_grid.png",
-        "The same phase space with one panel per model, a row per family, on shared axes.",
+        "The same phase space with one panel per model, a row per family, on shared axes; instruction-tuned "
+        "models say `instruct` in their panel title.",
     ),
 )
 
@@ -119,10 +131,15 @@ def _setting_text(value: Any) -> str:
     return str(value)
 
 
+def tuning_word(tuning: str) -> str:
+    """A model's tuning in words: "base" (pretrained only) or "instruction-tuned"."""
+    return TUNING_WORDS.get(tuning, tuning)
+
+
 def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     """Models, prompt counts, ablation, τ values, seed, device, package versions and other settings."""
     models = model_order(heads)
-    sizes = heads.groupby("model")[["family", "n_params", "n_layers", "n_heads"]].first()
+    facts = heads.groupby("model")[["family", "tuning", "n_params", "n_layers", "n_heads"]].first()
     taus = sorted(heads["tau"].unique())
     _rows, tau = default_tau_rows(heads)
     listed = [str(m) for m in metadata.get("models") or []]
@@ -130,11 +147,10 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     lines = [
         "## Run",
         "",
-        "- Models: " + ", ".join(
-            f"{m} ({sizes.at[m, 'family']}, {format_params(sizes.at[m, 'n_params'])}, "
-            f"{sizes.at[m, 'n_layers']}x{sizes.at[m, 'n_heads']} heads)"
-            for m in models
-        ),
+        f"- Models ({len(models)}, by family and size):",
+        *(f"  - {m}: {facts.at[m, 'family']}, {tuning_word(facts.at[m, 'tuning'])}, "
+          f"{format_params(facts.at[m, 'n_params'])} parameters, {facts.at[m, 'n_layers']} layers × "
+          f"{facts.at[m, 'n_heads']} heads" for m in models),
         f"- Prompts: IOI {_setting(metadata, 'n_prompts_ioi')}, anti-repetition {_setting(metadata, 'n_prompts_anti')}",
         f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
         f"- τ (strong head: |Δ| ≥ τ): {tau:g}; sensitivity τ: {', '.join(f'{t:g}' for t in taus)}",
@@ -170,30 +186,53 @@ def warnings_section(baseline: pd.DataFrame, heads: pd.DataFrame) -> str:
     return "\n>\n".join(lines)
 
 
-def _model_summary(model: str, base: pd.DataFrame, heads: pd.DataFrame, corr: pd.Series) -> str:
-    """One sentence of numbers on one model: gaps, strong heads by category, where they sit, r."""
+def _model_row(base: pd.DataFrame, heads: pd.DataFrame, corr: pd.Series) -> dict[str, Any]:
+    """One model's row of the comparison table: identity, size, task gaps, r, strong heads and their depth."""
     gaps = {row.task: with_interval(row.gap, row.gap_low, row.gap_high, "{:.2f}") for row in base.itertuples()}
     counts = heads["category"].value_counts()
     strong = heads[heads["category"] != "weak"]
-    depth = f", at a median depth of {strong['depth_frac'].median():.0%}" if len(strong) else ""
     first = heads.iloc[0]
-    r = with_interval(corr["pearson"], corr["pearson_low"], corr["pearson_high"], "{:.2f}")
-    return (
-        f"- **{model}** ({first['family']}, {format_params(first['n_params'])}, {len(heads)} heads): IOI gap "
-        f"{gaps.get('ioi', NOT_RECORDED)}, anti-repetition gap {gaps.get('anti', NOT_RECORDED)}; "
-        + ", ".join(f"{int(counts.get(c, 0))} {c}" for c in CATEGORIES if c != "weak")
-        + f" heads ({len(strong) / len(heads):.0%} of all heads){depth}; "
-        f"Pearson r of Δ_IOI with Δ_anti {r}."
-    )
+    return {
+        "model": first["model"], "family": first["family"], "tuning": tuning_word(first["tuning"]),
+        "params": format_params(first["n_params"]), "layers × heads": f"{first['n_layers']} × {first['n_heads']}",
+        "IOI gap": gaps.get("ioi", NOT_RECORDED), "anti-rep. gap": gaps.get("anti", NOT_RECORDED),
+        "Pearson r": with_interval(corr["pearson"], corr["pearson_low"], corr["pearson_high"], "{:.2f}"),
+        **{c: int(counts.get(c, 0)) for c in STRONG_CATEGORIES},
+        "all strong": f"{len(strong)} ({len(strong) / len(heads):.0%})",
+        "median depth": f"{strong['depth_frac'].median():.0%}" if len(strong) else "–",
+    }
+
+
+def _tuning_sentence(heads: pd.DataFrame, models: list[str]) -> str:
+    """Which models are base and which instruction-tuned, and whether tuning is confounded with family."""
+    facts = heads.groupby("model")[["family", "tuning"]].first()
+    groups = {t: [m for m in models if facts.at[m, "tuning"] == t] for t in ("base", INSTRUCT)}
+    names = {"base": "Base (pretrained only)", INSTRUCT: "Instruction-tuned"}
+    text = " ".join(f"{names[t]}: {', '.join(ms)}." for t, ms in groups.items() if ms)
+    if all(groups.values()) and facts.groupby("family")["tuning"].nunique().max() == 1:
+        text += (" No family has both, so a difference between base and instruction-tuned models here is also one "
+                 "between families.")
+    return text
 
 
 def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.DataFrame, tau: float) -> str:
-    """The models of the run side by side, in words and numbers (at the default τ)."""
+    """The models of the run side by side: one table, then what it shows in words (at the default τ)."""
     models = model_order(heads)
     corr = corr.set_index("model")
-    lines = ["## Models compared", "", f"At τ = {tau:g}, with 95 % intervals:", ""]
-    lines += [_model_summary(m, baseline[baseline["model"] == m], heads[heads["model"] == m], corr.loc[m])
-              for m in models]
+    table = pd.DataFrame([_model_row(baseline[baseline["model"] == m], heads[heads["model"] == m], corr.loc[m])
+                          for m in models])
+    lines = [
+        "## Models compared",
+        "",
+        f"By family and size, at τ = {tau:g}: the task gaps (the unit of every Δ) with 95 % intervals over "
+        "prompts, Pearson r of Δ_IOI with Δ_anti over all heads with its 95 % interval over heads, strong heads "
+        "per category, all strong heads (share of the model's heads) and their median depth (fraction of the "
+        "model's layers).",
+        "",
+        markdown_table(table),
+        "",
+        _tuning_sentence(heads, models),
+    ]
     if len(models) > 1:
         share = heads.assign(strong=heads["category"] != "weak").groupby("model")["strong"].mean()
         most, least = share.idxmax(), share.idxmin()
@@ -294,6 +333,7 @@ def correlation_section(corr: pd.DataFrame) -> str:
     table = pd.DataFrame({
         "model": corr["model"],
         "family": corr["family"],
+        "tuning": corr["tuning"].map(tuning_word),
         "params": corr["n_params"].map(format_params),
         "heads": corr["n_heads"],
         "Pearson r": [with_interval(*v) for v in corr[["pearson", "pearson_low", "pearson_high"]].to_numpy()],
@@ -402,9 +442,9 @@ def build_report(
         "# IOI and anti-repetition: per-head ablation report",
         warnings,
         comparison_section(baseline, heads, correlations, tau),
+        figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images),
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
-        figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images),
         strong_counts_section(strong_head_counts),
         correlation_section(correlations),
         training_section(correlations, strong_head_counts, images or {}),

@@ -35,7 +35,7 @@ from ioi_anti.ablation import (
     make_groups,
 )
 from ioi_anti.execution import resident
-from ioi_anti.models import LoadedModel, ModelSpec, load_model, resolve_device
+from ioi_anti.models import LoadedModel, ModelSpec, load_run_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]
 
 def model_facts(lm: LoadedModel) -> dict[str, Any]:
     """Columns every per-model table carries, from the loaded model's config."""
-    keep = ("model_id", "base_model", "checkpoint", "training_step", "family", "n_params", "n_layers", "n_heads")
+    keep = ("model_id", "base_model", "checkpoint", "training_step", "family", "tuning", "n_params", "n_layers",
+            "n_heads")
     return {k: v for k, v in lm.describe().items() if k in keep}
 
 
@@ -252,7 +253,7 @@ class ModelSweep:
 
     @functools.cached_property
     def lm(self) -> LoadedModel:
-        return load_model(self.spec, self.runtime["device"], self.runtime["dtype"])
+        return load_run_model(self.spec, self.runtime)
 
     @functools.cached_property
     def states(self) -> list[TaskState]:
@@ -323,5 +324,5 @@ def sweep_job(sweep: ModelSweep, key: str) -> pd.DataFrame:
 
 def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
     """A model's per-prompt baseline (a job of :mod:`ioi_anti.execution`)."""
-    lm = load_model(spec, runtime["device"], runtime["dtype"])
+    lm = load_run_model(spec, runtime)
     return baseline_table(lm, tokens, runtime["max_batch"])

@@ -91,7 +91,8 @@ def summarise_baselines(
         key = baseline_key(spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
         if key not in baseline_partitions:
             raise KeyError(f"Baseline of {spec.model_id} is missing ({key}): re-run data_generation.")
-        table = baseline_partitions[key]()
+        # tuning is the registry's: a baseline saved before it was recorded lacks the column
+        table = baseline_partitions[key]().assign(tuning=spec.tuning)
         for task, frame in table.groupby("task", sort=False):
             rows.append(baseline_row(frame, task, seed, n_boot))
     result = pd.DataFrame(rows)
@@ -110,7 +111,8 @@ def baseline_row(frame: pd.DataFrame, task: str, seed: int, n_boot: int) -> dict
     checkpoint = parse_model_id(str(first["model_id"]))
     row: dict[str, Any] = {"model": first["model_id"], "checkpoint": checkpoint.label,
                            "training_step": checkpoint.training_step, "family": first["family"],
-                           "n_params": int(first["n_params"]), "task": task, "n_prompts": len(frame)}
+                           "tuning": first["tuning"], "n_params": int(first["n_params"]), "task": task,
+                           "n_prompts": len(frame)}
     series = {
         "clean": frame["m_clean"].to_numpy(), "ref": frame["m_ref"].to_numpy(),
         "gap": (frame["m_clean"] - frame["m_ref"]).to_numpy(), "accuracy": frame["correct_clean"].to_numpy(float),

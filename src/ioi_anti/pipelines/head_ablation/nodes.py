@@ -145,7 +145,8 @@ def summarise_heads(
     tables, agreement = [], []
     for spec in resolve_models(models, registry):
         tokens = model_tokens(tokenised, spec.model_id)
-        baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
+        # tuning is the registry's: a baseline saved before it was recorded lacks the column
+        baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime).assign(tuning=spec.tuning)
         prefix = partition_prefix(spec.model_id, fingerprint(spec.model_id, tokens,
                                                              _settings(runtime, params, screen)))
         keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))
@@ -230,7 +231,8 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict[st
     checkpoint = parse_model_id(str(facts["model_id"]))
     return out.assign(model=facts["model_id"], base_model=checkpoint.base_model, checkpoint=checkpoint.label,
                       training_step=checkpoint.training_step, family=facts["family"],
-                      n_params=int(facts["n_params"]), n_layers=n_layers, n_heads=n_heads, gap_ok=gap_ok)
+                      tuning=facts["tuning"], n_params=int(facts["n_params"]), n_layers=n_layers, n_heads=n_heads,
+                      gap_ok=gap_ok)
 
 
 def attribution_agreement(table: pd.DataFrame, taus: list[float], top_fraction: float = 0.1) -> list[dict[str, Any]]:
@@ -274,7 +276,7 @@ def run_metadata(per_head: pd.DataFrame, models: list[str], runtime: dict[str, A
     first = per_head.groupby("model").first()
     return {
         "models": list(models),
-        "model_config": first[["family", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
+        "model_config": first[["family", "tuning", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
         "ablation": params["ablation"], "mode": params.get("mode", "exact"), "n_boot": params["n_boot"],
         "ci": params["ci"], "seed": seed,
         "n_prompts_ioi": int(first["n_prompts_ioi"].max()), "n_prompts_anti": int(first["n_prompts_anti"].max()),

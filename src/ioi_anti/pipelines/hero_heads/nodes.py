@@ -18,7 +18,7 @@ from ioi_anti.ablation import variant_metrics
 from ioi_anti.categories import STRONG_CATEGORIES, categorise
 from ioi_anti.execution import Job, run_jobs
 from ioi_anti.metrics import bootstrap_indices, interval
-from ioi_anti.models import LoadedModel, ModelSpec, load_model
+from ioi_anti.models import LoadedModel, ModelSpec, load_run_model
 from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
 from ioi_anti.sweep import TASKS, model_tokens
@@ -34,8 +34,8 @@ STUDY_COLUMNS = {
     "decomposition": ["task", "level", "part", "reader", "reader_layer", "heads", "delta", "delta_low", "delta_high",
                       "fraction", "fraction_low", "fraction_high", "hero", "model"],
 }
-HEAD_COLUMNS = ["model", "family", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low", "delta_ioi_high",
-                "delta_anti", "delta_anti_low", "delta_anti_high"]
+HEAD_COLUMNS = ["model", "family", "tuning", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low",
+                "delta_ioi_high", "delta_anti", "delta_anti_low", "delta_anti_high"]
 
 
 def _strength(frame: pd.DataFrame, category: str) -> pd.Series:
@@ -61,7 +61,7 @@ def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]
             rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
     columns = [*HEAD_COLUMNS, "category", "category_robust", "selected_by"]
     result = pd.DataFrame(rows, columns=columns).drop_duplicates(["model", "layer", "head"])
-    result.insert(3, "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
+    result.insert(result.columns.get_loc("layer"), "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
     return result.reset_index(drop=True)
 
 
@@ -110,7 +110,7 @@ def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.Dat
                 runtime: dict[str, Any], ablation_params: dict[str, Any], params: dict[str, Any],
                 seed: int) -> dict[str, pd.DataFrame]:
     """Every case study of one model's hero heads, by study name (a job of :mod:`ioi_anti.execution`)."""
-    lm = load_model(spec, runtime["device"], runtime["dtype"])
+    lm = load_run_model(spec, runtime)
     tasks = {task: hero.prepare_hero_task(
         lm, tokens, task, ablation_params["ablation"], int(ablation_params["seed"]),
         float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])

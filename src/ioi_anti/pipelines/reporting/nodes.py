@@ -27,7 +27,7 @@ from ioi_anti.report import (
 from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
-    "model", "family", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
+    "model", "family", "tuning", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
     "spearman", "spearman_low", "spearman_high", "n_boot", "level", "ablation", "gap_ok",
 )
 
