@@ -185,6 +185,9 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
         validate_settings(bad, schema)
     (problem,) = settings_problems(_with(base, "models", "smollm2-135m"), schema)
     assert "is a string, not a list" in problem and "models=[smollm2-135m]" in problem
+    for bad_gb in (-1, "4GB", True):
+        (problem,) = settings_problems(_with(base, "runtime.keep_loaded_gb", bad_gb), schema)
+        assert "`runtime.keep_loaded_gb`" in problem and "a number of GB >= 0" in problem
     if not torch.cuda.is_available():
         (problem,) = settings_problems(_with(base, "runtime.device", "cuda"), schema)
         assert "no CUDA device" in problem and "runtime.device=auto" in problem

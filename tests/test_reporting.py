@@ -300,6 +300,10 @@ def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
     fig = nodes.plot_interactive_phase_space(tables["head_categories"])
     heads = [trace for trace in fig.data if trace.legendgroup != "categories"]
     assert {trace.name for trace in heads} == set(tables["per_head"]["model"])
+    offline = nodes.plot_interactive_phase_space(tables_for(OFFLINE_FOUR)["head_categories"])
+    titles = {trace.legendgroup: trace.legendgrouptitle.text for trace in offline.data
+              if trace.legendgroup != "categories"}
+    assert titles == {"llama": "llama · instruct", "gemma": "gemma · base", "qwen2": "qwen2 · instruct"}
     assert sum(len(trace.x) for trace in heads) == len(tables["per_head"])
     assert all("%{customdata[1]}" in trace.hovertemplate and "Δ_IOI" in trace.hovertemplate for trace in heads)
     families = {trace.legendgroup for trace in heads}

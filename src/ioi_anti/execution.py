@@ -173,18 +173,23 @@ _RESIDENT: dict[str, Any] = {}
 def resident(key: str, value: Any) -> Any:
     """The object this process keeps for ``key`` (``value`` itself the first time).
 
-    One model's state at a time (its clean passes can take gigabytes): a new key drops the last.
-    The jobs of one model, in process or on a worker, share the state this way instead of
-    recomputing it for every layer.
+    One model's state at a time (its clean passes can take gigabytes): a new key drops the last,
+    closing it (the jobs of a step keep every model's state object alive until the step ends, so
+    dropping the reference alone would free nothing). The jobs of one model, in process or on a
+    worker, share the state this way instead of recomputing it for every layer.
     """
     if key not in _RESIDENT:
-        _RESIDENT.clear()
+        release()
         _RESIDENT[key] = value
     return _RESIDENT[key]
 
 
 def release() -> None:
-    """Drop what :func:`resident` keeps (after a step's last job)."""
+    """Close and drop what :func:`resident` keeps (when another model's state comes, and after a step)."""
+    for value in _RESIDENT.values():
+        close_state = getattr(value, "close", None)
+        if callable(close_state):
+            close_state()
     _RESIDENT.clear()
 
 

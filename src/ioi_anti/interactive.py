@@ -55,10 +55,11 @@ def phase_space(heads: pd.DataFrame, tau: float) -> go.Figure:
     })
     for family in ordered_families(shown["family"]):
         rows = shown[shown["family"] == family].sort_values("n_params", kind="stable")
+        group_title = f"{family} · {' / '.join(sorted(rows['tuning'].astype(str).unique()))}"  # e.g. qwen2 · instruct
         for model, model_rows in rows.groupby("model", sort=False):
             fig.add_trace(go.Scatter(
                 x=model_rows["delta_ioi"], y=model_rows["delta_anti"], mode="markers", name=str(model),
-                legendgroup=family, legendgrouptitle_text=family,
+                legendgroup=family, legendgrouptitle_text=group_title,
                 customdata=custom.loc[model_rows.index].to_numpy(), hovertemplate=HOVER,
                 marker={"color": model_rows["category"].map(CATEGORY_COLOURS).tolist(), "size": 9,
                         "symbol": _symbol(family, model_rows["borderline"]), "line": {"width": 1.5}},

@@ -221,8 +221,7 @@ class ModelSweep:
         model is loaded when first needed, in the process that computes."""
         self.spec, self.tokens, self.runtime, self.ablation, self.seed = spec, tokens, runtime, ablation, seed
         self.saved_attribution, self.screening = saved_attribution, screening
-        if lm is not None:
-            self.__dict__["lm"] = lm  # fills the cached property below
+        self.given_lm = lm
 
     @functools.cached_property
     def attribution(self) -> pd.DataFrame:
@@ -251,9 +250,12 @@ class ModelSweep:
         layer = int(key.rsplit("_", 1)[1])
         return self.layer_effects(layer, None if self.selection is None else heads_in_layer(self.selection, layer))
 
-    @functools.cached_property
+    @property
     def lm(self) -> LoadedModel:
-        return load_run_model(self.spec, self.runtime)
+        """The model, from the process's model cache each time: the sweep holds no reference to it, so
+        the cache can release it once another model is asked for (a sweep object outlives its step's
+        jobs for the whole step)."""
+        return self.given_lm if self.given_lm is not None else load_run_model(self.spec, self.runtime)
 
     @functools.cached_property
     def states(self) -> list[TaskState]:
