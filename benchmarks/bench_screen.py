@@ -10,10 +10,11 @@ Run: ``python benchmarks/bench_screen.py [--models smollm2-135m gemma3-270m]``; 
 block for docs/performance.md. Run it alone: two torch processes on two cores slow each other down.
 
 For a model whose exact sweep takes most of an hour (Qwen2.5-Coder-1.5B on 2 cores),
-``--exact-layers 0 7 14 21 27`` measures the exact sweep on those layers only and extrapolates its
-time to every layer by the blocks each layer's replay runs (N - L for layer L; the clean passes are
-timed apart and counted once); the screen runs in full, and the strong heads are compared on the
-sampled layers. The table says when the exact time is extrapolated.
+``--layers 0 14 27`` replays those layers only, in both sweeps, and extrapolates each sweep's replay
+time to every layer by the blocks each layer's replay runs (N - L for layer L); the clean passes and
+the attribution pass are timed in full and counted once. The screen's extrapolation assumes the
+sampled layers select a typical share of heads. Strong heads are compared on the sampled layers. The
+table says when times are extrapolated.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def replay_share(n_layers: int, layers: list[int]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=_conf("parameters.yml")["models"])
-    parser.add_argument("--exact-layers", nargs="+", type=int, default=None,
-                        help="measure the exact sweep on these layers only, and extrapolate its time")
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="replay these layers only, and extrapolate both sweeps' times to every layer")
     args = parser.parse_args()
     base = _conf("parameters.yml")
     registry, runtime = base["model_registry"], base["runtime"] | {"device": "cpu"}
@@ -81,24 +82,25 @@ def main() -> None:
         base_table = baseline_table(lm, tokens, runtime["max_batch"])
         gaps = task_gaps(base_table)
 
-        layers = list(range(lm.n_layers)) if args.exact_layers is None else args.exact_layers
+        layers = list(range(lm.n_layers)) if args.layers is None else args.layers
+        share = replay_share(lm.n_layers, layers)
         start = time.perf_counter()
         exact_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
         _ = exact_sweep.states  # clean passes and ablation values: once per sweep, whatever the layers
         states_time = time.perf_counter() - start
         exact_long = pd.concat([exact_sweep.layer_effects(layer) for layer in layers])
-        exact_time = states_time + (time.perf_counter() - start - states_time) * replay_share(lm.n_layers, layers)
+        exact_time = states_time + (time.perf_counter() - start - states_time) * share
         exact_sweep.close()
 
         start = time.perf_counter()
         screen_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
         selected = screen_sweep.selected_heads(gaps, screen)
+        fixed_time = time.perf_counter() - start
         screen_long = pd.concat([screen_sweep.layer_effects(layer, heads_in_layer(selected, layer))
-                                 for layer in range(lm.n_layers)])
-        screen_time = time.perf_counter() - start
+                                 for layer in layers])
+        screen_time = fixed_time + (time.perf_counter() - start - fixed_time) * share
         estimates = _deltas(screen_sweep.attribution, gaps)
         screen_sweep.close()
-        screen_long = screen_long[screen_long["layer"].isin(layers)]
         estimates = estimates[estimates.index.get_level_values("layer").isin(layers)]
         selected = {task: [h for h in heads if h[0] in layers] for task, heads in selected.items()}
 
@@ -111,9 +113,8 @@ def main() -> None:
             same.append("yes" if strong == found else f"no ({sum(len(strong[t] ^ found[t]) for t in TASKS)} differ)")
         rho = [spearmanr(exact[t], estimates[t]).statistic for t in TASKS]
         r = [pearsonr(exact[t], estimates[t]).statistic for t in TASKS]
-        exact_text = f"{exact_time:.1f}" if args.exact_layers is None else \
-            f"{exact_time:.1f} (layers {', '.join(map(str, layers))} measured, extrapolated)"
-        print(f"| {spec.model_id} | {len(exact)} | {exact_text} | {screen_time:.1f} | "
+        sampled = "" if args.layers is None else f" (layers {', '.join(map(str, layers))} replayed, extrapolated)"
+        print(f"| {spec.model_id} | {len(exact)} | {exact_time:.1f}{sampled} | {screen_time:.1f}{sampled} | "
               f"{screen_time / exact_time:.2f} | {len(selected['ioi'])} / {len(selected['anti'])} | " + " | ".join(same)
               + f" | {rho[0]:.2f} / {rho[1]:.2f} (Pearson {r[0]:.2f} / {r[1]:.2f}) |")
         for task, heads in selected.items():
