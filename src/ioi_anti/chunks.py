@@ -77,9 +77,8 @@ class ChunkedFile:
         paths: list[Path | None] = []
         for n, package in enumerate(self.packages()):
             spec = importlib.util.find_spec(package)
-            folder = next(iter(spec.submodule_search_locations), None) if spec and spec.submodule_search_locations \
-                else None
-            paths.append(Path(folder) / self.file.format(n=n + 1, i=n) if folder else None)
+            folders = list(spec.submodule_search_locations or []) if spec else []
+            paths.append(Path(folders[0]) / self.file.format(n=n + 1, i=n) if folders else None)
         return paths
 
     def is_intact(self, path: Path) -> bool:
