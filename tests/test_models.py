@@ -24,10 +24,10 @@ from ioi_anti.models import (
     ModelSpec,
     ModelUnavailableError,
     check_available,
+    check_precision,
     hub_is_cached,
     hub_is_reachable,
     resolve_device,
-    resolve_dtype,
 )
 from ioi_anti.run_models import resolve_models
 from ioi_anti.validation import settings_problems
@@ -174,9 +174,9 @@ def test_unreachable_hub_model_fails_with_instructions(monkeypatch: pytest.Monke
 
 def test_device_and_dtype_resolution() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(ModelConfigError, match="not a torch dtype"):
-        resolve_dtype("float33")
+    assert check_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ModelConfigError, match="is not one of float32, bfloat16, float16"):
+        check_precision("float33")
 
 
 def test_registry_entries_are_valid(registry) -> None:
@@ -249,7 +249,7 @@ def test_models_stay_loaded_within_the_budget_and_are_released_for_a_big_one(mon
         loads.append(spec.model_id)
         return tiny_model("gpt2", smol_tokenizer)
     monkeypatch.setattr(models, "_load", fake_load)
-    monkeypatch.setattr(models, "estimated_bytes", lambda spec, dtype: sizes[spec.model_id])
+    monkeypatch.setattr(models, "estimated_bytes", lambda spec: sizes[spec.model_id])
     monkeypatch.setattr(models, "weights_bytes", lambda lm: 1_000 if loads[-1] != "big" else 10_000)
     spec = {m: ModelSpec(model_id=m, family="gpt2", source="gguf", hf_name=m, prepend_bos=True) for m in sizes}
     cache = models.ModelCache(budget_bytes=2_500)

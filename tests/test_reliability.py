@@ -188,6 +188,10 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
     for bad_gb in (-1, "4GB", True):
         (problem,) = settings_problems(_with(base, "runtime.keep_loaded_gb", bad_gb), schema)
         assert "`runtime.keep_loaded_gb`" in problem and "a number of GB >= 0" in problem
+    (problem,) = settings_problems(_with(base, "runtime.dtype", "float64"), schema)
+    assert "`runtime.dtype` = 'float64'" in problem and "one of float32, bfloat16, float16" in problem
+    (problem,) = settings_problems(_with(base, "runtime.tf32", "yes"), schema)
+    assert "`runtime.tf32` = 'yes'" in problem and "true or false" in problem
     if not torch.cuda.is_available():
         (problem,) = settings_problems(_with(base, "runtime.device", "cuda"), schema)
         assert "no CUDA device" in problem and "runtime.device=auto" in problem

@@ -66,9 +66,10 @@ def tiny_config(family: str, vocab_size: int):
 
 
 def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
+               dtype: torch.dtype = torch.float32, precision: str = "float32") -> LoadedModel:
     """A random tiny model of ``family`` wrapped by the project's loader (``float64`` where a test's
-    effects are so small that float32 rounding would be a visible share of them)."""
+    effects are so small that float32 rounding would be a visible share of them; ``precision``: the
+    mixed precision of ``runtime.dtype``)."""
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tokenizer))
     hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").to(dtype)
@@ -81,4 +82,4 @@ def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
         model_id=f"tiny-{family}", family=family, source="hub",
         hf_name=f"tiny-{family}", prepend_bos=family not in ("llama", "qwen2"),
     )
-    return wrap_model(spec, hf_model, tokenizer, torch.device("cpu"))
+    return wrap_model(spec, hf_model, tokenizer, torch.device("cpu"), precision)

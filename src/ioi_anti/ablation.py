@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ioi_anti.metrics import task_accuracy, task_metric
 from ioi_anti.models import LoadedModel
+from ioi_anti.precision import at_least_float32
 
 ABLATIONS = ("mean", "zero", "resample")
 REFERENCE_ROLES = {"ioi": ("ref", "pool"), "anti": ("clean", "pool")}
@@ -135,25 +136,47 @@ def _capture_block_inputs(lm: LoadedModel) -> Iterator[list[tuple[tuple, dict[st
             handle.remove()
 
 
+class _FinalResidual(Exception):  # noqa: N818 - a signal that ends a forward pass, not an error
+    """Raised at the final norm by a clean pass, carrying the residual stream that enters it."""
+
+    def __init__(self, resid: Tensor) -> None:
+        super().__init__()
+        self.resid = resid
+
+
+def _stop_at_final_norm(module: torch.nn.Module, args: tuple) -> None:
+    raise _FinalResidual(args[0].detach())
+
+
 def clean_pass(lm: LoadedModel, group: PromptGroup, keep_resid: bool, keep_z: bool) -> CleanPass:
-    """One forward pass recording END candidate logits and, on request, block inputs and z."""
+    """One forward pass recording END candidate logits and, on request, block inputs and z.
+
+    The pass stops where the final norm starts, and the candidate logits come from
+    :func:`end_candidates`, as in every replay: the full-vocabulary unembedding cost Gemma-3 more
+    than half of its clean passes (a 262k x 640 weight read for a few rows), and clean and
+    ablated metrics now share one unembedding path.
+    """
     z_store: dict[int, Tensor] = {}
     hooks = []
     if keep_z:
         for layer in range(lm.n_layers):
             def save(z: Tensor, hook: Any, layer: int = layer) -> None:
-                z_store[layer] = z.detach().clone()
+                z_store[layer] = z.detach().to(at_least_float32(z.dtype), copy=True)
             hooks.append((z_hook_name(layer), save))
-    final: list[Tensor] = []
-    handle = lm.bridge.ln_final.register_forward_pre_hook(lambda module, args: final.append(args[0].detach()))
+    handle = lm.bridge.ln_final.register_forward_pre_hook(_stop_at_final_norm)
     try:
         with torch.no_grad(), _capture_block_inputs(lm) as block_inputs:
-            logits = lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
+            lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
+        raise RuntimeError(f"{lm.spec.model_id}: the forward pass never reached the final norm.")
+    except _FinalResidual as stop:
+        final = stop.resid
     finally:
         handle.remove()
-    result = CleanPass(group=group, cand_logits=logits[:, -1].gather(-1, group.tokens))
+    with torch.no_grad():
+        cand = end_candidates(lm, final[:, -1], group.tokens)
+    result = CleanPass(group=group, cand_logits=cand)
     if keep_resid:
-        result.resid_final = final[-1]
+        result.resid_final = final
         for args, kwargs in block_inputs:
             hidden = args[0] if args else kwargs["hidden_states"]
             result.resid.append(hidden.detach())
@@ -315,16 +338,15 @@ def attribution_metrics(
         metric = task_metric(logits[:, -1].gather(-1, group.tokens), group.weights)
         grads = torch.autograd.grad(metric.sum(), [leaves[layer] for layer in range(lm.n_layers)])
     z = torch.stack([z_clean[layer] for layer in range(lm.n_layers)])
-    return ((values - z) * torch.stack(grads)).sum(dim=(2, 4)).permute(0, 2, 1)
+    wide = at_least_float32(z.dtype)
+    return ((values.to(wide) - z.to(wide)) * torch.stack(grads).to(wide)).sum(dim=(2, 4)).permute(0, 2, 1)
 
 
 def candidate_logits(lm: LoadedModel, groups: Sequence[PromptGroup]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-prompt metric and accuracy (plain forward passes), in order of ``prompt_id``."""
+    """Per-prompt metric and accuracy (clean passes), in order of ``prompt_id``."""
     ids, metric, acc = [], [], []
     for group in groups:
-        with torch.no_grad():
-            logits = lm.bridge(group.input_ids, use_cache=False, logits_to_keep=1)
-        cand = logits[:, -1].gather(-1, group.tokens)
+        cand = clean_pass(lm, group, keep_resid=False, keep_z=False).cand_logits
         ids.append(group.prompt_ids)
         metric.append(task_metric(cand, group.weights).float().cpu().numpy())
         acc.append(task_accuracy(cand, group.weights).cpu().numpy())

@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ioi_anti.checkpoints import Checkpoint, parse_model_id
 from ioi_anti.chunks import ChunkedFile, ChunkError
+from ioi_anti.precision import HALF_TYPES, PRECISIONS, half_matrix_products, set_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class LoadedModel:
     d_head: int
     n_params: int
     device: torch.device
+    precision: str = "float32"
 
     def describe(self) -> dict[str, Any]:
         """The model's config facts, as recorded next to every result."""
@@ -145,7 +147,7 @@ class LoadedModel:
             "d_head": self.d_head,
             "n_params": self.n_params,
             "device": str(self.device),
-            "dtype": str(next(self.bridge.parameters()).dtype).removeprefix("torch."),
+            "dtype": self.precision,
         }
 
 
@@ -156,12 +158,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """Map a dtype name from configuration (``float32``, ``bfloat16``, ...) to torch."""
-    value = getattr(torch, dtype, None)
-    if not isinstance(value, torch.dtype):
-        raise ModelConfigError(f"dtype {dtype!r} is not a torch dtype (try float32 or bfloat16).")
-    return value
+def check_precision(dtype: str) -> str:
+    """``runtime.dtype`` checked: float32, or a half type for mixed precision (:mod:`ioi_anti.precision`)."""
+    if dtype not in PRECISIONS:
+        raise ModelConfigError(f"runtime.dtype {dtype!r} is not one of {', '.join(PRECISIONS)}.")
+    return dtype
 
 
 def cache_dir() -> Path:
@@ -302,8 +303,10 @@ def wrap_model(
     hf_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
+    precision: str = "float32",
 ) -> LoadedModel:
-    """Wrap a loaded Hugging Face model in a ``TransformerBridge`` (works offline)."""
+    """Wrap a loaded Hugging Face model in a ``TransformerBridge`` (works offline), its blocks' matrix
+    products in ``precision`` (:mod:`ioi_anti.precision`)."""
     hf_model = hf_model.to(device).eval()
     if not hf_model.config.architectures:
         # GGUF-loaded configs (Gemma 3) carry no architectures; the bridge picks its adapter by them.
@@ -318,6 +321,10 @@ def wrap_model(
     bridge.eval()
     for param in bridge.parameters():
         param.requires_grad_(False)
+    n_params = sum(p.numel() for p in hf_model.parameters())
+    if check_precision(precision) in HALF_TYPES and not half_matrix_products(bridge.blocks, HALF_TYPES[precision]):
+        raise ModelConfigError(f"{spec.model_id}: no linear layers found in its blocks, so runtime.dtype "
+                               f"{precision!r} has nothing to apply to; use float32.")
     cfg = bridge.cfg
     return LoadedModel(
         spec=spec,
@@ -326,8 +333,9 @@ def wrap_model(
         n_layers=int(cfg.n_layers),
         n_heads=int(cfg.n_heads),
         d_head=int(cfg.d_head),
-        n_params=sum(p.numel() for p in hf_model.parameters()),
+        n_params=n_params,
         device=device,
+        precision=precision,
     )
 
 
@@ -337,15 +345,15 @@ def weights_bytes(lm: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
-def estimated_bytes(spec: ModelSpec, dtype: str) -> int | None:
-    """A GGUF model's weights in ``dtype``, counted from the tensor shapes in its file's header (a
-    memory-mapped read, no tensor data); None for Hub models, whose size is known once loaded."""
+def estimated_bytes(spec: ModelSpec) -> int | None:
+    """A GGUF model's weights in float32 (an upper bound under mixed precision), counted from the tensor
+    shapes in its file's header (a memory-mapped read, no tensor data); None for Hub models, whose size
+    is known once loaded."""
     if spec.source != "gguf":
         return None
     from gguf import GGUFReader
 
-    elements = sum(int(t.n_elements) for t in GGUFReader(gguf_path(spec)).tensors)
-    return elements * torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    return 4 * sum(int(t.n_elements) for t in GGUFReader(gguf_path(spec)).tensors)
 
 
 class ModelCache:
@@ -368,7 +376,7 @@ class ModelCache:
         if key in self.loaded:
             return self.loaded[key][0]
         kept = sum(size for _, size in self.loaded.values())
-        size = estimated_bytes(spec, dtype)
+        size = estimated_bytes(spec)
         if self.loaded and (size is None or kept + size > self.budget_bytes):
             logger.info("Releasing %s before loading %s (runtime.keep_loaded_gb = %.1f).",
                         ", ".join(k[0].model_id for k in self.loaded), spec.model_id, self.budget_bytes / 1e9)
@@ -402,7 +410,8 @@ def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "float32",
 
 
 def load_run_model(spec: ModelSpec, runtime: Mapping[str, Any]) -> LoadedModel:
-    """:func:`load_model` with a run's ``runtime`` settings (device, dtype, keep_loaded_gb)."""
+    """:func:`load_model` with a run's ``runtime`` settings (device, dtype, tf32, keep_loaded_gb)."""
+    set_tf32(bool(runtime.get("tf32", False)))
     return load_model(spec, str(runtime["device"]), str(runtime["dtype"]), runtime.get("keep_loaded_gb"))
 
 
@@ -413,14 +422,14 @@ def release_models() -> None:
 
 def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
     check_available(spec)
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    torch_device = resolve_device(device)
     logger.info("Loading %s (%s%s) on %s as %s", spec.model_id, spec.where, ", GGUF" if spec.source == "gguf" else "",
                 torch_device, dtype)
     if spec.source == "gguf":
         path = gguf_path(spec)
-        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     else:
         local = hub_is_cached(spec.hf_name, spec.revision)
-        hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch_dtype,
+        hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch.float32,
                                                         local_files_only=local)
-    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device)
+    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device, dtype)

@@ -26,6 +26,7 @@ from ioi_anti.plotting import (
     flagged_models,
     format_params,
 )
+from ioi_anti.precision import precision_words
 from ioi_anti.routes import REMAINDER, ROUTES, TASK_NAMES, shared_hero_answers
 from ioi_anti.training_plots import series, with_steps
 
@@ -136,6 +137,13 @@ def tuning_word(tuning: str) -> str:
     return TUNING_WORDS.get(tuning, tuning)
 
 
+def _precision(metadata: Mapping[str, Any]) -> str:
+    runtime = metadata.get("runtime") or {}
+    if "dtype" not in runtime:
+        return NOT_RECORDED
+    return precision_words(str(runtime["dtype"]), bool(runtime.get("tf32")), str(metadata.get("device", "cpu")))
+
+
 def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     """Models, prompt counts, ablation, τ values, seed, device, package versions and other settings."""
     models = model_order(heads)
@@ -155,6 +163,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
         f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
         f"- τ (strong head: |Δ| ≥ τ): {tau:g}; sensitivity τ: {', '.join(f'{t:g}' for t in taus)}",
         f"- Seed: {_setting(metadata, 'seed')}; device: {_setting(metadata, 'device')}",
+        f"- Precision: {_precision(metadata)}",
     ]
     if missing:
         lines.append(f"- Listed in run metadata but absent from the per-head results: {', '.join(missing)}")

@@ -70,9 +70,12 @@ def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: 
 
 def numeric_runtime(runtime: Mapping[str, Any]) -> dict[str, str]:
     """The runtime settings that can change a number, for resume fingerprints: the kind of device
-    (CPU and CUDA kernels differ in the last bits) and the dtype. Batch sizes and the device index
-    cannot, so lowering ``max_batch`` after running out of memory keeps every finished partition."""
-    return {"device": resolve_device(str(runtime["device"])).type, "dtype": str(runtime["dtype"])}
+    (CPU and CUDA kernels differ in the last bits), the dtype, and TF32 where it acts (CUDA). Batch
+    sizes and the device index cannot, so lowering ``max_batch`` after running out of memory keeps
+    every finished partition."""
+    device = resolve_device(str(runtime["device"])).type
+    tf32 = {"tf32": True} if device == "cuda" and runtime.get("tf32") else {}
+    return {"device": device, "dtype": str(runtime["dtype"])} | tf32
 
 
 def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> str:

@@ -23,12 +23,12 @@ from ioi_anti.categories import validate_tau
 from ioi_anti.hero import check_named_heads, parse_head
 from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available, model_grid
 from ioi_anti.plotting import FigureStyle
+from ioi_anti.precision import PRECISIONS
 from ioi_anti.sweep import MODES
 
 logger = logging.getLogger(__name__)
 
 FREE_FORM = {("model_registry",), ("hero_heads", "named"), ("data_generation", "anti", "categories")}
-DTYPES = ("float32", "float16", "bfloat16")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -139,7 +139,9 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     runtime = params.get("runtime", {})
     problems += _device_problems(runtime.get("device"), runtime.get("cluster"))
     problems += execution.cluster_problems(runtime)
-    _check(problems, params, "runtime.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+    _check(problems, params, "runtime.dtype", lambda v: v in PRECISIONS,
+           f"one of {', '.join(PRECISIONS)} (half types: mixed precision, docs/metrics.md)")
+    _check(problems, params, "runtime.tf32", lambda v: isinstance(v, bool), "true or false")
     _check(problems, params, "runtime.keep_loaded_gb",
            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, "a number of GB >= 0")
     for dotted in ("runtime.max_batch", "runtime.max_rows", "baseline.n_boot", "head_ablation.n_boot",
