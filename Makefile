@@ -35,4 +35,5 @@ lint:
 benchmark:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_head_sweep.py
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_screen.py
+	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_precision.py
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_cluster.py

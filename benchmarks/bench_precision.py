@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from compare_runs import flips
 
 from ioi_anti import prompts as P
 from ioi_anti.categories import bootstrap_correlations, categorise
@@ -79,23 +80,6 @@ def head_table(long: pd.DataFrame, baseline: pd.DataFrame, params: dict, seed: i
                       ablation="mean", gap_ok=True)
 
 
-def _flip_notes(ref: pd.DataFrame, half: pd.DataFrame, tau: float) -> list[str]:
-    """Each head whose category differs at τ, with, per flipped task, whether the float32 interval holds ±τ."""
-    a, b = categorise(ref, tau), categorise(half, tau)
-    notes = []
-    for i in np.flatnonzero(a["category"].to_numpy() != b["category"].to_numpy()):
-        parts = []
-        for task in TASKS:
-            if a[f"strong_{task}"].iloc[i] != b[f"strong_{task}"].iloc[i]:
-                low, high = a[f"delta_{task}_low"].iloc[i], a[f"delta_{task}_high"].iloc[i]
-                straddles = low <= tau <= high or low <= -tau <= high
-                parts.append(f"{task} {a[f'delta_{task}'].iloc[i]:+.4f} → {b[f'delta_{task}'].iloc[i]:+.4f}, "
-                             f"float32 interval [{low:+.3f}, {high:+.3f}] {'contains' if straddles else 'EXCLUDES'} τ")
-        notes.append(f"L{a['layer'].iloc[i]}H{a['head'].iloc[i]} {a['category'].iloc[i]} → {b['category'].iloc[i]} "
-                     f"({'; '.join(parts)})")
-    return notes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=_conf("parameters.yml")["models"])
@@ -132,9 +116,9 @@ def main() -> None:
                             "max |ΔΔ| / CI width": (diff / width).max(),
                             "median |ΔΔ| / CI width": (diff / width).median()})
         for tau in taus:
-            flips = _flip_notes(ref, half, tau)
-            notes.append(f"- {spec.model_id}, τ = {tau:g}: "
-                         + ("no head changes category" if not flips else f"{len(flips)} change: " + "; ".join(flips)))
+            changed = flips(ref, half, tau)
+            said = f"{len(changed)} change: " + "; ".join(changed) if changed else "no head changes category"
+            notes.append(f"- {spec.model_id}, τ = {tau:g}: {said}")
         for name, table in (("float32", ref), (args.half, half)):
             row = bootstrap_correlations(table["delta_ioi"].to_numpy(float), table["delta_anti"].to_numpy(float),
                                          categorisation["n_boot"], np.random.default_rng(base["seed"]), 0.95)

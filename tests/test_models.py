@@ -271,6 +271,7 @@ def test_scale_environment_runs_the_four_embedded_models(registry) -> None:
     specs = resolve_models(scale["models"], registry)
     assert [s.family for s in specs] == ["llama", "gemma", "qwen2", "qwen2"]
     assert all(s.source == "gguf" for s in specs) and scale["head_ablation"]["mode"] == "screen"
+    assert scale["runtime"]["dtype"] == "bfloat16"  # the precision docs/performance.md measured for these models
     schema = base_schema(PROJECT / "conf")
     problems = settings_problems(schema | {"models": scale["models"]}, schema)
     missing = [s for s in specs if s.chunks is not None and s.chunks.missing()]
