@@ -48,6 +48,12 @@ def smol(smol_spec: ModelSpec) -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def smol_bf16(smol_spec: ModelSpec) -> LoadedModel:
+    """SmolLM2-135M in mixed bfloat16 (``runtime.dtype: bfloat16``)."""
+    return load_model(smol_spec, "cpu", "bfloat16")
+
+
+@pytest.fixture(scope="session")
 def gemma_spec(registry: dict[str, Any]) -> ModelSpec:
     return ModelSpec.from_registry("gemma3-270m", registry)
 
@@ -56,6 +62,12 @@ def gemma_spec(registry: dict[str, Any]) -> ModelSpec:
 def gemma(gemma_spec: ModelSpec) -> LoadedModel:
     """The embedded Gemma-3-270M base, on CPU (assembled once, then ~50 s to parse)."""
     return load_model(gemma_spec, "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
+def gemma_bf16(gemma_spec: ModelSpec) -> LoadedModel:
+    """Gemma-3-270M in mixed bfloat16 (``runtime.dtype: bfloat16``)."""
+    return load_model(gemma_spec, "cpu", "bfloat16")
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,7 @@ def make_run_metadata(per_head: pd.DataFrame) -> dict:
         "models": list(per_head["model"].unique()), "seed": 0, "ablation": str(per_head["ablation"].iloc[0]),
         "n_prompts_ioi": N_PROMPTS["ioi"], "n_prompts_anti": N_PROMPTS["anti"],
         "versions": {"torch": "2.13.0", "transformers": "5.1.0", "kedro": "1.7.0"}, "device": "cpu",
+        "runtime": {"device": "auto", "dtype": "float32", "tf32": False, "max_batch": 64},
     }
 
 

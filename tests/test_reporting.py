@@ -213,7 +213,7 @@ def test_report_contents(run: tuple[str, dict[str, Any]]) -> None:
     assert "IOI 40, anti-repetition 45" in report
     assert "Ablation: mean" in report
     assert "τ (strong head: |Δ| ≥ τ): 0.05; sensitivity τ: 0.03, 0.05" in report
-    assert "Seed: 0; device: cpu" in report
+    assert "Seed: 0; device: cpu" in report and "- Precision: float32\n" in report
     assert "| torch | 2.13.0 |" in report
     assert "data/08_reporting/<file>/<version>/<file>" in report
     for fig in FIGURES:
@@ -243,8 +243,10 @@ def test_report_tolerates_missing_metadata() -> None:
     tables = tables_for(SINGLE_MODEL)
     report = report_of(tables, run_metadata={"models": ["smollm2-135m", "gpt2-xl"], "commit": "abc123"})
     assert "IOI not recorded, anti-repetition not recorded" in report
-    assert "Seed: not recorded" in report
+    assert "Seed: not recorded" in report and "Precision: not recorded" in report
     assert "Package versions: not recorded" in report
+    mixed = report_of(tables, run_metadata={"runtime": {"dtype": "bfloat16", "tf32": False}, "device": "cpu"})
+    assert "- Precision: mixed bfloat16: the blocks' matrix products in bfloat16; norms, softmax" in mixed
     assert "absent from the per-head results: gpt2-xl" in report
     assert "- commit: abc123" in report
 

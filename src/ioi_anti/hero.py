@@ -47,13 +47,15 @@ from ioi_anti.ablation import (
     z_hook_name,
 )
 from ioi_anti.models import LoadedModel
+from ioi_anti.precision import at_least_float32
 
 QKV = ("q", "k", "v")
 
 
 def _capture(name: str, store: dict[str, Tensor]) -> tuple[str, Any]:
+    """Hook that keeps a copy of what passes ``name``, in float32 at least (as clean passes keep ``z``)."""
     def hook(t: Tensor, hook: Any) -> None:
-        store[name] = t.detach().clone()
+        store[name] = t.detach().to(at_least_float32(t.dtype), copy=True)
     return name, hook
 
 
@@ -107,7 +109,7 @@ def joint_ablation(
     for layer, hs in by_layer.items():
         def ablate(z: Tensor, hook: Any, layer: int = layer, hs: list[int] = hs) -> Tensor:
             z = z.clone()
-            z[:, :, hs] = values[layer][:, :, hs]
+            z[:, :, hs] = values[layer][:, :, hs].to(z.dtype)
             return z
         hooks.append((z_hook_name(layer), ablate))
     return _metric_from(lm, clean, min(by_layer), hooks)[0]

@@ -58,7 +58,7 @@ def half_matrix_products(blocks: nn.Module, dtype: torch.dtype) -> int:
 
 
 def matrix_dtype(blocks: nn.Module) -> str:
-    """The dtype the blocks' linear layers multiply in (what a run's tables record as its precision)."""
+    """The dtype the blocks' linear layers store their weights and multiply in."""
     layer = next(m for m in blocks.modules() if isinstance(m, MATRIX_LAYERS))
     return str(layer.weight.dtype).removeprefix("torch.")
 
