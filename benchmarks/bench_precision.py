@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
+from bench_screen import _conf, default_prompts, replay_share
 from compare_runs import flips
 
 from ioi_anti import prompts as P
@@ -32,17 +31,6 @@ from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import ModelSpec, load_model, load_tokenizer, release_models
 from ioi_anti.report import markdown_table
 from ioi_anti.sweep import TASKS, ModelSweep, baseline_table
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
-
-
-def _conf(name: str) -> dict:
-    return yaml.safe_load((CONF / name).read_text())
-
-
-def replay_share(n_layers: int, layers: list[int]) -> float:
-    """Factor from the replay time of ``layers`` to that of every layer: a layer-L replay runs N - L blocks."""
-    return sum(n_layers - layer for layer in range(n_layers)) / sum(n_layers - layer for layer in layers)
 
 
 def measure(spec: ModelSpec, tokens: pd.DataFrame, runtime: dict, precision: str, layers: list[int] | None,
@@ -94,9 +82,7 @@ def main() -> None:
     data = _conf("parameters_data_generation.yml")["data_generation"]
     taus = sorted({categorisation["tau"], *categorisation["sensitivity_taus"]} & {0.03, 0.05}, reverse=True)
     specs = [ModelSpec.from_registry(m, registry) for m in args.models]
-    vocab, _ = P.build_vocabulary(data, {s.model_id: load_tokenizer(s) for s in specs})
-    prompts = pd.concat([P.make_ioi_dataset(vocab, data, base["seed"]),
-                         P.make_anti_dataset(vocab, data, base["seed"])], ignore_index=True)
+    prompts = default_prompts(specs, data, base["seed"])
 
     print(f"Machine: {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"default prompts ({data['ioi']['n_prompts']} IOI + {data['anti']['n_prompts']} anti), mean ablation, "

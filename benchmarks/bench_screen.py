@@ -47,6 +47,13 @@ def _deltas(long: pd.DataFrame, gaps: dict[str, float]) -> pd.DataFrame:
     return mean / pd.Series(gaps)
 
 
+def default_prompts(specs: list[ModelSpec], data: dict, seed: int) -> pd.DataFrame:
+    """The default run's IOI and anti-repetition prompts, over the word lists every model tokenises alike."""
+    vocab, _ = P.build_vocabulary(data, {s.model_id: load_tokenizer(s) for s in specs})
+    return pd.concat([P.make_ioi_dataset(vocab, data, seed), P.make_anti_dataset(vocab, data, seed)],
+                     ignore_index=True)
+
+
 def replay_share(n_layers: int, layers: list[int]) -> float:
     """Factor from the replay time of ``layers`` to that of every layer: a layer-L replay runs N - L blocks."""
     return sum(n_layers - layer for layer in range(n_layers)) / sum(n_layers - layer for layer in layers)
@@ -66,9 +73,7 @@ def main() -> None:
     rule = _conf("parameters_head_ablation.yml")["head_ablation"]["screen"]
     screen = Screen(tau_min=min(taus), margin=float(rule["margin"]), top_k=int(rule["top_k"]))
     specs = [ModelSpec.from_registry(m, registry) for m in args.models]
-    vocab, _ = P.build_vocabulary(params, {s.model_id: load_tokenizer(s) for s in specs})
-    table = pd.concat([P.make_ioi_dataset(vocab, params, base["seed"]),
-                       P.make_anti_dataset(vocab, params, base["seed"])], ignore_index=True)
+    table = default_prompts(specs, params, base["seed"])
 
     print(f"Machine: {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"default prompts ({params['ioi']['n_prompts']} IOI + {params['anti']['n_prompts']} anti), mean ablation, "
