@@ -30,7 +30,7 @@ test-fast:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -q -m "not integration and not hub"
 
 lint:
-	ruff check src tests benchmarks
+	ruff check src tests benchmarks examples
 
 benchmark:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_head_sweep.py

@@ -39,7 +39,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeo
 
 from ioi_anti.ablation import ablated_layer_metrics, clean_pass, reference_layer_metrics
 from ioi_anti.models import LoadedModel, ModelSpec, load_tokenizer, resolve_device, wrap_model
-from ioi_anti.sweep import TASKS, ModelSweep
+from ioi_anti.sweep import ModelSweep
+from ioi_anti.tasks import PAIR as TASKS
 
 PROJECT = Path(__file__).resolve().parents[1]
 TOKENS = PROJECT / "data" / "05_model_input" / "tokenised_prompts" / "smollm2-135m.parquet"
@@ -109,12 +110,13 @@ def extrapolate(per_layer: dict[int, float], n_layers: int) -> float:
 
 def check_against_naive(lm: LoadedModel, tokens: pd.DataFrame) -> float:
     """Largest |fast - naive| over every layer, both tasks, the first 4 prompts of each task."""
-    from ioi_anti.ablation import REFERENCE_ROLES, AblationValues, make_groups
+    from ioi_anti.ablation import AblationValues, make_groups
+    from ioi_anti.tasks import load_task
 
     worst = 0.0
     for task in TASKS:
         rows = tokens[tokens["task"] == task]
-        pool = make_groups(rows[rows["role"].isin(REFERENCE_ROLES[task])], lm.device, 64)
+        pool = make_groups(rows[rows["role"].isin(load_task(task).ablation_roles)], lm.device, 64)
         values = AblationValues("mean", lm, pool, 0)
         group = make_groups(rows[rows["role"] == "clean"].head(4), lm.device, 4)[0]
         clean = clean_pass(lm, group, keep_resid=True, keep_z=False)

@@ -24,7 +24,6 @@ from transformer_lens import patching
 
 from ioi_anti import prompts as P
 from ioi_anti.ablation import (
-    REFERENCE_ROLES,
     AblationValues,
     ablated_layer_metrics,
     attribution_metrics,
@@ -34,6 +33,7 @@ from ioi_anti.ablation import (
     z_hook_name,
 )
 from ioi_anti.models import ModelSpec, load_model
+from ioi_anti.tasks import PAIR, load_task, make_task_prompts
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -50,15 +50,15 @@ def main() -> None:
     params["ioi"]["n_prompts"] = args.n_ioi or params["ioi"]["n_prompts"]
     params["anti"]["n_prompts"] = args.n_anti or params["anti"]["n_prompts"]
     lm = load_model(ModelSpec.from_registry("smollm2-135m", base["model_registry"]), args.device, "float32")
-    vocab, _ = P.build_vocabulary(params, {"smollm2-135m": lm.tokenizer})
-    frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
+    prompts, _ = make_task_prompts(PAIR, params, {"smollm2-135m": lm.tokenizer}, 0)
+    frames = {task: prompts[prompts["task"] == task] for task in PAIR}
     batch = base["runtime"]["max_batch"]
 
     timings = {"ours": 0.0, "transformer_lens": 0.0, "attribution": 0.0}
     max_diff, rhos = 0.0, {}
     for task, frame in frames.items():
         tokens = P.tokenise_prompts(frame, lm.tokenizer, lm.spec.prepend_bos)
-        pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, batch)
+        pool = make_groups(tokens[tokens["role"].isin(load_task(task).ablation_roles)], lm.device, batch)
         values = AblationValues("mean", lm, pool, seed=0)
         exact_sum = torch.zeros(lm.n_layers, lm.n_heads)
         attr_sum = torch.zeros(lm.n_layers, lm.n_heads)

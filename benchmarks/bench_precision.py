@@ -30,7 +30,8 @@ from ioi_anti.categories import bootstrap_correlations, categorise
 from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
 from ioi_anti.models import ModelSpec, load_model, load_tokenizer, release_models
 from ioi_anti.report import markdown_table
-from ioi_anti.sweep import TASKS, ModelSweep, baseline_table
+from ioi_anti.sweep import ModelSweep, baseline_table
+from ioi_anti.tasks import PAIR as TASKS
 
 
 def measure(spec: ModelSpec, tokens: pd.DataFrame, runtime: dict, precision: str, layers: list[int] | None,

@@ -32,7 +32,9 @@ from scipy.stats import pearsonr, spearmanr
 
 from ioi_anti import prompts as P
 from ioi_anti.models import ModelSpec, load_model, load_tokenizer
-from ioi_anti.sweep import TASKS, ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
+from ioi_anti.sweep import ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
+from ioi_anti.tasks import PAIR as TASKS
+from ioi_anti.tasks import make_task_prompts
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -49,9 +51,7 @@ def _deltas(long: pd.DataFrame, gaps: dict[str, float]) -> pd.DataFrame:
 
 def default_prompts(specs: list[ModelSpec], data: dict, seed: int) -> pd.DataFrame:
     """The default run's IOI and anti-repetition prompts, over the word lists every model tokenises alike."""
-    vocab, _ = P.build_vocabulary(data, {s.model_id: load_tokenizer(s) for s in specs})
-    return pd.concat([P.make_ioi_dataset(vocab, data, seed), P.make_anti_dataset(vocab, data, seed)],
-                     ignore_index=True)
+    return make_task_prompts(TASKS, data, {s.model_id: load_tokenizer(s) for s in specs}, seed)[0]
 
 
 def replay_share(n_layers: int, layers: list[int]) -> float:

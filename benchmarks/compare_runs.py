@@ -16,7 +16,7 @@ import pandas as pd
 
 from ioi_anti.categories import categorise
 from ioi_anti.report import markdown_table
-from ioi_anti.sweep import TASKS
+from ioi_anti.tasks import PAIR as TASKS
 
 
 def flips(ref: pd.DataFrame, other: pd.DataFrame, tau: float) -> list[str]:

@@ -12,8 +12,9 @@ import yaml
 from transformers import PreTrainedTokenizerBase
 
 from ioi_anti import prompts as P
-from ioi_anti.ablation import REFERENCE_ROLES, AblationValues, PromptGroup, make_groups
+from ioi_anti.ablation import AblationValues, PromptGroup, make_groups
 from ioi_anti.models import LoadedModel, ModelSpec, load_model, load_tokenizer
+from ioi_anti.tasks import PAIR, load_task, make_task_prompts
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -102,9 +103,8 @@ def small_prompt_sets(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> 
     params = project_params("parameters_data_generation.yml")["data_generation"]
     params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
     params["anti"].update(n_prompts=10, mean_pool_per_template=2)
-    vocab, _ = P.build_vocabulary(params, {"model": tokenizer})
-    frames = {"ioi": P.make_ioi_dataset(vocab, params, 0), "anti": P.make_anti_dataset(vocab, params, 0)}
-    return {task: P.tokenise_prompts(frame, tokenizer, prepend_bos) for task, frame in frames.items()}
+    frame, _ = make_task_prompts(PAIR, params, {"model": tokenizer}, 0)
+    return {task: P.tokenise_prompts(frame[frame["task"] == task], tokenizer, prepend_bos) for task in PAIR}
 
 
 @pytest.fixture(scope="session")
@@ -124,5 +124,5 @@ def setup_task(
 ) -> tuple[list[PromptGroup], AblationValues]:
     """Clean groups of a task and its ablation values."""
     groups = make_groups(tokens[tokens["role"] == "clean"], lm.device, max_batch)
-    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
+    pool = make_groups(tokens[tokens["role"].isin(load_task(task).ablation_roles)], lm.device, max_batch)
     return groups, AblationValues(kind, lm, pool, seed=0)

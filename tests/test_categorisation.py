@@ -221,4 +221,51 @@ def test_grid_validation_accepts_complete_grids_and_rejects_missing_columns() ->
 def test_categorisation_pipeline_assembles() -> None:
     pipeline = create_pipeline()
     assert pipeline.inputs() == {"per_head", "params:categorisation", "params:seed"}
-    assert pipeline.all_outputs() == {"head_categories", "strong_head_counts", "layer_counts", "correlations"}
+    assert pipeline.all_outputs() == {"head_categories", "strong_head_counts", "layer_counts", "correlations",
+                                      "signature_counts", "task_correlations"}
+
+
+def with_task(table: pd.DataFrame, task: str, delta: list[float], half_width: float = 0.001) -> pd.DataFrame:
+    """``table`` with a third task's Δ and intervals."""
+    return table.assign(**{f"delta_{task}": delta, f"delta_{task}_low": np.array(delta) - half_width,
+                           f"delta_{task}_high": np.array(delta) + half_width})
+
+
+def test_role_signature_names_every_task_a_head_is_strong_on() -> None:
+    heads = with_task(tiny_heads([-0.2, 0.0, -0.2, 0.0, 0.0, 0.06], [-0.2, 0.0, 0.0, 0.07, 0.0, 0.0]),
+                      "induction", [-0.3, -0.3, 0.0, 0.0, 0.0, 0.055], half_width=0.01)
+    out = categories.categorise(heads, 0.05)
+    assert categories.table_tasks(heads) == ["ioi", "anti", "induction"]
+    assert out["signature"].tolist() == ["ioi+anti+induction", "induction", "ioi", "anti", "none", "ioi+induction"]
+    assert out["category"].tolist() == ["shared", "weak", "IOI-only", "anti-only", "weak", "IOI-only"]
+    assert out["signature_robust"].iloc[5] == "ioi", "induction's interval there reaches below τ"
+
+
+def test_signature_counts_add_up_to_every_head_per_model_and_tau() -> None:
+    table = make_per_head(FOUR_MODELS, seed=3)
+    rng = np.random.default_rng(0)
+    table = with_task(table, "factual", list(rng.laplace(0, 0.03, len(table))))
+    counts = categories.signature_counts(categories.categorise_all_taus(table, 0.05, [0.03]))
+    per_model = counts.groupby(["model", "tau"])["count"].sum()
+    sizes = table.groupby("model").size()
+    assert all(per_model[(model, tau)] == sizes[model] for model, tau in per_model.index)
+    assert (counts["n_robust"] <= counts["count"]).all()
+    assert set(counts.loc[counts["signature"] == "none", "n_tasks"]) == {0}
+    assert counts.loc[counts["signature"] == "ioi+anti+factual", "n_tasks"].eq(3).all()
+
+
+def test_task_correlations_cover_every_pair_and_match_the_pairs_own_table() -> None:
+    table = make_per_head(FOUR_MODELS, seed=3)
+    rng = np.random.default_rng(1)
+    table = with_task(table, "induction", list(0.5 * table["delta_ioi"] + rng.normal(0, 0.01, len(table))))
+    corr = categories.task_correlations(table, 200, seed=0)
+    assert set(zip(corr["task_x"], corr["task_y"], strict=True)) == {
+        ("ioi", "anti"), ("ioi", "induction"), ("anti", "induction")}
+    pair = corr[(corr["task_x"] == "ioi") & (corr["task_y"] == "anti")].set_index("model")
+    own = categories.correlations(table, 200, seed=0).set_index("model")
+    for column in ("pearson", "pearson_low", "pearson_high", "spearman"):
+        np.testing.assert_allclose(pair[column], own.loc[pair.index, column])
+    for model, heads in table.groupby("model"):
+        row = corr[(corr["model"] == model) & (corr["task_y"] == "induction") & (corr["task_x"] == "ioi")].iloc[0]
+        assert row["pearson"] == pytest.approx(pearsonr(heads["delta_ioi"], heads["delta_induction"]).statistic)
+        assert row["pearson_low"] <= row["pearson"] <= row["pearson_high"]

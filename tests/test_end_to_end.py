@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -180,6 +181,17 @@ def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
     for text in ("smollm2-135m", "gemma3-270m", "## Models compared", "## Hero heads", "all_heads_phase_space.png",
                  "mean", "### Where each hero's effect goes", *routes["verdict"]):
         assert text in report, text
+
+
+def test_the_default_tasks_give_the_per_head_table_of_the_code_before_tasks(project: Path) -> None:
+    """IOI and anti-repetition as task modules measure what the two-task code did: the reference table was
+    computed by the code before ``ioi_anti.tasks`` (commit 2d7b353) with these small settings."""
+    reference = pd.read_parquet(PROJECT / "tests" / "data" / "per_head_small_before_tasks.parquet")
+    table = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    table = table.set_index(["model", "layer", "head"]).loc[reference.set_index(["model", "layer", "head"]).index]
+    for column in reference.columns.drop(["model", "layer", "head"]):
+        np.testing.assert_allclose(table[column].to_numpy(float), reference[column].to_numpy(float), atol=2e-5,
+                                   rtol=0, err_msg=column)
 
 
 def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, cluster_run: ClusterRun, smol,

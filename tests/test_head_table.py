@@ -8,6 +8,7 @@ import pytest
 
 from ioi_anti.pipelines.head_ablation.nodes import attribution_agreement, model_head_table
 from ioi_anti.sweep import Screen, screen_selection
+from ioi_anti.tasks import PAIR
 
 N_LAYERS, N_HEADS, N_PROMPTS = 2, 3, 6
 PARAMS = {"n_boot": 500, "ci": 0.95, "ablation": "mean"}
@@ -31,7 +32,7 @@ def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_delta_is_mean_effect_over_mean_gap_with_an_interval() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
     assert len(table) == N_LAYERS * N_HEADS and table["gap_ok"].all()
     for task in ("ioi", "anti"):
         base = baseline[baseline["task"] == task]
@@ -47,7 +48,7 @@ def test_delta_is_mean_effect_over_mean_gap_with_an_interval() -> None:
 def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:
     long, baseline = _inputs()
     baseline.loc[baseline["task"] == "anti", "m_ref"] = baseline["m_clean"] + 1.0
-    assert not model_head_table(long, baseline, PARAMS, seed=0)["gap_ok"].any()
+    assert not model_head_table(long, baseline, PAIR, PARAMS, seed=0)["gap_ok"].any()
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -58,14 +59,14 @@ def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:
 def test_the_grid_is_validated_against_the_model_config(edit, message: str) -> None:
     long, baseline = _inputs()
     with pytest.raises(ValueError, match=message):
-        model_head_table(edit(long), baseline, PARAMS, seed=0)
+        model_head_table(edit(long), baseline, PAIR, PARAMS, seed=0)
 
 
 def test_attribution_agreement_over_all_and_top_heads() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
     perfect = table.assign(attr_delta_ioi=table["delta_ioi"] * 2, attr_delta_anti=-table["delta_anti"])
-    rows = {(row["task"], row["tau"]): row for row in attribution_agreement(perfect, [0.03, 0.05])}
+    rows = {(row["task"], row["tau"]): row for row in attribution_agreement(perfect, PAIR, [0.03, 0.05])}
     ioi, anti = rows[("ioi", 0.05)], rows[("anti", 0.05)]
     assert ioi["spearman"] == pytest.approx(1.0) and anti["spearman"] == pytest.approx(-1.0)
     assert ioi["pearson"] == pytest.approx(1.0) and anti["pearson"] == pytest.approx(-1.0)
@@ -76,11 +77,11 @@ def test_attribution_agreement_over_all_and_top_heads() -> None:
 
 def test_recall_counts_strong_heads_found_among_the_top_k_estimates() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
     strongest = table["delta_ioi"].abs().idxmax()
     hidden = table.assign(attr_delta_ioi=table["delta_ioi"].where(table.index != strongest, 0.0))
     n_strong = int((table["delta_ioi"].abs() >= 0.05).sum())
-    row = next(r for r in attribution_agreement(hidden, [0.05]) if r["task"] == "ioi")
+    row = next(r for r in attribution_agreement(hidden, PAIR, [0.05]) if r["task"] == "ioi")
     assert row["n_strong"] == n_strong and row["recall_at_k"] == pytest.approx((n_strong - 1) / n_strong)
 
 
@@ -91,8 +92,8 @@ def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere
     keep = long["method"] == "attribution"
     for task, heads in measured.items():
         keep |= ((long["method"] == "exact") & (long["task"] == task)).to_numpy() & head.isin(heads).to_numpy()
-    table = model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured)
-    full = model_head_table(long, baseline, PARAMS, seed=0)
+    table = model_head_table(long[keep], baseline, PAIR, PARAMS, seed=0, exact_heads=measured)
+    full = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
     rows = pd.Series(list(zip(table["layer"], table["head"], strict=True)))
     for task, heads in measured.items():
         is_exact = rows.isin(heads).to_numpy()
@@ -100,11 +101,11 @@ def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere
         np.testing.assert_allclose(table.loc[is_exact, f"delta_{task}"], full.loc[is_exact, f"delta_{task}"])
         np.testing.assert_allclose(table.loc[~is_exact, f"delta_{task}"], full.loc[~is_exact, f"attr_delta_{task}"])
         assert table[f"delta_{task}_low"].notna().all()
-    agreement = pd.DataFrame(attribution_agreement(table, [0.05])).set_index("task")
+    agreement = pd.DataFrame(attribution_agreement(table, PAIR, [0.05])).set_index("task")
     assert agreement["n_heads"].to_dict() == {"ioi": 2, "anti": 2}
     assert agreement[["spearman", "pearson", "spearman_top"]].isna().all().all()  # two heads: no correlation
     with pytest.raises(ValueError, match="anti/exact misses 1 heads"):
-        model_head_table(long[keep], baseline, PARAMS, seed=0, exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
+        model_head_table(long[keep], baseline, PAIR, PARAMS, seed=0, exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
 
 
 def test_screen_selection_takes_heads_near_tau_and_the_top_k_per_task() -> None:
@@ -128,15 +129,20 @@ def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -
 
     long, baseline = _inputs()
     old = baseline.drop(columns="tuning").assign(correct_clean=True)
-    tokens = pd.DataFrame({"prompt_id": [0], "task": ["ioi"], "role": ["clean"], "pair_id": [0], "template_id": [0],
-                           "input_ids": [[1, 2]], "metric_token_ids": [[2]], "metric_weights": [[1.0]]})
+    tokens = pd.DataFrame({"prompt_id": [0, 0], "task": ["ioi", "anti"], "role": ["clean"] * 2, "pair_id": [0, 0],
+                           "template_id": [0, 0], "input_ids": [[1, 2]] * 2, "metric_token_ids": [[2]] * 2,
+                           "metric_weights": [[1.0]] * 2})
     runtime = {"device": "cpu", "dtype": "float32"}
     registry = {"tiny": {"family": "gpt2", "source": "hub", "hf_name": "tiny", "tuning": "instruct"}}
-    baselines = {baseline_key("tiny", tokens, runtime): lambda: old}
+    baselines, effects = {}, {}
+    for task in ("ioi", "anti"):
+        rows = tokens[tokens["task"] == task]
+        baselines[baseline_key("tiny", rows, runtime)] = lambda task=task: old[old["task"] == task]
+        prefix = partition_prefix("tiny", task, fingerprint("tiny", rows, _settings(runtime, PARAMS, None)))
+        effects[f"{prefix}/layer_000"] = lambda task=task: long[long["task"] == task]
     summary = summarise_baselines(baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime, seed=0, n_boot=50)
     assert set(summary["tuning"]) == {"instruct"}
-    prefix = partition_prefix("tiny", fingerprint("tiny", tokens, _settings(runtime, PARAMS, None)))
     per_head, _agreement, metadata = summarise_heads(
-        {f"{prefix}/layer_000": lambda: long}, baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime,
+        ["ioi", "anti"], effects, baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime,
         PARAMS, {"tau": 0.05, "sensitivity_taus": [0.03]}, seed=0)
     assert set(per_head["tuning"]) == {"instruct"} and metadata["model_config"][0]["tuning"] == "instruct"

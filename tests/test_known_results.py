@@ -14,6 +14,7 @@ import pytest
 from ioi_anti import prompts as P
 from ioi_anti.models import ModelSpec, hub_is_cached, hub_is_reachable, load_model, load_tokenizer
 from ioi_anti.sweep import ModelSweep, baseline_table
+from ioi_anti.tasks import PAIR, make_task_prompts
 
 RUNTIME = {"device": "auto", "dtype": "float32", "max_batch": 64, "max_rows": 512}
 
@@ -21,8 +22,7 @@ RUNTIME = {"device": "auto", "dtype": "float32", "max_batch": 64, "max_rows": 51
 def ioi_head_means(spec: ModelSpec, params: dict[str, Any], layers: Sequence[int]) -> tuple[pd.Series, float]:
     """Mean IOI effect of each head of ``layers`` (mean ablation) and the clean IOI metric."""
     tokenizer = load_tokenizer(spec)
-    vocab, _ = P.build_vocabulary(params, {spec.model_id: tokenizer})
-    frame = pd.concat([P.make_ioi_dataset(vocab, params, 0), P.make_anti_dataset(vocab, params, 0)])
+    frame, _ = make_task_prompts(PAIR, params, {spec.model_id: tokenizer}, 0)
     tokens = P.tokenise_prompts(frame, tokenizer, spec.prepend_bos)
     sweep = ModelSweep(spec, tokens, RUNTIME, "mean", seed=0)
     effects = pd.concat([sweep.layer_effects(layer) for layer in layers])

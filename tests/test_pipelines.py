@@ -35,7 +35,7 @@ def test_five_pipelines_and_default(project: Path) -> None:
         assert set(pipelines[name].nodes) <= set(default.nodes)
         assert pipelines[name].nodes, name
     outputs = default.all_outputs()
-    assert {"ioi_prompts", "anti_prompts", "baseline", "per_head", "report"} <= outputs
+    assert {"prompts", "baseline", "per_head", "report"} <= outputs
 
 
 def test_every_dataset_is_in_the_catalog_and_results_are_versioned(project: Path) -> None:
@@ -45,7 +45,7 @@ def test_every_dataset_is_in_the_catalog_and_results_are_versioned(project: Path
             if name.startswith("params:") or name == "parameters":
                 continue
             assert name in catalog, f"{name} is not in the catalog"
-        for name in ("baseline", "per_head", "ioi_prompts", "run_metadata"):
+        for name in ("baseline", "per_head", "prompts", "run_metadata"):
             assert catalog.get(name)._version is not None, f"{name} should be versioned"
 
 

@@ -11,16 +11,29 @@ import torch
 
 from ioi_anti import prompts as P
 from ioi_anti.ablation import candidate_logits, make_groups
+from ioi_anti.tasks import anti, ioi
 
 
 @pytest.fixture()
 def vocab(dg_params, smol_tokenizer):
-    return P.build_vocabulary(dg_params, {"smol": smol_tokenizer})[0]
+    """The IOI word lists and the anti-repetition categories that are single tokens for SmolLM2."""
+    tokenizers = {"smol": smol_tokenizer}
+    words, _ = P.word_lists(dg_params["ioi"], tokenizers, {"names": "min_names", "places": "min_places",
+                                                           "objects": "min_objects"})
+    return words | {"categories": anti.categories(dg_params["anti"], tokenizers)[0]}
+
+
+def make_ioi_dataset(vocab, params, seed):
+    return ioi.make_dataset(vocab, params["ioi"], seed).assign(task="ioi")
+
+
+def make_anti_dataset(vocab, params, seed):
+    return anti.make_dataset(vocab["categories"], params["anti"], seed).assign(task="anti")
 
 
 def test_templates_cover_baba_and_abba(dg_params, vocab) -> None:
     dg_params["ioi"]["n_prompts"] = 60
-    frame = P.make_ioi_dataset(vocab, dg_params, seed=0)
+    frame = make_ioi_dataset(vocab, dg_params, seed=0)
     clean = frame[frame["role"] == "clean"]
     assert len(dg_params["ioi"]["baba_templates"]) >= 15
     assert clean["template_id"].nunique() == 2 * len(dg_params["ioi"]["baba_templates"])
@@ -32,7 +45,7 @@ def test_templates_cover_baba_and_abba(dg_params, vocab) -> None:
 
 
 def test_abc_reference_differs_only_in_second_subject(dg_params, vocab) -> None:
-    frame = P.make_ioi_dataset(vocab, dg_params, seed=3)
+    frame = make_ioi_dataset(vocab, dg_params, seed=3)
     clean = frame[frame["role"] == "clean"].set_index("pair_id")
     ref = frame[frame["role"] == "ref"].set_index("pair_id")
     assert len(ref) == len(clean) == dg_params["ioi"]["n_prompts"]
@@ -46,7 +59,7 @@ def test_abc_reference_differs_only_in_second_subject(dg_params, vocab) -> None:
 
 
 def test_copy_prompts_hold_the_same_items_and_invite_a_repeat(dg_params, vocab) -> None:
-    frame = P.make_anti_dataset(vocab, dg_params, seed=0)
+    frame = make_anti_dataset(vocab, dg_params, seed=0)
     clean = frame[frame["role"] == "clean"].set_index("pair_id")
     ref = frame[frame["role"] == "ref"].set_index("pair_id")
     assert clean["category"].nunique() >= 3 and clean["template_id"].nunique() == 9
@@ -63,7 +76,7 @@ def test_copy_prompts_hold_the_same_items_and_invite_a_repeat(dg_params, vocab) 
 
 
 def test_same_seed_same_prompts_other_seed_other_prompts(dg_params, vocab) -> None:
-    for make in (P.make_ioi_dataset, P.make_anti_dataset):
+    for make in (make_ioi_dataset, make_anti_dataset):
         pd.testing.assert_frame_equal(make(vocab, dg_params, 7), make(vocab, dg_params, 7))
         assert not make(vocab, dg_params, 7)["text"].equals(make(vocab, dg_params, 8)["text"])
 
@@ -74,7 +87,7 @@ def test_single_token_filter_drops_and_explains(dg_params, smol_tokenizer) -> No
     assert {d["word"] for d in dropped} == {"saxophone", "Bartholomew"}
     dg_params["ioi"]["names"] = ["Mary", "John", "Bartholomew"]
     with pytest.raises(P.VocabularyError, match=r"Only 2 names .* \(smol\); at least 12 are needed"):
-        P.build_vocabulary(dg_params, {"smol": smol_tokenizer})
+        ioi.make_prompts(dg_params["ioi"], {"smol": smol_tokenizer}, 0)
 
 
 def test_vocabulary_is_shared_by_every_tokenizer(dg_params, smol_tokenizer) -> None:
@@ -85,21 +98,21 @@ def test_vocabulary_is_shared_by_every_tokenizer(dg_params, smol_tokenizer) -> N
             ids = smol_tokenizer(text, add_special_tokens=add_special_tokens).input_ids
             return type("Enc", (), {"input_ids": ids * 2 if text == " Mary" else ids})()
 
-    vocab, log = P.build_vocabulary(dg_params, {"smol": smol_tokenizer, "other": NoMary()})
-    assert "Mary" not in vocab["names"]
+    prompts, log = ioi.make_prompts(dg_params["ioi"], {"smol": smol_tokenizer, "other": NoMary()}, 0)
+    assert "Mary" not in set(prompts["io"]) | set(prompts["s"]) and "Mary" in dg_params["ioi"]["names"]
     assert log[(log["word"] == "Mary")]["tokenizer"].tolist() == ["other"]
 
 
 def test_empty_prompt_set_is_an_error(dg_params, vocab, smol_tokenizer) -> None:
     dg_params["ioi"]["n_prompts"] = 0
     with pytest.raises(ValueError, match="at least 1"):
-        P.make_ioi_dataset(vocab, dg_params, 0)
+        make_ioi_dataset(vocab, dg_params, 0)
     with pytest.raises(ValueError, match="empty"):
         P.tokenise_prompts(pd.DataFrame(), smol_tokenizer, False)
 
 
 def test_end_position_and_bos(dg_params, vocab, smol_tokenizer) -> None:
-    frame = P.make_ioi_dataset(vocab, dg_params, 0)
+    frame = make_ioi_dataset(vocab, dg_params, 0)
     with_bos = P.tokenise_prompts(frame, smol_tokenizer, prepend_bos=True)
     without = P.tokenise_prompts(frame, smol_tokenizer, prepend_bos=False)
     bos = smol_tokenizer.bos_token_id
@@ -113,7 +126,7 @@ def test_end_position_and_bos(dg_params, vocab, smol_tokenizer) -> None:
 @pytest.mark.integration
 def test_grouped_batches_read_each_prompts_own_end(smol, dg_params, vocab) -> None:
     """Grouping by length gives exactly the single-prompt metric; a right-padded batch would not."""
-    frame = P.make_ioi_dataset(vocab, dg_params, 0)
+    frame = make_ioi_dataset(vocab, dg_params, 0)
     tokens = P.tokenise_prompts(frame[frame["role"] == "clean"].head(8), smol.tokenizer, False)
     _, batched, _ = candidate_logits(smol, make_groups(tokens, smol.device))
     singles = [candidate_logits(smol, make_groups(tokens.iloc[[i]], smol.device))[1][0] for i in range(len(tokens))]

@@ -109,14 +109,15 @@ def _with(params: dict, dotted: str, value: object) -> dict:
 
 def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_params) -> None:
     """data_generation.seed draws the prompts; head_ablation.seed the resample ablation; seed the bootstrap."""
-    from ioi_anti.pipelines.data_generation.nodes import make_ioi_prompts
+    from ioi_anti.pipelines.data_generation.nodes import make_prompts
     from ioi_anti.pipelines.head_ablation.nodes import model_head_table
-    from ioi_anti.prompts import build_vocabulary
 
-    vocab, _ = build_vocabulary(dg_params, {"model": smol_tokenizer})
-    prompts = make_ioi_prompts(vocab, dg_params)
-    assert make_ioi_prompts(vocab, dg_params).equals(prompts)
-    assert not make_ioi_prompts(vocab, dg_params | {"seed": 1})["text"].equals(prompts["text"])
+    registry = _base_params()["model_registry"]
+    prompts, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params)
+    assert make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params)[0].equals(prompts)
+    other, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params | {"seed": 1})
+    for task in ("ioi", "anti"):
+        assert not other.loc[other["task"] == task, "text"].equals(prompts.loc[prompts["task"] == task, "text"])
 
     rng = np.random.default_rng(0)
     baseline = pd.DataFrame([{"task": t, "pair_id": i, "m_clean": 3 + rng.normal(), "m_ref": rng.normal(),
@@ -126,7 +127,7 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
     long = pd.DataFrame([{"task": t, "layer": 0, "head": h, "pair_id": i, "method": m, "effect": rng.normal()}
                          for t in ("ioi", "anti") for m in ("exact", "attribution") for h in (0, 1) for i in range(8)])
     params = {"n_boot": 200, "ci": 0.95, "ablation": "mean"}
-    first, other = model_head_table(long, baseline, params, seed=0), model_head_table(long, baseline, params, seed=1)
+    first, other = (model_head_table(long, baseline, ["ioi", "anti"], params, seed=seed) for seed in (0, 1))
     pd.testing.assert_series_equal(first["delta_ioi"], other["delta_ioi"])
     assert not np.allclose(first["delta_ioi_low"], other["delta_ioi_low"])
 
@@ -151,12 +152,13 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
 def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_tokenizer, tokens_by_task) -> None:
     from tiny_models import tiny_model
 
-    from ioi_anti.ablation import REFERENCE_ROLES, make_groups
+    from ioi_anti.ablation import make_groups
+    from ioi_anti.tasks import load_task
 
     lm = tiny_model("gpt2", smol_tokenizer)
     tokens = tokens_by_task["ioi"]
     group = make_groups(tokens[tokens["role"] == "clean"], lm.device)[0]
-    pool = make_groups(tokens[tokens["role"].isin(REFERENCE_ROLES["ioi"])], lm.device)
+    pool = make_groups(tokens[tokens["role"].isin(load_task("ioi").ablation_roles)], lm.device)
     values = {(kind, seed): AblationValues(kind, lm, pool, seed).for_group(group)
               for kind in ("mean", "resample") for seed in (0, 1)}
     assert torch.equal(values[("mean", 0)], values[("mean", 1)])

@@ -38,11 +38,21 @@ from ioi_anti.pipelines import categorisation, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
     correlate_deltas,
+    correlate_tasks,
     count_heads_by_layer,
+    count_signatures,
     count_strong_heads,
 )
 from ioi_anti.pipelines.reporting import nodes
-from ioi_anti.report import FIGURES, GAP_WARNING, HERO_FIGURES, decomposition_key, markdown_table, screening_section
+from ioi_anti.report import (
+    FIGURES,
+    GAP_WARNING,
+    HERO_FIGURES,
+    TASK_ROLES_FIGURE,
+    decomposition_key,
+    markdown_table,
+    screening_section,
+)
 from ioi_anti.routes import route_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -70,6 +80,8 @@ def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
         "strong_head_counts": count_strong_heads(head_categories),
         "layer_counts": count_heads_by_layer(head_categories, CAT_PARAMS),
         "correlations": correlate_deltas(per_head, CAT_PARAMS, seed=0),
+        "signature_counts": count_signatures(head_categories),
+        "task_correlations": correlate_tasks(per_head, CAT_PARAMS, seed=0),
         "baseline": make_baseline(per_head),
         "run_metadata": make_run_metadata(per_head),
         "attribution_agreement": make_attribution_agreement(per_head),
@@ -92,6 +104,8 @@ def figures_of(tables: dict[str, Any]) -> dict[str, Figure]:
         "strong_head_scaling_plot": nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS),
         "all_heads_phase_space_plot": nodes.plot_all_heads_phase_space(tables["head_categories"], REP_PARAMS),
         "family_grid_plot": nodes.plot_family_grid(tables["head_categories"], REP_PARAMS),
+        "task_roles_plot": nodes.plot_task_roles(tables["signature_counts"], tables["task_correlations"],
+                                                 tables.get("tasks", ["ioi", "anti"]), REP_PARAMS),
     }
     return figures | nodes.plot_layer_hists(tables["layer_counts"], REP_PARAMS)
 
@@ -108,7 +122,7 @@ def saved_figures(tables: dict[str, Any]) -> dict[str, SavedFigure]:
     figures = figures_of(tables)
     stand_in = _png(figures["all_heads_phase_space_plot"])
     saved = {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v1/{fig.file_name}", _png(figures[fig.dataset]))
-             for fig in FIGURES}
+             for fig in (*FIGURES, TASK_ROLES_FIGURE)}
     saved |= {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v0/{fig.file_name}", stand_in) for fig in HERO_FIGURES}
     saved["layer_hists"] = {key: (lambda key=key: SavedFigure(f"{out}/layer_hists/{key}.png", _png(figures[key])))
                             for key in figures if key.startswith("layer_hist_")}
@@ -124,7 +138,8 @@ def report_pages_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None 
         tables["baseline"], tables["run_metadata"] if run_metadata is None else run_metadata,
         tables["head_categories"], tables["strong_head_counts"], tables["correlations"],
         tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS),
-        nodes.plot_interactive_phase_space(tables["head_categories"]), params=REP_PARAMS, **saved_figures(tables),
+        nodes.plot_interactive_phase_space(tables["head_categories"]), signature_counts=tables["signature_counts"],
+        task_correlations=tables["task_correlations"], params=REP_PARAMS, **saved_figures(tables),
     )
 
 
@@ -274,11 +289,11 @@ def test_reporting_pipeline_assembles() -> None:
     assert pipeline.inputs() == {
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
         "attribution_agreement", *HERO_INPUTS, "params:reporting", *(fig.dataset for fig in HERO_FIGURES),
-        "hero_decomposition_plots",
+        "hero_decomposition_plots", "signature_counts", "task_correlations", "params:tasks",
     }
     assert pipeline.outputs() == {"corr_vs_scale_cross_family", "report", "report_html"}
-    assert {fig.dataset for fig in FIGURES} | {"layer_hists", "all_heads_phase_space_interactive"} <= (
-        pipeline.all_outputs())
+    extra = {"layer_hists", "all_heads_phase_space_interactive", "task_roles_plot"}
+    assert {fig.dataset for fig in FIGURES} | extra <= pipeline.all_outputs()
 
 
 def test_report_shows_every_figure_by_a_relative_link_and_the_html_page_embeds_them() -> None:
@@ -358,11 +373,13 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     for name, value in config["parameters"].items():
         catalog[f"params:{name}"] = value
     catalog["params:seed"] = 0
+    catalog["params:tasks"] = ["ioi", "anti"]
     pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
     SequentialRunner().run(pipeline, catalog)
     out = tmp_path / "data"
-    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 4 + 2  # + hero_paths, hero_attention
-    assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES) + len(HERO_FIGURES)
+    # 6 categorisation tables + hero_paths, hero_attention; every figure, task roles included
+    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 6 + 2
+    assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES) + len(HERO_FIGURES) + 1
     assert next((out / "08_reporting").glob("report.html/*/report.html")).read_text().count("<img") == (
         len(FIGURES) + len(HERO_FIGURES) + tables["per_head"]["model"].nunique() + len(hero_models))
     assert {p.name for p in (out / "08_reporting" / "layer_hists").iterdir()} == {
@@ -498,3 +515,31 @@ def test_screening_section_counts_each_task_and_the_largest_estimate_left() -> N
     assert "anti-repetition: 1 of 4 heads measured exactly, the largest |Δ| only estimated 0.003." in section
     exact = heads.assign(measured_by_ioi="exact", measured_by_anti="exact")
     assert screening_section(exact) == ""
+
+
+def test_a_run_of_more_than_two_tasks_reports_roles_over_all_of_them() -> None:
+    """Signatures, task correlations and a task's own score appear with more than two tasks, not with two."""
+    rng = np.random.default_rng(5)
+    per_head = make_per_head(FOUR_MODELS[:2])
+    for task in ("induction", "factual"):
+        delta = 0.4 * per_head["delta_ioi"] + rng.laplace(0, 0.02, len(per_head))
+        per_head[f"delta_{task}"], per_head[f"delta_{task}_low"] = delta, delta - 0.01
+        per_head[f"delta_{task}_high"] = delta + 0.01
+    per_head["induction_score"] = np.clip(-per_head["delta_induction"] * 3, 0, 1)
+    tables = tables_for(FOUR_MODELS[:2])
+    head_categories = categorise_heads(per_head, CAT_PARAMS)
+    tables |= {"per_head": per_head, "head_categories": head_categories,
+               "signature_counts": count_signatures(head_categories),
+               "task_correlations": correlate_tasks(per_head, CAT_PARAMS, seed=0),
+               "tasks": ["ioi", "anti", "induction", "factual"]}
+    section = report_of(tables).split("## Roles over all tasks")[1].split("\n## ")[0]
+    assert "This run measured 4 tasks (ioi, anti, induction, factual)" in section
+    assert "../../task_roles.png/v1/task_roles.png" in section
+    assert "| gpt2-medium | ioi+anti+induction+factual |" in section
+    assert "| gpt2-medium | induction vs factual |" in section
+    assert "`induction_score` beside Δ_induction" in section and "- gpt2: ρ = " in section
+    assert "## Roles over all tasks" not in report_of(tables_for(FOUR_MODELS[:2]))
+    fig = nodes.plot_task_roles(tables["signature_counts"], tables["task_correlations"], tables["tasks"], REP_PARAMS)
+    matrices = [ax for ax in fig.axes if ax.images]
+    assert len(matrices) == 2 and [t.get_text() for t in matrices[0].get_yticklabels()] == [
+        "IOI", "anti-repetition", "induction", "factual recall"]

@@ -38,7 +38,6 @@ from ioi_anti.models import LoadedModel
 from ioi_anti.precision import at_least_float32
 
 ABLATIONS = ("mean", "zero", "resample")
-REFERENCE_ROLES = {"ioi": ("ref", "pool"), "anti": ("clean", "pool")}
 
 
 def z_hook_name(layer: int) -> str:
@@ -184,6 +183,25 @@ def clean_pass(lm: LoadedModel, group: PromptGroup, keep_resid: bool, keep_z: bo
     if keep_z:
         result.z = torch.stack([z_store[layer] for layer in range(lm.n_layers)])
     return result
+
+
+def attention_patterns(lm: LoadedModel, group: PromptGroup) -> Float[Tensor, "layer b head q k"]:
+    """Every layer's attention pattern on a group's prompts (one forward pass, stopped at the final norm)."""
+    store: dict[int, Tensor] = {}
+    hooks = []
+    for layer in range(lm.n_layers):
+        def save(pattern: Tensor, hook: Any, layer: int = layer) -> None:
+            store[layer] = pattern.detach().float()
+        hooks.append((f"blocks.{layer}.attn.hook_pattern", save))
+    handle = lm.bridge.ln_final.register_forward_pre_hook(_stop_at_final_norm)
+    try:
+        with torch.no_grad():
+            lm.bridge.run_with_hooks(group.input_ids, fwd_hooks=hooks, use_cache=False, logits_to_keep=1)
+    except _FinalResidual:
+        pass
+    finally:
+        handle.remove()
+    return torch.stack([store[layer] for layer in range(lm.n_layers)])
 
 
 def _repeat_batch(value: Any, batch: int, times: int) -> Any:

@@ -9,7 +9,7 @@ head supports the behaviour (ablating it hurts), Δ > 0 that it opposes it.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,7 @@ def _check_model_grid(model: str, rows: pd.DataFrame) -> None:
     missing = sorted(expected - set(pairs))
     if missing:
         raise ValueError(f"model {model!r}: {len(missing)} head(s) missing from the grid, e.g. {missing[:5]}.")
-    for column in ("delta_ioi", "delta_anti"):
+    for column in (f"delta_{task}" for task in table_tasks(rows)):
         n_bad = int((~np.isfinite(rows[column].to_numpy(dtype=float))).sum())
         if n_bad:
             raise ValueError(f"model {model!r}: {n_bad} non-finite value(s) in {column}.")
@@ -90,18 +90,34 @@ def _category(ioi: pd.Series, anti: pd.Series) -> np.ndarray:
     return np.select([ioi & anti, ioi, anti], ["shared", "IOI-only", "anti-only"], default="weak")
 
 
+def table_tasks(per_head: pd.DataFrame) -> list[str]:
+    """The tasks of a per-head table (those with ``delta_<task>`` and its interval), in column order."""
+    return [c.removeprefix("delta_") for c in per_head.columns
+            if c.startswith("delta_") and not c.endswith(("_low", "_high"))
+            and {f"{c}_low", f"{c}_high"} <= set(per_head.columns)]
+
+
+def signature(strong: pd.DataFrame, tasks: Sequence[str]) -> pd.Series:
+    """A head's role signature: the tasks it is strong on, joined by "+" in run order ("none" for none)."""
+    names = np.array(tasks, dtype=object)
+    flags = strong[[f"strong_{t}" for t in tasks]].to_numpy(bool) if len(strong) else np.zeros((0, len(tasks)), bool)
+    return pd.Series(["+".join(names[row]) or "none" for row in flags], index=strong.index, dtype=object)
+
+
 def categorise(per_head: pd.DataFrame, tau: float) -> pd.DataFrame:
     """Categorise every head at one τ.
 
-    Adds, per task, ``strong_<task>`` (|Δ| >= τ), ``robust_<task>`` (interval entirely beyond τ on
-    one side) and ``sign_<task>`` ("supports" for Δ < 0, "opposes" for Δ > 0, "none" for 0), plus
-    ``category``, ``category_robust`` and ``borderline`` (strong for a task but not robust for it).
+    Adds, per task of the table, ``strong_<task>`` (|Δ| >= τ), ``robust_<task>`` (interval entirely
+    beyond τ on one side) and ``sign_<task>`` ("supports" for Δ < 0, "opposes" for Δ > 0, "none" for 0);
+    ``category``, ``category_robust`` and ``borderline`` (strong for a task of the pair but not robust
+    for it) from the pair; and ``signature`` / ``signature_robust``, the tasks a head is strong (robust) on.
     """
     tau = validate_tau(tau)
     _check_columns(per_head, REQUIRED_COLUMNS)
     out = per_head.copy()
     out["tau"] = tau
-    for task in TASKS:
+    tasks = table_tasks(per_head)
+    for task in tasks:
         delta = out[f"delta_{task}"].astype(float)
         out[f"strong_{task}"] = delta.abs() >= tau - _TAU_ATOL
         out[f"robust_{task}"] = (out[f"delta_{task}_low"] >= tau - _TAU_ATOL) | (
@@ -111,6 +127,9 @@ def categorise(per_head: pd.DataFrame, tau: float) -> pd.DataFrame:
     out["category"] = _category(out["strong_ioi"], out["strong_anti"])
     out["category_robust"] = _category(out["robust_ioi"], out["robust_anti"])
     out["borderline"] = (out["strong_ioi"] & ~out["robust_ioi"]) | (out["strong_anti"] & ~out["robust_anti"])
+    out["signature"] = signature(out, tasks)
+    robust = out[[f"robust_{t}" for t in tasks]].set_axis([f"strong_{t}" for t in tasks], axis=1)
+    out["signature_robust"] = signature(robust, tasks)
     return out
 
 
@@ -237,6 +256,37 @@ def correlations(per_head: pd.DataFrame, n_boot: int, seed: int, level: float = 
         rows.append({"model": model, "n_heads": len(heads), **stats})
     info = _model_info(per_head).drop(columns="n_heads")
     table = pd.DataFrame(rows).merge(info, on="model")
+    table["n_boot"], table["level"] = n_boot, level
+    return table
+
+
+def signature_counts(head_categories: pd.DataFrame) -> pd.DataFrame:
+    """Heads per model x τ x role signature (the set of tasks a head is strong on), with how many of them
+    are robust for every task of their signature, and their share of the model's heads."""
+    keys = ["model", "tau", "signature"]
+    frame = head_categories.assign(robust=head_categories["signature"] == head_categories["signature_robust"])
+    table = frame.groupby(keys).agg(count=("layer", "size"), n_robust=("robust", "sum")).reset_index()
+    table["n_tasks"] = table["signature"].map(lambda s: 0 if s == "none" else s.count("+") + 1)
+    default = head_categories.groupby("tau")["is_default_tau"].first().rename("is_default_tau")
+    table = table.merge(_model_info(head_categories), on="model").merge(default, on="tau")
+    table["frac"] = table["count"] / (table["n_layers"] * table["n_heads"])
+    return table.sort_values(["tau", "model", "n_tasks", "count"], ascending=[True, True, True, False],
+                             ignore_index=True)
+
+
+def task_correlations(per_head: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -> pd.DataFrame:
+    """Per model and pair of the run's tasks, Pearson and Spearman of their Δ over all heads, with
+    bootstrap intervals over heads (one resampling per model, shared by every pair)."""
+    validate_grid(per_head)
+    tasks = table_tasks(per_head)
+    rows = []
+    for model, heads in per_head.groupby("model", sort=True):
+        for i, first in enumerate(tasks):
+            for second in tasks[i + 1:]:
+                x, y = heads[f"delta_{first}"].to_numpy(float), heads[f"delta_{second}"].to_numpy(float)
+                stats = bootstrap_correlations(x, y, n_boot, _model_seed(seed, str(model)), level)
+                rows.append({"model": model, "task_x": first, "task_y": second, "n_heads": len(heads), **stats})
+    table = pd.DataFrame(rows).merge(_model_info(per_head).drop(columns="n_heads"), on="model")
     table["n_boot"], table["level"] = n_boot, level
     return table
 

@@ -35,7 +35,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ioi_anti.ablation import (
-    REFERENCE_ROLES,
     AblationValues,
     CleanPass,
     clean_pass,
@@ -275,13 +274,14 @@ class HeroTask:
 
 
 def prepare_hero_task(
-    lm: LoadedModel, tokens: pd.DataFrame, task: str, ablation: str, seed: int, gap: float,
+    lm: LoadedModel, tokens: pd.DataFrame, task: str, roles: Sequence[str], ablation: str, seed: int, gap: float,
     max_prompts: int, max_batch: int,
 ) -> HeroTask:
-    """Clean passes (residuals and z kept) on the first ``max_prompts`` clean prompts of a task."""
+    """Clean passes (residuals and z kept) on the first ``max_prompts`` clean prompts of a task, and
+    ablation values from its prompts of ``roles`` (the task's ablation roles)."""
     rows = tokens[tokens["task"] == task]
     clean_rows = rows[rows["role"] == "clean"].sort_values("pair_id").head(max_prompts)
-    pool = make_groups(rows[rows["role"].isin(REFERENCE_ROLES[task])], lm.device, max_batch)
+    pool = make_groups(rows[rows["role"].isin(roles)], lm.device, max_batch)
     values = AblationValues(ablation, lm, pool, seed)
     groups = make_groups(clean_rows, lm.device, max_batch)
     return HeroTask(task=task, clean=[clean_pass(lm, g, keep_resid=True, keep_z=True) for g in groups],

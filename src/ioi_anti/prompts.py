@@ -1,32 +1,19 @@
-"""IOI and anti-repetition prompt datasets, the single-token word filter, and tokenisation.
+"""What every task's prompts go through: the single-token word filter and tokenisation.
 
-Both tasks share one table schema so that one metric and one ablation engine serve both:
-every prompt row carries ``metric_words`` and ``metric_weights``, and the task metric is
-``sum_k weight_k * logit(" " + word_k)`` read at the END token (the last token of the prompt).
-
-* IOI: words ``[IO, S]``, weights ``[+1, -1]`` -> logit(IO) - logit(S).
-* anti-repetition: words = the category's items; weight ``+1/n_new`` for items not in the
-  list, ``-1/n_context`` for items in the list -> mean new-item logit - mean in-context logit.
-
-``role`` is ``clean`` (the prompts whose heads are measured), ``ref`` (the paired reference
-prompt: the ABC counterpart for IOI, the matched copy prompt for anti-repetition) or ``pool``
-(extra prompts of the same templates, used only for mean / resample ablation values).
+Every task's prompt table shares one schema (:mod:`ioi_anti.tasks`), so that one metric and one
+ablation engine serve all tasks: every prompt row carries ``metric_words`` and ``metric_weights``,
+and the task metric is ``sum_k weight_k * logit(" " + word_k)`` read at the END token (the last
+token of the prompt).
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
-
-logger = logging.getLogger(__name__)
-
-NAME_SLOT = re.compile(r"\[(A|B)\]")
 
 
 class VocabularyError(ValueError):
@@ -52,7 +39,8 @@ def filter_words(
     return kept, dropped
 
 
-def _require(kept: Sequence[str], needed: int, what: str, tokenizers: Mapping[str, Any]) -> None:
+def require_words(kept: Sequence[str], needed: int, what: str, tokenizers: Mapping[str, Any]) -> None:
+    """Raise :class:`VocabularyError` when fewer than ``needed`` words survived the filter."""
     if len(kept) < needed:
         raise VocabularyError(
             f"Only {len(kept)} {what} are single tokens in every tokenizer of the run "
@@ -61,127 +49,37 @@ def _require(kept: Sequence[str], needed: int, what: str, tokenizers: Mapping[st
         )
 
 
-def build_vocabulary(
-    params: Mapping[str, Any], tokenizers: Mapping[str, PreTrainedTokenizerBase]
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Filter every word list once for the whole run; return the vocabulary and the drop log."""
+def word_lists(
+    params: Mapping[str, Any], tokenizers: Mapping[str, PreTrainedTokenizerBase], lists: Mapping[str, str]
+) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """The single-token words of each list ``params[key]`` (``lists``: key -> the key of its minimum count)
+    and the log of the words dropped, per tokenizer."""
     if not tokenizers:
         raise VocabularyError("No tokenizers given: the run has no models.")
-    ioi, anti = params["ioi"], params["anti"]
+    vocab: dict[str, list[str]] = {}
     drops: list[dict[str, str]] = []
-    vocab: dict[str, Any] = {"categories": {}}
-    for key, minimum in (("names", "min_names"), ("places", "min_places"), ("objects", "min_objects")):
-        kept, dropped = filter_words(ioi[key], tokenizers, key)
+    for key, minimum in lists.items():
+        kept, dropped = filter_words(params[key], tokenizers, key)
         drops += dropped
-        _require(kept, ioi[minimum], key, tokenizers)
+        require_words(kept, params[minimum], key, tokenizers)
         vocab[key] = kept
-    for category, items in anti["categories"].items():
-        kept, dropped = filter_words(items, tokenizers, f"category:{category}")
-        drops += dropped
-        if len(kept) >= anti["min_items_per_category"]:
-            vocab["categories"][category] = kept
-        else:
-            logger.warning(
-                "Category %r dropped: %d single-token items left, %d needed.",
-                category, len(kept), anti["min_items_per_category"],
-            )
-    _require(list(vocab["categories"]), anti["min_categories"], "anti-repetition categories", tokenizers)
-    log = pd.DataFrame(drops, columns=["list", "word", "tokenizer"])
-    for (name, what), group in log.groupby(["tokenizer", "list"]):
-        logger.info("Tokenizer %s: dropped %d %s: %s", name, len(group), what, ", ".join(group["word"]))
-    return vocab, log
+    return vocab, pd.DataFrame(drops, columns=["list", "word", "tokenizer"])
 
 
-def ioi_templates(baba: Sequence[str]) -> list[dict[str, Any]]:
-    """The BABA templates and their ABBA mirrors, each with its name-slot order."""
-    templates = []
-    for index, text in enumerate(baba):
-        slots = NAME_SLOT.findall(text)
-        if slots != ["B", "A", "B"]:
-            raise ValueError(f"IOI template {index} must name [B], [A], [B] in that order: {text!r}")
-        templates.append({"template": text, "kind": "BABA", "order": ("S", "IO", "S")})
-        templates.append({"template": text, "kind": "ABBA", "order": ("IO", "S", "S")})
-    return templates
-
-
-def _fill_ioi(template: str, names: Sequence[str], place: str, obj: str) -> str:
-    parts = NAME_SLOT.split(template)  # text, slot, text, slot, text, slot, text
-    text = parts[0] + names[0] + parts[2] + names[1] + parts[4] + names[2] + parts[6]
-    return text.replace("[PLACE]", place).replace("[OBJECT]", obj)
-
-
-def make_ioi_dataset(vocab: Mapping[str, Any], params: Mapping[str, Any], seed: int) -> pd.DataFrame:
-    """Clean IOI prompts, their ABC references and the mean-ablation pool (seeded)."""
-    ioi = params["ioi"]
-    if ioi["n_prompts"] < 1:
-        raise ValueError("data_generation.ioi.n_prompts must be at least 1.")
-    rng = np.random.default_rng(seed)
-    templates = ioi_templates(ioi["baba_templates"])
-    rows: list[dict[str, Any]] = []
-
-    def add(role: str, pair: int, tid: int) -> None:
-        spec = templates[tid]
-        io, s, c = rng.choice(vocab["names"], size=3, replace=False)
-        place, obj = rng.choice(vocab["places"]), rng.choice(vocab["objects"])
-        clean_names = [io if slot == "IO" else s for slot in spec["order"]]
-        roles = ["clean", "ref"] if role == "clean" else [role]
-        for r in roles:
-            names = clean_names if r == "clean" else clean_names[:2] + [c]
-            rows.append({
-                "task": "ioi", "role": r, "pair_id": pair, "template_id": tid,
-                "template_kind": spec["kind"], "text": _fill_ioi(spec["template"], names, place, obj),
-                "context_words": names, "metric_words": [io, s], "metric_weights": [1.0, -1.0],
-                "io": io, "s": s, "c": c if r != "clean" else None, "category": None,
-            })
-
-    for pair in range(ioi["n_prompts"]):
-        add("clean", pair, pair % len(templates))
-    for tid in range(len(templates)):
-        for _ in range(ioi["mean_pool_per_template"]):
+def clean_and_pool(add: Callable[[str, int, int], None], n_prompts: int, n_templates: int,
+                   pool_per_template: int) -> None:
+    """Call ``add(role, pair_id, template_id)`` for each clean prompt (pair i on template i mod n, so every
+    template is used once there are n prompts; ``add`` makes its reference too), then for
+    ``pool_per_template`` pool prompts of every template."""
+    for pair in range(n_prompts):
+        add("clean", pair, pair % n_templates)
+    for tid in range(n_templates):
+        for _ in range(pool_per_template):
             add("pool", -1, tid)
-    return _finish(rows)
 
 
-def make_anti_dataset(vocab: Mapping[str, Any], params: Mapping[str, Any], seed: int) -> pd.DataFrame:
-    """Non-copy list prompts, their matched copy prompts and the mean-ablation pool (seeded)."""
-    anti = params["anti"]
-    if anti["n_prompts"] < 1:
-        raise ValueError("data_generation.anti.n_prompts must be at least 1.")
-    noncopy, copy = anti["noncopy_phrasings"], anti["copy_phrasings"]
-    if len(noncopy) != len(copy):
-        raise ValueError("noncopy_phrasings and copy_phrasings must pair up one to one.")
-    rng = np.random.default_rng(seed + 1)
-    categories = sorted(vocab["categories"])
-    templates = [(p, n) for p in range(len(noncopy)) for n in anti["list_lengths"]]
-    rows: list[dict[str, Any]] = []
-
-    def add(role: str, pair: int, tid: int, category: str) -> None:
-        phrasing, length = templates[tid]
-        pool = vocab["categories"][category]
-        items = list(rng.choice(pool, size=length, replace=False))
-        weights = [-1.0 / length if w in items else 1.0 / (len(pool) - length) for w in pool]
-        texts = {
-            "clean": noncopy[phrasing].format(items=", ".join(items)),
-            "ref": copy[phrasing].format(items=", ".join(items), head=", ".join(items[:-1])),
-        }
-        for r in ["clean", "ref"] if role == "clean" else ["pool"]:
-            rows.append({
-                "task": "anti", "role": r, "pair_id": pair, "template_id": tid,
-                "template_kind": f"phrasing{phrasing}_len{length}",
-                "text": texts["clean" if r == "pool" else r], "context_words": items,
-                "metric_words": list(pool), "metric_weights": weights,
-                "io": None, "s": None, "c": None, "category": category,
-            })
-
-    for pair in range(anti["n_prompts"]):
-        add("clean", pair, pair % len(templates), categories[(pair // len(templates)) % len(categories)])
-    for tid in range(len(templates)):
-        for k in range(anti["mean_pool_per_template"]):
-            add("pool", -1, tid, categories[k % len(categories)])
-    return _finish(rows)
-
-
-def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def numbered(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A task's prompt rows as a table with ``prompt_id`` 0..n-1 (unique within the task)."""
     frame = pd.DataFrame(rows)
     frame.insert(0, "prompt_id", np.arange(len(frame)))
     return frame
@@ -222,3 +120,17 @@ def tokenise_prompts(
             "metric_weights": list(row.metric_weights),
         })
     return pd.DataFrame(records)
+
+
+def check_template_lengths(tokens: pd.DataFrame, task: str, roles: Sequence[str], model_id: str) -> None:
+    """Prompts of one template and of the ablation ``roles`` must share their token length: mean and
+    resample ablation values are taken position by position over them. Raises a ValueError naming the
+    task, template and lengths otherwise (a task whose templates hold multi-token words)."""
+    rows = tokens[(tokens["task"] == task) & tokens["role"].isin(roles)]
+    lengths = rows.groupby("template_id")["n_tokens"].unique()
+    uneven = lengths[lengths.map(len) > 1]
+    if not uneven.empty:
+        found = sorted(int(n) for n in uneven.iloc[0])
+        raise ValueError(f"{model_id}: {task} template {uneven.index[0]} has prompts of {found} "
+                         f"tokens among its {'/'.join(roles)} prompts; every prompt of a template must have one "
+                         "length (use single-token words, or one template per length).")

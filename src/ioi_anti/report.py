@@ -269,6 +269,7 @@ def baseline_section(baseline: pd.DataFrame) -> str:
         "reference metric": [with_interval(*v) for v in baseline[["ref_metric", "ref_low", "ref_high"]].to_numpy()],
         "gap": [with_interval(*v) for v in baseline[["gap", "gap_low", "gap_high"]].to_numpy()],
         "accuracy": [with_interval(*v) for v in baseline[["accuracy", "accuracy_low", "accuracy_high"]].to_numpy()],
+        "wrong": baseline["n_wrong"] if "n_wrong" in baseline else "",
         "gap ok": baseline["gap_ok"].map({True: "yes", False: "**NO**"}),
         "family": baseline["family"],
         "n_params": baseline["n_params"],
@@ -278,7 +279,9 @@ def baseline_section(baseline: pd.DataFrame) -> str:
         "## Baseline",
         "",
         "Task metric on clean and reference prompts, the gap between them (the unit of every Δ) and "
-        "accuracy, with 95% bootstrap intervals over prompts.",
+        "accuracy, with 95% bootstrap intervals over prompts; `wrong` counts the clean prompts whose right "
+        "answer the model does not rank first among the candidates (they stay in the measurement: every "
+        "model sees the same prompts).",
         "",
         markdown_table(table),
     ])
@@ -358,6 +361,72 @@ def correlation_section(corr: pd.DataFrame) -> str:
         "",
         markdown_table(table),
     ])
+
+
+TASK_ROLES_FIGURE = FigureEntry(
+    "task_roles_plot", "task_roles.png",
+    "Per model: strong heads per role signature at the default τ (UpSet-style: each bar a set of tasks, the "
+    "dots below name them; solid: heads robust on every task of the set), and the Pearson correlation of Δ "
+    "between every pair of tasks over all heads, with bootstrap intervals.")
+
+
+def _score_lines(heads: pd.DataFrame, score: str) -> list[str]:
+    """A task's own per-head score beside its Δ: rank agreement and the heads with the largest |Δ|."""
+    task = score.removesuffix("_score")
+    lines = [f"`{score}` beside Δ_{task}: Spearman ρ between the score and −Δ_{task} over all heads, the mean score "
+             f"of the heads strong on {task} against the others', and the three heads with the largest |Δ_{task}|:", ""]
+    for model, rows in heads.groupby("model", sort=False):
+        rho = rows[score].corr(-rows[f"delta_{task}"], method="spearman")
+        strong = rows[f"strong_{task}"] if f"strong_{task}" in rows else rows[f"delta_{task}"].abs() >= rows["tau"]
+        means = f"mean score {rows.loc[strong, score].mean():.2f} (strong) vs {rows.loc[~strong, score].mean():.2f}"
+        top = rows.reindex(rows[f"delta_{task}"].abs().nlargest(3).index)
+        named = ", ".join(f"L{r.layer}H{r.head} (Δ {getattr(r, f'delta_{task}'):+.3f}, score "
+                          f"{getattr(r, score):.2f})" for r in top.itertuples())
+        lines.append(f"- {model}: ρ = {rho:.2f}; {means}; {named}")
+    return lines
+
+
+def task_roles_section(counts: pd.DataFrame, task_corr: pd.DataFrame, heads: pd.DataFrame,
+                       images: Mapping[str, str]) -> str:
+    """Roles over every task of a run with more than two: heads per role signature, the correlations of
+    Δ between tasks, and each task's own per-head score (nothing for a run of two tasks)."""
+    tasks = list(dict.fromkeys([task_corr["task_x"].iloc[0], *task_corr["task_y"]]))
+    if len(tasks) <= 2:
+        return ""
+    counts, tau = default_tau_rows(counts)
+    strong = _ordered(counts[counts["signature"] != "none"])
+    table = pd.DataFrame({"model": strong["model"], "signature": strong["signature"], "heads": strong["count"],
+                          "robust": strong["n_robust"], "share of heads": strong["frac"].map("{:.1%}".format)})
+    corr = _ordered(task_corr)
+    pairs = pd.DataFrame({
+        "model": corr["model"], "tasks": corr["task_x"] + " vs " + corr["task_y"],
+        "Pearson r": [with_interval(*v) for v in corr[["pearson", "pearson_low", "pearson_high"]].to_numpy()],
+        "Spearman ρ": [with_interval(*v) for v in corr[["spearman", "spearman_low", "spearman_high"]].to_numpy()],
+    })
+    lines = [
+        "## Roles over all tasks",
+        "",
+        f"This run measured {len(tasks)} tasks ({', '.join(tasks)}). A head's role signature is the set of tasks "
+        f"on which it is strong (|Δ| ≥ τ = {tau:g}); the four categories above are those of the pair. "
+        "`robust` counts heads whose 95% interval clears τ on every task of their signature.",
+        "",
+        *_image(images, TASK_ROLES_FIGURE.dataset, TASK_ROLES_FIGURE.file_name),
+        f"- `{TASK_ROLES_FIGURE.file_name}` (dataset `{TASK_ROLES_FIGURE.dataset}`): {TASK_ROLES_FIGURE.caption}",
+        "",
+        "### Heads per role signature",
+        "",
+        markdown_table(table),
+        "",
+        "### Correlation of Δ between tasks",
+        "",
+        f"Over all heads of each model, {float(corr['level'].iloc[0]):.0%} bootstrap intervals over heads "
+        "(tables `signature_counts` and `task_correlations`).",
+        "",
+        markdown_table(pairs),
+    ]
+    for score in (c for c in heads.columns if c.endswith("_score")):
+        lines += ["", *_score_lines(heads, score)]
+    return "\n".join(lines)
 
 
 def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
@@ -442,9 +511,11 @@ def build_report(
     output_dir: str,
     hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
     images: Mapping[str, str] | None = None,
+    roles: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> str:
-    """The whole Markdown report (with the hero-heads section when its tables are given, and the
-    figures themselves where ``images`` gives their sources)."""
+    """The whole Markdown report (with the hero-heads section when its tables are given, the roles over
+    every task when ``roles`` (signature counts, task correlations) are, and the figures themselves
+    where ``images`` gives their sources)."""
     heads, tau = default_tau_rows(head_categories)
     warnings = warnings_section(baseline, heads)
     sections = [
@@ -458,6 +529,7 @@ def build_report(
         correlation_section(correlations),
         training_section(correlations, strong_head_counts, images or {}),
         screening_section(heads),
+        task_roles_section(*roles, heads, images or {}) if roles is not None else "",
         attribution_section(attribution_agreement, model_order(heads)),
         hero_section(*hero, output_dir, images) if hero is not None else "",
     ]

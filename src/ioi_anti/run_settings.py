@@ -39,7 +39,7 @@ def stage_settings(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         heroes["resample_seed"] = params["head_ablation"]["seed"]
     return {
         "data_generation": {
-            "models": models,
+            "tasks": list(params["tasks"]), "models": models,
             "model_registry": {m: params["model_registry"].get(m.split("@")[0]) for m in models},
             "data_generation": params["data_generation"], "baseline": params["baseline"], "seed": params["seed"],
             "runtime": numeric_runtime(params["runtime"]),

@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 
 from ioi_anti.ablation import (
-    REFERENCE_ROLES,
     AblationValues,
     CleanPass,
     ablated_layer_metrics,
@@ -36,10 +35,10 @@ from ioi_anti.ablation import (
 )
 from ioi_anti.execution import resident
 from ioi_anti.models import LoadedModel, ModelSpec, load_run_model, resolve_device
+from ioi_anti.tasks import HeadScorer, load_task
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("ioi", "anti")
 MODES = ("exact", "screen")  # head_ablation.mode: every head measured exactly, or screened first
 
 
@@ -56,9 +55,23 @@ def fingerprint(model_id: str, tokens: pd.DataFrame, settings: Mapping[str, Any]
     return digest.hexdigest()[:12]
 
 
-def partition_prefix(model_id: str, fp: str) -> str:
-    """Folder (partition key prefix) of one model's measurements for one fingerprint."""
-    return f"{model_id}__{fp}"
+def partition_prefix(model_id: str, task: str, fp: str) -> str:
+    """Folder (partition key prefix) of one model's measurements of one task for one fingerprint: tasks
+    are measured and saved apart, so adding a task to a finished run measures only that task."""
+    return f"{model_id}__{task}__{fp}"
+
+
+def task_tokens(tokens: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One task's rows of a model's tokenised prompts, or a clear error when the task has none."""
+    rows = tokens[tokens["task"] == task]
+    if rows.empty:
+        raise KeyError(f"No tokenised {task} prompts: run `kedro run --pipeline data_generation` first.")
+    return rows.reset_index(drop=True)
+
+
+def tasks_of(tokens: pd.DataFrame) -> list[str]:
+    """The tasks of a tokenised prompt table, in their order of appearance."""
+    return list(dict.fromkeys(tokens["task"]))
 
 
 def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: str) -> pd.DataFrame:
@@ -79,8 +92,9 @@ def numeric_runtime(runtime: Mapping[str, Any]) -> dict[str, str]:
 
 
 def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> str:
-    """Partition key of a model's per-prompt baseline."""
-    return f"{partition_prefix(model_id, fingerprint(model_id, tokens, numeric_runtime(runtime)))}/baseline"
+    """Partition key of a model's per-prompt baseline of one task (``tokens``: that task's prompts)."""
+    (task,) = tasks_of(tokens)
+    return f"{partition_prefix(model_id, task, fingerprint(model_id, tokens, numeric_runtime(runtime)))}/baseline"
 
 
 def model_facts(lm: LoadedModel) -> dict[str, Any]:
@@ -91,15 +105,16 @@ def model_facts(lm: LoadedModel) -> dict[str, Any]:
 
 
 def baseline_table(lm: LoadedModel, tokens: pd.DataFrame, max_batch: int) -> pd.DataFrame:
-    """Per paired prompt: clean and reference metric, and whether the clean answer is right."""
+    """Per paired prompt of each task of ``tokens``: clean and reference metric, and whether the clean
+    answer is right."""
+    if tokens.empty:
+        raise ValueError(f"No prompts for {lm.spec.model_id}: the prompt set is empty.")
     frames = []
-    for task in TASKS:
-        task_tokens = tokens[tokens["task"] == task]
-        if task_tokens.empty:
-            raise ValueError(f"No {task} prompts for {lm.spec.model_id}: the prompt set is empty.")
+    for task in tasks_of(tokens):
+        rows_of_task = tokens[tokens["task"] == task]
         per_role = {}
         for role in ("clean", "ref"):
-            rows = task_tokens[task_tokens["role"] == role].set_index("prompt_id")
+            rows = rows_of_task[rows_of_task["role"] == role].set_index("prompt_id")
             ids, metric, correct = candidate_logits(lm, make_groups(rows.reset_index(), lm.device, max_batch))
             per_role[role] = pd.DataFrame({"pair_id": rows.loc[ids, "pair_id"].to_numpy(), f"m_{role}": metric,
                                            f"correct_{role}": correct})
@@ -111,7 +126,7 @@ def baseline_table(lm: LoadedModel, tokens: pd.DataFrame, max_batch: int) -> pd.
 def clean_pair_ids(tokens: pd.DataFrame) -> dict[str, np.ndarray]:
     """The sorted pair ids of each task's clean prompts: the prompts every measurement must cover."""
     clean = tokens[tokens["role"] == "clean"]
-    return {task: np.sort(clean.loc[clean["task"] == task, "pair_id"].to_numpy()) for task in TASKS}
+    return {task: np.sort(clean.loc[clean["task"] == task, "pair_id"].to_numpy()) for task in tasks_of(tokens)}
 
 
 def partition_problem(load: Callable[[], pd.DataFrame], layers: Sequence[int], n_heads: int,
@@ -192,7 +207,7 @@ def screen_selection(estimates: pd.DataFrame, screen: Screen) -> Selection:
     same argument that leaves unselected heads estimated).
     """
     picked: Selection = {}
-    for task in TASKS:
+    for task in dict.fromkeys(estimates["task"]):
         frame = estimates[estimates["task"] == task]
         size = frame["estimate"].abs()
         chosen = frame[(size >= screen.tau_min - screen.margin) | frame.index.isin(size.nlargest(screen.top_k).index)]
@@ -219,10 +234,18 @@ class ModelSweep:
 
     def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any], ablation: str, seed: int,
                  saved_attribution: pd.DataFrame | None = None,
-                 screening: tuple[Mapping[str, float], Screen] | None = None, lm: LoadedModel | None = None) -> None:
-        """``lm``: a model already loaded (a benchmark's random-weight stand-in); by default the registry
-        model is loaded when first needed, in the process that computes."""
+                 screening: tuple[Mapping[str, float], Screen] | None = None, lm: LoadedModel | None = None,
+                 roles: Mapping[str, Sequence[str]] | None = None,
+                 scores: Mapping[str, HeadScorer] | None = None) -> None:
+        """``tokens``: the prompts of the tasks swept. ``roles``: per task, the prompt roles its ablation
+        values come from (:attr:`ioi_anti.tasks.Task.ablation_roles`; by default those of the built-in
+        tasks of ``tokens``). ``lm``: a model already loaded (a benchmark's random-weight stand-in); by
+        default the registry model is loaded when first needed, in the process that computes. ``scores``: per
+        task, the per-head measurement it reports beside Δ (:attr:`ioi_anti.tasks.Task.score`), if any."""
         self.spec, self.tokens, self.runtime, self.ablation, self.seed = spec, tokens, runtime, ablation, seed
+        self.roles = dict(roles) if roles is not None else {
+            task: load_task(task).ablation_roles for task in tasks_of(tokens)}
+        self.scores = dict(scores or {})
         self.saved_attribution, self.screening = saved_attribution, screening
         self.given_lm = lm
 
@@ -242,14 +265,16 @@ class ModelSweep:
             return None
         selected = self.selected_heads(*self.screening)
         logger.info("%s: screening selected %s of %d heads for exact measurement.", self.spec.model_id,
-                    " and ".join(f"{len(selected[task])} ({task})" for task in TASKS),
+                    " and ".join(f"{len(heads)} ({task})" for task, heads in selected.items()),
                     self.lm.n_layers * self.lm.n_heads)
         return selected
 
     def job(self, key: str) -> pd.DataFrame:
-        """The partition ``key`` of this sweep: ``.../attribution`` or ``.../layer_<L>``."""
+        """The partition ``key`` of this sweep: ``.../attribution``, ``.../score`` or ``.../layer_<L>``."""
         if key.endswith("/attribution"):
             return self.attribution
+        if key.endswith("/score"):
+            return self.head_scores()
         layer = int(key.rsplit("_", 1)[1])
         return self.layer_effects(layer, None if self.selection is None else heads_in_layer(self.selection, layer))
 
@@ -263,10 +288,10 @@ class ModelSweep:
     @functools.cached_property
     def states(self) -> list[TaskState]:
         states = []
-        for task in TASKS:
-            rows = self.tokens[self.tokens["task"] == task]
+        for task, roles in self.roles.items():
+            rows = task_tokens(self.tokens, task)
             batch = self.runtime["max_batch"]
-            pool = make_groups(rows[rows["role"].isin(REFERENCE_ROLES[task])], self.lm.device, batch)
+            pool = make_groups(rows[rows["role"].isin(roles)], self.lm.device, batch)
             values = AblationValues(self.ablation, self.lm, pool, self.seed)
             groups = make_groups(rows[rows["role"] == "clean"], self.lm.device, batch)
             clean = [clean_pass(self.lm, g, keep_resid=True, keep_z=False) for g in groups]
@@ -292,7 +317,8 @@ class ModelSweep:
         """Exact effect (ablated minus clean metric) of each head of ``layer`` on every prompt of each
         task (or, with ``heads``, of the heads it lists for each task only)."""
         frames = [pd.DataFrame(columns=["task", "layer", "head", "pair_id", "effect", "method"])]
-        todo = {task: list(range(self.lm.n_heads)) if heads is None else list(heads.get(task, [])) for task in TASKS}
+        todo = {task: list(range(self.lm.n_heads)) if heads is None else list(heads.get(task, []))
+                for task in self.roles}
         for state in self.states if any(todo.values()) else []:
             heads_of_task = todo[state.task]
             if not heads_of_task:
@@ -316,6 +342,14 @@ class ModelSweep:
             frames.append(self._tidy(state, lambda i: i, per_group, "attribution"))
         return pd.concat(frames, ignore_index=True).assign(model_id=self.spec.model_id)
 
+    def head_scores(self) -> pd.DataFrame:
+        """Each task's own per-head measurement on its clean prompts (rows with ``method`` "score")."""
+        frames = [scorer(self.lm, task_tokens(self.tokens, task), self.runtime["max_batch"])
+                  .rename(columns={"score": "effect"}).assign(task=task, method="score")
+                  for task, scorer in self.scores.items()]
+        return pd.concat(frames, ignore_index=True).astype({"layer": int, "head": int, "pair_id": int}).assign(
+            model_id=self.spec.model_id)
+
     def close(self) -> None:
         """Release the clean passes once the model is done."""
         self.__dict__.pop("states", None)
@@ -325,6 +359,19 @@ def sweep_job(sweep: ModelSweep, key: str) -> pd.DataFrame:
     """The partition ``key`` (``<prefix>/<part>``) of a model's sweep, computed on the sweep this process
     keeps for that prefix, so the model's clean passes are computed once per process, not once per layer."""
     return resident(key.rsplit("/", 1)[0], sweep).job(key)
+
+
+def model_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]], model_id: str,
+                   tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+    """A model's per-prompt baseline of every task of its tokenised prompts (each task saved apart)."""
+    frames = []
+    for task in tasks_of(tokens):
+        key = baseline_key(model_id, task_tokens(tokens, task), runtime)
+        if key not in baseline_partitions:
+            raise KeyError(f"Baseline of {model_id} on {task} is missing ({key}): run "
+                           "`kedro run --pipeline data_generation`.")
+        frames.append(baseline_partitions[key]())
+    return pd.concat(frames, ignore_index=True)
 
 
 def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:

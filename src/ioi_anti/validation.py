@@ -25,6 +25,7 @@ from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, 
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.precision import PRECISIONS
 from ioi_anti.sweep import MODES
+from ioi_anti.tasks import PAIR, Task, TaskError, load_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,28 @@ def _hero_problems(named: Any, models: Sequence[str], registry: Mapping[str, Any
     return problems
 
 
+def _task_problems(names: Any) -> tuple[list[str], list[Task]]:
+    """Problems of the ``tasks`` setting, and the tasks it names when it has none."""
+    try:
+        tasks = load_tasks(list(names) if isinstance(names, list | tuple) else names)
+    except TaskError as error:
+        return [f"`tasks`: {error}"], []
+    missing = [name for name in PAIR if name not in {task.name for task in tasks}]
+    if missing:
+        return [f"`tasks` must include {' and '.join(PAIR)} (the pair whose head roles are categorised); "
+                f"missing {missing}"], tasks
+    return [], tasks
+
+
 def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
     """Every problem of a run's parameters (empty when the run can start)."""
-    problems = unknown_keys(params, schema)
+    task_problems, tasks = _task_problems(params.get("tasks"))
+    # a user task's own section of data_generation is free-form: only the task knows its keys
+    own = {task.name: params["data_generation"][task.name] for task in tasks
+           if task.name in params.get("data_generation", {}) and task.name not in schema.get("data_generation", {})}
+    if own:
+        schema = {**schema, "data_generation": {**schema["data_generation"], **own}}
+    problems = task_problems + unknown_keys(params, schema)
     registry = params.get("model_registry", {})
     problems += _model_problems(params.get("models"), registry)
     for dotted in ("seed", "data_generation.seed", "head_ablation.seed"):

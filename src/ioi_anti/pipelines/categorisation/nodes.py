@@ -28,3 +28,13 @@ def correlate_deltas(per_head: pd.DataFrame, params: dict[str, Any], seed: int) 
     """Per-model Pearson and Spearman of Δ_IOI vs Δ_anti over all heads, with bootstrap intervals
     (resampled with the bootstrap seed ``seed``)."""
     return categories.correlations(per_head, int(params["n_boot"]), int(seed), float(params["ci_level"]))
+
+
+def count_signatures(head_categories: pd.DataFrame) -> pd.DataFrame:
+    """Heads per model x τ x role signature (the set of the run's tasks a head is strong on)."""
+    return categories.signature_counts(head_categories)
+
+
+def correlate_tasks(per_head: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Per model, Pearson and Spearman of Δ between every pair of the run's tasks, with bootstrap intervals."""
+    return categories.task_correlations(per_head, int(params["n_boot"]), int(seed), float(params["ci_level"]))

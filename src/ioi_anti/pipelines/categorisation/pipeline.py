@@ -1,4 +1,5 @@
-"""Categorisation pipeline: per_head -> head_categories, strong_head_counts, layer_counts, correlations."""
+"""Categorisation pipeline: per_head -> head_categories, strong_head_counts, layer_counts, correlations,
+role-signature counts and the Δ correlations between every pair of tasks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from kedro.pipeline import Node, Pipeline
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
     correlate_deltas,
+    correlate_tasks,
     count_heads_by_layer,
+    count_signatures,
     count_strong_heads,
 )
 
@@ -21,4 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
              name="count_heads_by_layer"),
         Node(correlate_deltas, ["per_head", "params:categorisation", "params:seed"], "correlations",
              name="correlate_deltas"),
+        Node(count_signatures, "head_categories", "signature_counts", name="count_signatures"),
+        Node(correlate_tasks, ["per_head", "params:categorisation", "params:seed"], "task_correlations",
+             name="correlate_tasks"),
     ])

@@ -14,40 +14,48 @@ from ioi_anti.execution import Job, Results, run_jobs
 from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
 from ioi_anti.models import load_tokenizer
 from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import baseline_job, baseline_key, baseline_problem, clean_pair_ids, model_tokens
+from ioi_anti.sweep import (
+    baseline_job,
+    baseline_key,
+    baseline_problem,
+    clean_pair_ids,
+    model_baseline,
+    model_tokens,
+    task_tokens,
+    tasks_of,
+)
+from ioi_anti.tasks import load_tasks, make_task_prompts
 
 logger = logging.getLogger(__name__)
 
 
-def build_vocabulary(
-    models: list[str], registry: dict[str, Any], params: dict[str, Any]
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Check the run's models, then keep the words that are single tokens for all of them."""
+def make_prompts(
+    tasks: list[str], models: list[str], registry: dict[str, Any], params: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every task's prompts, built once for the whole run from words that are single tokens for all its
+    models, drawn with ``data_generation.seed`` (the prompt seed: it changes the prompts and nothing
+    else); and the log of the words dropped (task, list, word, tokenizer)."""
     specs = check_run_models(models, registry)
     tokenizers = {spec.model_id: load_tokenizer(spec) for spec in specs}
-    return prompts.build_vocabulary(params, tokenizers)
+    table, dropped = make_task_prompts(tasks, params, tokenizers, int(params["seed"]))
+    for (task, name, what), group in dropped.groupby(["task", "tokenizer", "list"], sort=False):
+        logger.info("%s, tokenizer %s: dropped %d %s: %s", task, name, len(group), what, ", ".join(group["word"]))
+    for task, rows in table.groupby("task", sort=False):
+        logger.info("%s: %d prompts (%d clean).", task, len(rows), int((rows["role"] == "clean").sum()))
+    return table, dropped[["task", "list", "word", "tokenizer"]]
 
 
-def make_ioi_prompts(vocabulary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
-    """IOI prompts (BABA and ABBA), their ABC references and the mean-ablation pool, drawn with
-    ``data_generation.seed`` (the prompt seed: it changes the prompts and nothing else)."""
-    return prompts.make_ioi_dataset(vocabulary, params, int(params["seed"]))
-
-
-def make_anti_prompts(vocabulary: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
-    """Non-copy list prompts, their matched copy prompts and the mean-ablation pool (``data_generation.seed``)."""
-    return prompts.make_anti_dataset(vocabulary, params, int(params["seed"]))
-
-
-def tokenise_for_models(
-    ioi_prompts: pd.DataFrame, anti_prompts: pd.DataFrame, models: list[str], registry: dict[str, Any]
-) -> dict[str, pd.DataFrame]:
-    """The same prompts tokenised for every model of the run (one partition per model)."""
-    table = pd.concat([ioi_prompts, anti_prompts], ignore_index=True)  # prompt_id is unique per task
-    return {
-        spec.model_id: prompts.tokenise_prompts(table, load_tokenizer(spec), spec.prepend_bos)
-        for spec in resolve_models(models, registry)
-    }
+def tokenise_for_models(prompts_table: pd.DataFrame, tasks: list[str], models: list[str], registry: dict[str, Any]
+                        ) -> dict[str, pd.DataFrame]:
+    """The same prompts tokenised for every model of the run (one partition per model), each task's
+    templates checked to have one token length per template."""
+    tokenised = {}
+    for spec in resolve_models(models, registry):
+        tokens = prompts.tokenise_prompts(prompts_table, load_tokenizer(spec), spec.prepend_bos)
+        for task in load_tasks(tasks):
+            prompts.check_template_lengths(tokens, task.name, task.ablation_roles, spec.model_id)
+        tokenised[spec.model_id] = tokens
+    return tokenised
 
 
 def measure_baselines(
@@ -60,15 +68,17 @@ def measure_baselines(
     """Per-prompt clean and reference metrics of every model not measured yet (each saved as it arrives)."""
     jobs = {}
     for spec in resolve_models(models, registry):
-        tokens = model_tokens(tokenised, spec.model_id)
-        key = baseline_key(spec.model_id, tokens, runtime)
-        if key in done:
-            problem = baseline_problem(done[key], clean_pair_ids(tokens))
-            if problem is None:
-                logger.info("Baseline of %s already measured (%s): skipped.", spec.model_id, key)
-                continue
-            logger.warning("Saved baseline %s is damaged (%s): measuring it again.", key, problem)
-        jobs[key] = Job(spec.model_id, baseline_job, (spec, tokens, runtime))
+        model_prompts = model_tokens(tokenised, spec.model_id)
+        for task in tasks_of(model_prompts):
+            tokens = task_tokens(model_prompts, task)
+            key = baseline_key(spec.model_id, tokens, runtime)
+            if key in done:
+                problem = baseline_problem(done[key], clean_pair_ids(tokens))
+                if problem is None:
+                    logger.info("Baseline of %s on %s already measured (%s): skipped.", spec.model_id, task, key)
+                    continue
+                logger.warning("Saved baseline %s is damaged (%s): measuring it again.", key, problem)
+            jobs[key] = Job(spec.model_id, baseline_job, (spec, tokens, runtime))
     return run_jobs(jobs, runtime, "baseline")
 
 
@@ -88,12 +98,9 @@ def summarise_baselines(
     """
     rows = []
     for spec in resolve_models(models, registry):
-        key = baseline_key(spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
-        if key not in baseline_partitions:
-            raise KeyError(f"Baseline of {spec.model_id} is missing ({key}): re-run data_generation.")
+        table = model_baseline(baseline_partitions, spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
         # tuning is the registry's: a baseline saved before it was recorded lacks the column
-        table = baseline_partitions[key]().assign(tuning=spec.tuning)
-        for task, frame in table.groupby("task", sort=False):
+        for task, frame in table.assign(tuning=spec.tuning).groupby("task", sort=False):
             rows.append(baseline_row(frame, task, seed, n_boot))
     result = pd.DataFrame(rows)
     for row in result[~result["gap_ok"]].itertuples():
@@ -124,4 +131,5 @@ def baseline_row(frame: pd.DataFrame, task: str, seed: int, n_boot: int) -> dict
         base = prefix.removesuffix("_metric")
         row[f"{base}_low"], row[f"{base}_high"] = low, high
     row["gap_ok"] = bool(row["gap_low"] > 0)
+    row["n_wrong"] = int(len(frame) - frame["correct_clean"].sum())
     return row

@@ -10,12 +10,12 @@ MODELS = ["params:models", "params:model_registry", "params:runtime"]
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    """Measure every head of every model of the run for both tasks."""
+    """Measure every head of every model of the run for every task of the run."""
     return Pipeline([
-        Node(sweep_heads, ["tokenised_prompts", "baseline_partitions", "head_effects_partitions_done", *MODELS,
-                           "params:head_ablation", "params:categorisation"],
+        Node(sweep_heads, ["params:tasks", "tokenised_prompts", "baseline_partitions", "head_effects_partitions_done",
+                           *MODELS, "params:head_ablation", "params:categorisation"],
              "head_effects_partitions", name="sweep_heads"),
-        Node(summarise_heads, ["head_effects_partitions", "baseline_partitions", "tokenised_prompts", *MODELS,
-                               "params:head_ablation", "params:categorisation", "params:seed"],
+        Node(summarise_heads, ["params:tasks", "head_effects_partitions", "baseline_partitions", "tokenised_prompts",
+                               *MODELS, "params:head_ablation", "params:categorisation", "params:seed"],
              ["per_head", "attribution_agreement", "run_metadata"], name="summarise_heads"),
     ])

@@ -21,7 +21,8 @@ from ioi_anti.metrics import bootstrap_indices, interval
 from ioi_anti.models import LoadedModel, ModelSpec, load_run_model
 from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
-from ioi_anti.sweep import TASKS, model_tokens
+from ioi_anti.sweep import model_tokens
+from ioi_anti.tasks import PAIR, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +113,9 @@ def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.Dat
     """Every case study of one model's hero heads, by study name (a job of :mod:`ioi_anti.execution`)."""
     lm = load_run_model(spec, runtime)
     tasks = {task: hero.prepare_hero_task(
-        lm, tokens, task, ablation_params["ablation"], int(ablation_params["seed"]),
+        lm, tokens, task, load_task(task).ablation_roles, ablation_params["ablation"], int(ablation_params["seed"]),
         float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
-        for task in TASKS}
+        for task in PAIR}
     study = _ModelStudy(lm, tasks, params, seed)
     model = {"model": spec.model_id}
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from ioi_anti import interactive, plotting
+from ioi_anti import interactive, plotting, task_plots
 from ioi_anti.categories import default_tau_rows
 from ioi_anti.datasets import SavedFigure
 from ioi_anti.report import (
@@ -24,6 +24,7 @@ from ioi_anti.report import (
     layer_hist_key,
     model_order,
 )
+from ioi_anti.tasks import load_tasks
 from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
@@ -91,6 +92,15 @@ def plot_layer_hists(layer_counts: pd.DataFrame, params: dict[str, Any]) -> dict
     }
 
 
+def plot_task_roles(signature_counts: pd.DataFrame, task_correlations: pd.DataFrame, tasks: list[str],
+                    params: dict[str, Any]) -> Figure:
+    """Per model: strong heads per role signature and the Δ correlations between the run's tasks."""
+    counts, tau = default_tau_rows(signature_counts)
+    run = load_tasks(tasks)
+    return task_plots.task_roles(counts, task_correlations, tau, {t.name: t.colour for t in run},
+                                 {t.name: t.label for t in run}, _style(params))
+
+
 def plot_interactive_phase_space(head_categories: pd.DataFrame) -> go.Figure:
     """The phase space of every head as an interactive Plotly figure, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
@@ -122,6 +132,8 @@ def write_report(
     layer_hists: dict[str, Callable[[], SavedFigure]],
     training_plots: dict[str, Callable[[], SavedFigure]],
     hero_decomposition_plots: dict[str, Callable[[], SavedFigure]],
+    signature_counts: pd.DataFrame,
+    task_correlations: pd.DataFrame,
     params: dict[str, Any],
     **figures: SavedFigure,
 ) -> tuple[str, str]:
@@ -133,7 +145,9 @@ def write_report(
     output_dir = str(params["output_dir"])
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
-    markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()})
-    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()})
+    roles = (signature_counts, task_correlations)
+    markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()},
+                            roles=roles)
+    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles)
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")
     return markdown, html_report(embedded, page)

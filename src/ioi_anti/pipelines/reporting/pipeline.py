@@ -12,19 +12,20 @@ from ioi_anti.pipelines.reporting.nodes import (
     plot_interactive_phase_space,
     plot_layer_hists,
     plot_strong_head_scaling,
+    plot_task_roles,
     plot_training_dynamics,
     write_report,
 )
-from ioi_anti.report import FIGURES, HERO_FIGURES
+from ioi_anti.report import FIGURES, HERO_FIGURES, TASK_ROLES_FIGURE
 
 PARAMS = "params:reporting"
 # Tables by argument name, then every figure (kept under its dataset name) for the report to show.
 REPORT_INPUTS = {
     name: name for name in ("baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
                             "attribution_agreement", "hero_paths", "hero_attention", "hero_routes", "layer_hists",
-                            "training_plots", "hero_decomposition_plots")
+                            "training_plots", "hero_decomposition_plots", "signature_counts", "task_correlations")
 } | {"hero_heads": "hero_heads_for_paper", "interactive_phase_space": "all_heads_phase_space_interactive",
-     "params": PARAMS} | {fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES)}
+     "params": PARAMS} | {fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES, TASK_ROLES_FIGURE)}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -41,6 +42,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(plot_layer_hists, ["layer_counts", PARAMS], "layer_hists", name="plot_layer_hists"),
         Node(plot_training_dynamics, ["correlations", "strong_head_counts", "head_categories", "hero_heads_for_paper",
                                       PARAMS], "training_plots", name="plot_training_dynamics"),
+        Node(plot_task_roles, ["signature_counts", "task_correlations", "params:tasks", PARAMS], "task_roles_plot",
+             name="plot_task_roles"),
         Node(plot_interactive_phase_space, "head_categories", "all_heads_phase_space_interactive",
              name="plot_interactive_phase_space"),
         Node(write_report, REPORT_INPUTS, ["report", "report_html"], name="write_report"),

@@ -1,0 +1,46 @@
+"""A task of one's own: subject-verb agreement ("The keys near the door" -> " are", not " is").
+
+Run it beside the paper's pair with ``tasks: [ioi, anti, agreement_task:agreement]`` in a run config
+file (README, "Tasks"), this folder on ``PYTHONPATH``. Its settings live under
+``data_generation.agreement`` (here: ``n_pool``, optional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ioi_anti.prompts import filter_words, numbered
+from ioi_anti.tasks import Task, Tokenizers
+
+NOUNS = {"key": "keys", "dog": "dogs", "book": "books", "car": "cars", "tree": "trees", "bird": "birds",
+         "house": "houses", "friend": "friends", "girl": "girls", "boy": "boys", "door": "doors", "cup": "cups"}
+TEMPLATES = ["The {noun} near the window", "The {noun} of the old man"]
+
+
+def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plural subjects (clean: " are" should win over " is") and the same sentence with the singular (ref)."""
+    singular, dropped = filter_words(list(NOUNS), tokenizers, "singular")
+    plural, dropped_plural = filter_words(list(NOUNS.values()), tokenizers, "plural")
+    nouns = [n for n in singular if NOUNS[n] in plural]  # one token each: one length per template
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    pair = 0
+    for tid, template in enumerate(TEMPLATES):
+        for noun in nouns:
+            for role, word in (("clean", NOUNS[noun]), ("ref", noun)):
+                rows.append({"role": role, "pair_id": pair, "template_id": tid, "text": template.format(noun=word),
+                             "context_words": [word], "metric_words": ["are", "is"], "metric_weights": [1.0, -1.0]})
+            pair += 1
+        for noun in rng.choice(nouns, size=params.get("n_pool", 4)):  # extra plural prompts for mean ablation
+            rows.append({"role": "pool", "pair_id": -1, "template_id": tid, "text": template.format(noun=NOUNS[noun]),
+                         "context_words": [NOUNS[noun]], "metric_words": ["are", "is"], "metric_weights": [1.0, -1.0]})
+    return numbered(rows), pd.DataFrame(dropped + dropped_plural, columns=["list", "word", "tokenizer"])
+
+
+agreement = Task(name="agreement", label="subject-verb agreement", short="agreement", colour="#009E73",
+                 make_prompts=make_prompts, ablation_roles=("clean", "pool"),
+                 description="logit(are) − logit(is) after a plural subject; reference: the singular subject")

@@ -1,0 +1,78 @@
+"""Indirect Object Identification (Wang et al., 2022): "Then, Mary and John went to the store. John
+gave a drink to" -> " Mary".
+
+Metric ``logit(IO) - logit(S)`` at END. Reference: the ABC prompt, where the second mention of S is a
+third name C, so that the sentence no longer says who the indirect object is. Ablation values: the
+ABC prompts of the same template (reference and pool prompts). Templates come in BABA and ABBA
+order (each BABA template of ``data_generation.ioi.baba_templates`` and its mirror).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ioi_anti.prompts import clean_and_pool, numbered, word_lists
+from ioi_anti.tasks import Task, Tokenizers
+
+NAME_SLOT = re.compile(r"\[(A|B)\]")
+
+
+def ioi_templates(baba: Sequence[str]) -> list[dict[str, Any]]:
+    """The BABA templates and their ABBA mirrors, each with its name-slot order."""
+    templates = []
+    for index, text in enumerate(baba):
+        slots = NAME_SLOT.findall(text)
+        if slots != ["B", "A", "B"]:
+            raise ValueError(f"IOI template {index} must name [B], [A], [B] in that order: {text!r}")
+        templates.append({"template": text, "kind": "BABA", "order": ("S", "IO", "S")})
+        templates.append({"template": text, "kind": "ABBA", "order": ("IO", "S", "S")})
+    return templates
+
+
+def _fill(template: str, names: Sequence[str], place: str, obj: str) -> str:
+    parts = NAME_SLOT.split(template)  # text, slot, text, slot, text, slot, text
+    text = parts[0] + names[0] + parts[2] + names[1] + parts[4] + names[2] + parts[6]
+    return text.replace("[PLACE]", place).replace("[OBJECT]", obj)
+
+
+def make_dataset(vocab: Mapping[str, Sequence[str]], params: Mapping[str, Any], seed: int) -> pd.DataFrame:
+    """Clean IOI prompts, their ABC references and the mean-ablation pool (seeded)."""
+    if params["n_prompts"] < 1:
+        raise ValueError("data_generation.ioi.n_prompts must be at least 1.")
+    rng = np.random.default_rng(seed)
+    templates = ioi_templates(params["baba_templates"])
+    rows: list[dict[str, Any]] = []
+
+    def add(role: str, pair: int, tid: int) -> None:
+        spec = templates[tid]
+        io, s, c = rng.choice(vocab["names"], size=3, replace=False)
+        place, obj = rng.choice(vocab["places"]), rng.choice(vocab["objects"])
+        clean_names = [io if slot == "IO" else s for slot in spec["order"]]
+        for r in ["clean", "ref"] if role == "clean" else [role]:
+            names = clean_names if r == "clean" else clean_names[:2] + [c]
+            rows.append({
+                "role": r, "pair_id": pair, "template_id": tid, "template_kind": spec["kind"],
+                "text": _fill(spec["template"], names, place, obj), "context_words": names,
+                "metric_words": [io, s], "metric_weights": [1.0, -1.0],
+                "io": io, "s": s, "c": c if r != "clean" else None,
+            })
+
+    clean_and_pool(add, params["n_prompts"], len(templates), params["mean_pool_per_template"])
+    return numbered(rows)
+
+
+def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Names, places and objects that are single tokens for every model of the run, then the prompts."""
+    vocab, dropped = word_lists(params, tokenizers, {"names": "min_names", "places": "min_places",
+                                                     "objects": "min_objects"})
+    return make_dataset(vocab, params, seed), dropped
+
+
+TASK = Task(name="ioi", label="IOI", short="IOI", colour="#0072B2", make_prompts=make_prompts,
+            ablation_roles=("ref", "pool"),
+            description="indirect object identification: logit(IO) − logit(S); reference: ABC prompts")

@@ -1,0 +1,191 @@
+"""Tasks as plug-ins: loading by name or import path, the built-in tasks' prompts, a task's own
+per-head score, and the errors a badly written task gets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import PROJECT, project_params
+from tiny_models import TINY_FAMILIES, tiny_model
+
+from ioi_anti import prompts as P
+from ioi_anti.ablation import make_groups
+from ioi_anti.sweep import ModelSweep
+from ioi_anti.tasks import (
+    BUILT_IN,
+    PAIR,
+    Task,
+    TaskError,
+    check_prompts,
+    load_task,
+    load_tasks,
+    make_task_prompts,
+)
+from ioi_anti.tasks.induction import induction_scores
+
+EXAMPLES = PROJECT / "examples"
+
+
+@pytest.fixture()
+def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
+def test_built_in_tasks_load_by_name_and_a_users_task_by_import_path(examples_on_path) -> None:
+    assert [load_task(name).name for name in BUILT_IN] == list(BUILT_IN)
+    assert load_task("ioi").ablation_roles == ("ref", "pool") and load_task("anti").ablation_roles == ("clean", "pool")
+    user = load_task("agreement_task:agreement")
+    assert isinstance(user, Task) and user.name == "agreement"
+    assert [t.name for t in load_tasks(["ioi", "anti", "agreement_task:agreement"])] == ["ioi", "anti", "agreement"]
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["ioi", "induktion"], "Unknown task 'induktion'.*import path"),
+    (["ioi", "no_such_module:task"], "cannot import 'no_such_module'"),
+    (["ioi", "agreement_task:missing"], "agreement_task.missing is missing, not an ioi_anti.tasks.Task"),
+    (["ioi", "agreement_task:NOUNS"], "is dict, not an ioi_anti.tasks.Task"),
+    (["ioi"], "at least two tasks"),
+    ("ioi", "at least two tasks"),
+    (["ioi", "ioi"], "the same task twice"),
+])
+def test_bad_task_settings_are_clear_errors(examples_on_path, names, message) -> None:
+    with pytest.raises(TaskError, match=message):
+        load_tasks(names)
+
+
+def test_a_task_definition_is_checked() -> None:
+    def make(params, tokenizers, seed):
+        raise AssertionError("not called")
+
+    with pytest.raises(TaskError, match="lower-case letters"):
+        Task(name="Bad-Name", label="x", short="x", colour="#000000", make_prompts=make)
+    with pytest.raises(TaskError, match="ablation_roles"):
+        Task(name="ok", label="x", short="x", colour="#000000", make_prompts=make, ablation_roles=("refs",))
+    good = {"prompt_id": [0, 1], "role": ["clean", "ref"], "pair_id": [0, 0], "template_id": [0, 0],
+            "text": ["a", "b"], "context_words": [[], []], "metric_words": [["x"], ["x"]],
+            "metric_weights": [[1.0], [1.0]]}
+    check_prompts("ok", pd.DataFrame(good))
+    with pytest.raises(TaskError, match=r"lacks column\(s\) \['metric_weights'\]"):
+        check_prompts("ok", pd.DataFrame(good).drop(columns="metric_weights"))
+    with pytest.raises(TaskError, match="exactly one ref prompt"):
+        check_prompts("ok", pd.DataFrame(good).assign(pair_id=[0, 1]))
+    with pytest.raises(TaskError, match="number of metric words and weights"):
+        check_prompts("ok", pd.DataFrame(good).assign(metric_weights=[[1.0, 2.0], [1.0]]))
+
+
+def test_settings_name_bad_tasks_before_anything_runs(examples_on_path) -> None:
+    from test_reliability import _base_params, _with
+
+    from ioi_anti.validation import settings_problems
+
+    base = _base_params()
+    problems = settings_problems(_with(base, "tasks", ["ioi", "anti", "nope"]), base)
+    assert any("Unknown task 'nope'" in p for p in problems)
+    user = _with(_with(base, "tasks", ["ioi", "anti", "agreement_task:agreement"]), "data_generation.agreement",
+                 {"n_pool": 2})
+    assert settings_problems(user, base) == []
+    assert any("data_generation.agreement" in p for p in settings_problems(
+        _with(base, "data_generation.agreement", {"n_pool": 2}), base)), "not a task of the run: a typo"
+
+
+def test_induction_prompts_repeat_the_start_of_the_sequence(smol_tokenizer) -> None:
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    frame = frame[frame["task"] == "induction"]
+    clean = frame[frame["role"] == "clean"].set_index("pair_id")
+    ref = frame[frame["role"] == "ref"].set_index("pair_id")
+    assert sorted(clean["template_kind"].unique()) == ["n10", "n6", "n8"]
+    for pair, row in clean.iterrows():
+        sequence = list(row["metric_words"])
+        n = len(sequence)
+        assert list(row["context_words"]) == sequence + sequence[: n - 2]
+        assert row["text"] == "Words:" + "".join(" " + w for w in row["context_words"])
+        answer = dict(zip(row["metric_words"], row["metric_weights"], strict=True))
+        assert answer[sequence[n - 2]] == 1.0 and sum(answer.values()) == pytest.approx(0.0)
+        other = list(ref.loc[pair, "context_words"])
+        assert other[n:] == sequence[: n - 2] and not set(other[:n]) & set(sequence)
+    tokens = P.tokenise_prompts(frame, smol_tokenizer, False)
+    assert tokens.groupby("template_id")["n_tokens"].nunique().eq(1).all()
+
+
+def test_factual_prompts_ask_the_same_of_an_unnamed_subject(smol_tokenizer) -> None:
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    frame, dropped = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    frame, dropped = frame[frame["task"] == "factual"], dropped[dropped["task"] == "factual"]
+    assert "Bangkok" in set(dropped["word"]) and "Bangkok" not in set(frame["metric_words"].iloc[0])
+    clean = frame[frame["role"] == "clean"].set_index("pair_id")
+    ref = frame[frame["role"] == "ref"].set_index("pair_id")
+    facts = params["factual"]["facts"]
+    for pair, row in clean.iterrows():
+        assert facts[row["subject"]] == row["answer"] and row["subject"] in row["text"]
+        assert ref.loc[pair, "text"] == row["text"].replace(row["subject"], "this country")
+        weights = dict(zip(row["metric_words"], row["metric_weights"], strict=True))
+        assert weights[row["answer"]] == 1.0 and sum(weights.values()) == pytest.approx(0.0)
+
+
+def test_new_tasks_leave_the_pairs_prompts_alone(smol_tokenizer) -> None:
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    pair, _ = make_task_prompts(PAIR, params, {"smol": smol_tokenizer}, 0)
+    four, _ = make_task_prompts([*PAIR, "induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    pd.testing.assert_frame_equal(pair, four[four["task"].isin(PAIR)].dropna(axis=1, how="all"), check_like=True)
+
+
+def test_a_template_of_several_lengths_is_refused_before_any_model_runs(smol_tokenizer) -> None:
+    tokens = pd.DataFrame({"task": "t", "role": ["clean", "pool", "ref"], "template_id": 0, "n_tokens": [5, 6, 7]})
+    with pytest.raises(ValueError, match=r"m: t template 0 has prompts of \[5, 6\] tokens"):
+        P.check_template_lengths(tokens, "t", ("clean", "pool"), "m")
+    P.check_template_lengths(tokens, "t", ("ref",), "m")
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_induction_score_is_the_attention_to_the_token_after_the_first_occurrence(family, smol_tokenizer) -> None:
+    """Against the pattern read from TransformerLens's own cache, position by position."""
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    params["induction"].update(n_prompts=3, mean_pool_per_template=1)
+    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    lm = tiny_model(family, smol_tokenizer)
+    induction = frame[frame["task"] == "induction"].set_index("prompt_id")
+    tokens = P.tokenise_prompts(induction.reset_index(), smol_tokenizer, lm.spec.prepend_bos)
+    scores = induction_scores(lm, tokens, 2).set_index(["pair_id", "layer", "head"])["score"]
+    assert len(scores) == 3 * lm.n_layers * lm.n_heads
+    for row in tokens[tokens["role"] == "clean"].itertuples():
+        n = len(induction.loc[row.prompt_id, "metric_words"])
+        ids = torch.tensor([row.input_ids])
+        _, cache = lm.bridge.run_with_cache(ids)
+        start2, start1 = row.n_tokens - (n - 2), row.n_tokens - (n - 2) - n
+        for layer in range(lm.n_layers):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
+            expected = [pattern[:, start2 + j, start1 + j + 1] for j in range(n - 2)]
+            np.testing.assert_allclose(scores.loc[row.pair_id, layer].to_numpy(),
+                                       torch.stack(expected).mean(0).numpy(), atol=1e-6)
+
+
+def test_a_sweep_measures_a_tasks_score_over_the_whole_grid(smol_tokenizer) -> None:
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    params["induction"].update(n_prompts=3, mean_pool_per_template=1)
+    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    lm = tiny_model("gpt2", smol_tokenizer)
+    tokens = P.tokenise_prompts(frame[frame["task"] == "induction"], smol_tokenizer, lm.spec.prepend_bos)
+    runtime = {"device": "cpu", "dtype": "float32", "max_batch": 4, "max_rows": 64}
+    task = load_task("induction")
+    sweep = ModelSweep(lm.spec, tokens, runtime, "mean", 0, lm=lm, roles={"induction": task.ablation_roles},
+                       scores={"induction": task.score})
+    rows = sweep.job("tiny__induction__x/score")
+    assert set(rows["method"]) == {"score"} and set(rows["task"]) == {"induction"}
+    assert len(rows) == 3 * lm.n_layers * lm.n_heads and rows["effect"].between(0, 1).all()
+    assert len(make_groups(tokens[tokens["role"] == "clean"], lm.device, 4)) >= 1
+
+
+def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_path, smol_tokenizer) -> None:
+    sys.modules.pop("agreement_task", None)
+    frame, _ = make_task_prompts(["ioi", "agreement_task:agreement"], project_params(
+        "parameters_data_generation.yml")["data_generation"], {"smol": smol_tokenizer}, 0)
+    tokens = P.tokenise_prompts(frame, smol_tokenizer, False)
+    P.check_template_lengths(tokens, "agreement", ("clean", "pool"), "smol")
+    assert (tokens["task"] == "agreement").sum() > 20
+    assert Path(EXAMPLES / "agreement_task.py").exists()
