@@ -49,7 +49,8 @@ def kedro(
 ) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run the kedro CLI in ``root`` with the small settings (plus ``params``)."""
     cmd = [sys.executable, "-m", "kedro", "run", "--params", ",".join(filter(None, [SMALL, params])), *args]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400"}  # one log line each
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400",  # one log line each
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT / "examples"), os.environ.get("PYTHONPATH")]))}
     if not wait:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
@@ -408,3 +409,55 @@ def test_a_second_run_of_the_project_is_refused_while_one_is_running(project: Pa
     assert lock.exists(), "a killed run leaves its lock behind"
     resumed = kedro(project, "--pipeline", "data_generation")
     assert "Taking over" in resumed.stdout + resumed.stderr and not lock.exists()
+
+
+FOUR_TASKS = ["ioi", "anti", "induction", "factual"]
+SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in ("ioi", "anti", "induction", "factual")
+                       for key, value in (("n_prompts", 6), ("mean_pool_per_template", 1))) + (
+                           ",hero_heads.top_per_category=1")
+
+
+@pytest.fixture(scope="module")
+def tasks_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Gemma-3 alone, six prompts per task: four tasks (given in an environment: `--params` cannot hold a
+    list of several) measured up to the per-head table, then the whole run with a task of the user's own
+    added (examples/ on PYTHONPATH); the second run's log."""
+    root = copy_project(tmp_path_factory.mktemp("tasks"))
+    env = root / "conf" / "tasks"
+    env.mkdir()
+    (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"], "tasks": FOUR_TASKS}))
+    kedro(root, "--env", "tasks", "--to-outputs", "per_head", params=SMALL_TASKS)
+    (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"],
+                                                        "tasks": [*FOUR_TASKS, "agreement_task:agreement"]}))
+    second = kedro(root, "--env", "tasks", params=SMALL_TASKS)
+    return root, second.stdout + second.stderr
+
+
+def test_a_run_of_five_tasks_has_every_tasks_delta_gap_and_roles(tasks_project: tuple[Path, str]) -> None:
+    root, _log = tasks_project
+    tasks = [*FOUR_TASKS, "agreement"]
+    per_head = pd.read_parquet(latest(root, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    assert len(per_head) == 18 * 4
+    for task in tasks:
+        delta = per_head[[f"delta_{task}", f"delta_{task}_low", f"delta_{task}_high"]].to_numpy()
+        assert np.isfinite(delta).all() and (delta[:, 1] <= delta[:, 0]).all() and (delta[:, 0] <= delta[:, 2]).all()
+    assert per_head["induction_score"].between(0, 1).all() and per_head["induction_score"].max() > 0.2
+    baseline = pd.read_parquet(latest(root, "data/07_model_output/baseline.parquet/*/baseline.parquet"))
+    assert baseline["task"].tolist() == tasks and baseline["gap_ok"].all() and (baseline["gap_low"] > 0).all()
+    correlations = pd.read_parquet(latest(root, "data/07_model_output/task_correlations.parquet/*/*.parquet"))
+    assert len(correlations) == 10
+    report = latest(root, "data/08_reporting/report.md/*/report.md").read_text()
+    section = report.split("## Roles over all tasks")[1].split("\n## ")[0]
+    assert "This run measured 5 tasks (ioi, anti, induction, factual, agreement)" in section
+    assert "task_roles.png" in section and "| gemma3-270m | agreement vs" not in section
+    assert "| gemma3-270m | induction vs agreement |" in section
+    assert "| gemma3-270m | factual |" in report.split("## Baseline")[1].split("\n## ")[0]
+
+
+def test_adding_a_task_to_a_finished_run_measures_only_that_task(tasks_project: tuple[Path, str]) -> None:
+    _root, log = tasks_project
+    for task in FOUR_TASKS:
+        assert f"Baseline of gemma3-270m on {task} already measured" in log, task
+        assert f"gemma3-270m, {task}: every head already measured" in log, task
+    assert "Baseline of gemma3-270m on agreement already measured" not in log
+    assert "gemma3-270m, agreement: every head already measured" not in log

@@ -107,6 +107,18 @@ def _with(params: dict, dotted: str, value: object) -> dict:
     return changed
 
 
+def test_a_settings_id_survives_a_csv_round_trip() -> None:
+    """Ids are hex digests: one of digits and a single "e" (e.g. 12e456789012) would be read back from a
+    CSV table (hero_heads_for_paper) as a float, inf, and refused as other settings."""
+    import io
+
+    ids = run_settings.stage_ids(_base_params())[0]
+    for stage_id in [*ids.values(), "s" + "12e456789012"]:
+        assert stage_id.startswith("s")
+        frame = pd.read_csv(io.StringIO(pd.DataFrame({run_settings.COLUMN: [stage_id]}).to_csv(index=False)))
+        assert frame[run_settings.COLUMN].iloc[0] == stage_id
+
+
 def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_params) -> None:
     """data_generation.seed draws the prompts; head_ablation.seed the resample ablation; seed the bootstrap."""
     from ioi_anti.pipelines.data_generation.nodes import make_prompts

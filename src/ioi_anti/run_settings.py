@@ -71,7 +71,8 @@ def stage_ids(params: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, dict
     for stage in STAGES:
         full[stage] = {key: value for up in UPSTREAM[stage] for key, value in full[up].items()} | flatten(own[stage])
         payload = json.dumps([own[stage], [ids[up] for up in UPSTREAM[stage]]], sort_keys=True, default=str)
-        ids[stage] = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        # "s" first: an all-digit id, or one like "12e456789012", would be read back from a CSV as a number
+        ids[stage] = "s" + hashlib.sha256(payload.encode()).hexdigest()[:12]
     return ids, full
 
 
