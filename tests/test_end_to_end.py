@@ -413,8 +413,7 @@ def test_a_second_run_of_the_project_is_refused_while_one_is_running(project: Pa
 
 FOUR_TASKS = ["ioi", "anti", "induction", "factual"]
 SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in ("ioi", "anti", "induction", "factual")
-                       for key, value in (("n_prompts", 6), ("mean_pool_per_template", 1))) + (
-                           ",hero_heads.top_per_category=1")
+                       for key, value in (("n_prompts", 6), ("mean_pool_per_template", 1)))
 
 
 @pytest.fixture(scope="module")
