@@ -26,6 +26,7 @@ from nbclient import NotebookClient
 
 from ioi_anti.execution import usable_cores
 from ioi_anti.sweep import ModelSweep
+from ioi_anti.tasks import PAIR
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +206,8 @@ def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, clust
     for folder in (SWEEP, "data/07_model_output/baseline_per_prompt"):
         here = sorted(p.relative_to(project) for p in (project / folder).rglob("*.parquet"))
         there = sorted(p.relative_to(root) for p in (root / folder).rglob("*.parquet"))
-        expected = sum(n + 1 for n, _ in GRIDS.values()) if folder == SWEEP else len(GRIDS)  # layers + attribution
+        # per model and task: layers + attribution, or the baseline
+        expected = len(PAIR) * (sum(n + 1 for n, _ in GRIDS.values()) if folder == SWEEP else len(GRIDS))
         assert here == there and len(here) == expected, folder
     for table in ("per_head", "attribution_agreement"):
         pd.testing.assert_frame_equal(
@@ -216,10 +218,11 @@ def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, clust
     threads = torch.get_num_threads()
     torch.set_num_threads(WORKER_THREADS)
     try:
-        for lm, parts in ((smol, ("attribution", "layer_015", "layer_029")), (gemma, ("layer_009", "layer_017"))):
-            folder = next((root / SWEEP).glob(f"{lm.spec.model_id}__*"))
+        for (lm, parts), task in zip(((smol, ("attribution", "layer_015", "layer_029")),
+                                      (gemma, ("layer_009", "layer_017"))), PAIR, strict=True):
+            folder = next((root / SWEEP).glob(f"{lm.spec.model_id}__{task}__*"))
             tokens = pd.read_parquet(root / "data/05_model_input/tokenised_prompts" / f"{lm.spec.model_id}.parquet")
-            sweep = ModelSweep(lm.spec, tokens, runtime | {"device": "cpu"}, "mean", 0, lm=lm)
+            sweep = ModelSweep(lm.spec, tokens[tokens["task"] == task], runtime | {"device": "cpu"}, "mean", 0, lm=lm)
             for part in parts:
                 pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{part}.parquet"),
                                               sweep.job(f"{folder.name}/{part}"), check_exact=True, check_dtype=False,
@@ -231,7 +234,7 @@ def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, clust
 def test_a_worker_killed_mid_sweep_costs_only_its_unfinished_layers(cluster_run: ClusterRun) -> None:
     """The scheduler moves a killed worker's jobs and the run finishes (or stops naming the model, and the
     same command finishes it); nothing finished is redone."""
-    total = sum(n + 1 for n, _ in GRIDS.values())
+    total = len(PAIR) * sum(n + 1 for n, _ in GRIDS.values())
     assert 3 <= cluster_run.saved_at_kill < total, "the worker was killed part way through the sweep"
     if cluster_run.returncode:
         assert "re-run the same command" in cluster_run.log, cluster_run.log[-3000:]
@@ -253,7 +256,7 @@ def test_example_notebook_runs(project: Path) -> None:
 
 def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path) -> None:
     before = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    sweep = next(p for p in (project / SWEEP).iterdir() if p.name.startswith("smollm2-135m__"))
+    sweep = next(p for p in (project / SWEEP).iterdir() if p.name.startswith("smollm2-135m__ioi__"))
     shutil.rmtree(sweep)
     run = kedro(project, "--pipeline", "head_ablation", wait=False)
     try:

@@ -247,6 +247,11 @@ def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> N
     selected = select_hero_heads(per_head, 0.05, {"top_per_category": 1})
     assert list(selected.columns) == HERO_COLUMNS
     assert selected.groupby("model")["tuning"].first().to_dict() == {m.model: m.tuning for m in OFFLINE_FOUR}
+    more = per_head.assign(delta_induction=0.1, delta_induction_low=0.05, delta_induction_high=0.15,
+                           induction_score=0.5)
+    with_tasks = select_hero_heads(more, 0.05, {"top_per_category": 1})
+    extra = ["delta_induction", "delta_induction_low", "delta_induction_high", "induction_score"]
+    assert list(with_tasks.columns) == HERO_COLUMNS[:13] + extra + HERO_COLUMNS[13:], "every task's Δ beside the pair's"
     assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)
 
     outputs = hero_heads.create_pipeline().all_outputs()

@@ -46,7 +46,8 @@ def _strength(frame: pd.DataFrame, category: str) -> pd.Series:
 
 
 def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]) -> pd.DataFrame:
-    """Per model: the strongest robust heads of each category, plus the heads named in config."""
+    """Per model: the strongest robust heads of each category, plus the heads named in config, with their
+    Δ on every task of the run."""
     heads = categorise(per_head, tau)
     rows = []
     for model, frame in heads.groupby("model", sort=False):
@@ -60,7 +61,9 @@ def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]
             layer, head = hero.parse_head(label)
             match = frame[(frame["layer"] == layer) & (frame["head"] == head)]
             rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
-    columns = [*HEAD_COLUMNS, "category", "category_robust", "selected_by"]
+    other_tasks = [c for c in per_head.columns if (c.startswith("delta_") and c not in HEAD_COLUMNS)
+                   or c.endswith("_score")]  # every task of the run beside the pair's, and their own scores
+    columns = [*HEAD_COLUMNS, *other_tasks, "category", "category_robust", "selected_by"]
     result = pd.DataFrame(rows, columns=columns).drop_duplicates(["model", "layer", "head"])
     result.insert(result.columns.get_loc("layer"), "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
     return result.reset_index(drop=True)
