@@ -4,7 +4,6 @@ per-head score, and the errors a badly written task gets."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,6 @@ from conftest import PROJECT, project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import prompts as P
-from ioi_anti.ablation import make_groups
 from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import (
     BUILT_IN,
@@ -178,7 +176,6 @@ def test_a_sweep_measures_a_tasks_score_over_the_whole_grid(smol_tokenizer) -> N
     rows = sweep.job("tiny__induction__x/score")
     assert set(rows["method"]) == {"score"} and set(rows["task"]) == {"induction"}
     assert len(rows) == 3 * lm.n_layers * lm.n_heads and rows["effect"].between(0, 1).all()
-    assert len(make_groups(tokens[tokens["role"] == "clean"], lm.device, 4)) >= 1
 
 
 def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_path, smol_tokenizer) -> None:
@@ -188,4 +185,3 @@ def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_p
     tokens = P.tokenise_prompts(frame, smol_tokenizer, False)
     P.check_template_lengths(tokens, "agreement", ("clean", "pool"), "smol")
     assert (tokens["task"] == "agreement").sum() > 20
-    assert Path(EXAMPLES / "agreement_task.py").exists()

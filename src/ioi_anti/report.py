@@ -377,7 +377,7 @@ def _score_lines(heads: pd.DataFrame, score: str) -> list[str]:
              f"of the heads strong on {task} against the others', and the three heads with the largest |Δ_{task}|:", ""]
     for model, rows in heads.groupby("model", sort=False):
         rho = rows[score].corr(-rows[f"delta_{task}"], method="spearman")
-        strong = rows[f"strong_{task}"] if f"strong_{task}" in rows else rows[f"delta_{task}"].abs() >= rows["tau"]
+        strong = rows[f"strong_{task}"]
         means = f"mean score {rows.loc[strong, score].mean():.2f} (strong) vs {rows.loc[~strong, score].mean():.2f}"
         top = rows.reindex(rows[f"delta_{task}"].abs().nlargest(3).index)
         named = ", ".join(f"L{r.layer}H{r.head} (Δ {getattr(r, f'delta_{task}'):+.3f}, score "

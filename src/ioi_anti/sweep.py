@@ -361,17 +361,21 @@ def sweep_job(sweep: ModelSweep, key: str) -> pd.DataFrame:
     return resident(key.rsplit("/", 1)[0], sweep).job(key)
 
 
+def task_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]], model_id: str,
+                  tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+    """A model's saved per-prompt baseline of one task (``tokens``: that task's prompts), or a clear error."""
+    key = baseline_key(model_id, tokens, runtime)
+    if key not in baseline_partitions:
+        raise KeyError(f"Baseline of {model_id} on {tokens['task'].iloc[0]} is missing ({key}): run "
+                       "`kedro run --pipeline data_generation`.")
+    return baseline_partitions[key]()
+
+
 def model_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]], model_id: str,
                    tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
     """A model's per-prompt baseline of every task of its tokenised prompts (each task saved apart)."""
-    frames = []
-    for task in tasks_of(tokens):
-        key = baseline_key(model_id, task_tokens(tokens, task), runtime)
-        if key not in baseline_partitions:
-            raise KeyError(f"Baseline of {model_id} on {task} is missing ({key}): run "
-                           "`kedro run --pipeline data_generation`.")
-        frames.append(baseline_partitions[key]())
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([task_baseline(baseline_partitions, model_id, task_tokens(tokens, task), runtime)
+                      for task in tasks_of(tokens)], ignore_index=True)
 
 
 def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:

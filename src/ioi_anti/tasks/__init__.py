@@ -143,19 +143,6 @@ def load_tasks(names: Sequence[str]) -> list[Task]:
     return tasks
 
 
-def task_names(names: Sequence[str]) -> list[str]:
-    """The run's task names (the ``task`` column values), from the ``tasks`` parameter."""
-    return [task.name for task in load_tasks(names)]
-
-
-def run_task(names: Sequence[str], name: str) -> Task:
-    """The task called ``name`` among the run's tasks (``tasks`` in the parameters)."""
-    for task in load_tasks(names):
-        if task.name == name:
-            return task
-    raise TaskError(f"Task {name!r} is not among the run's tasks {list(names)}.")
-
-
 def make_task_prompts(names: Sequence[str], params: Mapping[str, Any], tokenizers: Tokenizers,
                       seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The prompts of the tasks ``names`` (built-in names or import paths, as in ``tasks``) as one table

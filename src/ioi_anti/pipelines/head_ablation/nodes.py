@@ -22,7 +22,6 @@ from ioi_anti.sweep import (
     ModelSweep,
     Screen,
     Selection,
-    baseline_key,
     clean_pair_ids,
     estimated_deltas,
     fingerprint,
@@ -32,6 +31,7 @@ from ioi_anti.sweep import (
     partition_problem,
     screen_selection,
     sweep_job,
+    task_baseline,
     task_gaps,
     task_tokens,
 )
@@ -88,7 +88,7 @@ def sweep_heads(
         model_prompts = model_tokens(tokenised, spec.model_id)
         for task in load_tasks(tasks):
             tokens = task_tokens(model_prompts, task.name)
-            baseline = _baseline(baseline_partitions, spec.model_id, tokens, runtime)
+            baseline = task_baseline(baseline_partitions, spec.model_id, tokens, runtime)
             n_layers, n_heads = int(baseline["n_layers"].iloc[0]), int(baseline["n_heads"].iloc[0])
             prefix = _prefix(spec.model_id, task.name, tokens, runtime, params, screen)
             wanted = [f"{prefix}/attribution"] + [f"{prefix}/layer_{layer:03d}" for layer in range(n_layers)]
@@ -130,18 +130,6 @@ def _damaged(key: str, load: Callable[[], pd.DataFrame], n_layers: int, n_heads:
     return problem is not None
 
 
-def _baseline(
-    baseline_partitions: dict[str, Callable[[], pd.DataFrame]], model_id: str, tokens: pd.DataFrame,
-    runtime: dict[str, Any],
-) -> pd.DataFrame:
-    """A model's saved per-prompt baseline of one task (``tokens``: that task's prompts)."""
-    key = baseline_key(model_id, tokens, runtime)
-    if key not in baseline_partitions:
-        raise KeyError(f"Baseline of {model_id} on {tokens['task'].iloc[0]} is missing ({key}): run "
-                       "`kedro run --pipeline data_generation`.")
-    return baseline_partitions[key]()
-
-
 def summarise_heads(
     tasks: list[str],
     effects: dict[str, Callable[[], pd.DataFrame]],
@@ -167,7 +155,7 @@ def summarise_heads(
         baselines, longs = [], []
         for task in names:
             tokens = task_tokens(model_prompts, task)
-            baselines.append(_baseline(baseline_partitions, spec.model_id, tokens, runtime))
+            baselines.append(task_baseline(baseline_partitions, spec.model_id, tokens, runtime))
             prefix = _prefix(spec.model_id, task, tokens, runtime, params, screen)
             keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))
             if not keys:
