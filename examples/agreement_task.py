@@ -41,6 +41,6 @@ def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -
     return numbered(rows), pd.DataFrame(dropped + dropped_plural, columns=["list", "word", "tokenizer"])
 
 
-agreement = Task(name="agreement", label="subject-verb agreement", short="agreement", colour="#009E73",
+agreement = Task(name="agreement", label="subject-verb agreement", short="agreement", colour="#56B4E9",
                  make_prompts=make_prompts, ablation_roles=("clean", "pool"),
                  description="logit(are) − logit(is) after a plural subject; reference: the singular subject")

@@ -14,8 +14,9 @@ from ioi_anti import categories
 from ioi_anti.pipelines.categorisation import create_pipeline
 from ioi_anti.pipelines.categorisation.nodes import categorise_heads, correlate_deltas, count_heads_by_layer
 
-PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 200, "ci_level": 0.95,
+PARAMS = {"pair": ["ioi", "anti"], "tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 200, "ci_level": 0.95,
           "n_depth_bins": 4}
+TASKS = ["ioi", "anti"]
 TINY = SyntheticModel("tiny", "gpt2", 1_000_000, 2, 3)
 
 
@@ -83,7 +84,7 @@ def test_robust_category_combines_both_tasks() -> None:
 
 def test_long_table_has_a_block_per_tau_with_the_default_marked() -> None:
     heads = make_per_head(FOUR_MODELS)
-    table = categorise_heads(heads, {**PARAMS, "tau": 0.04, "sensitivity_taus": [0.05, 0.03, 0.05]})
+    table = categorise_heads(heads, TASKS, {**PARAMS, "tau": 0.04, "sensitivity_taus": [0.05, 0.03, 0.05]})
     assert sorted(table["tau"].unique()) == [0.03, 0.04, 0.05]
     assert len(table) == 3 * len(heads)
     assert table.loc[table["is_default_tau"], "tau"].unique().tolist() == [0.04]
@@ -96,9 +97,9 @@ def test_long_table_has_a_block_per_tau_with_the_default_marked() -> None:
 
 def test_strong_head_counts_cover_every_category_and_sum_to_all_heads() -> None:
     heads = make_per_head(FOUR_MODELS)
-    table = categorise_heads(heads, PARAMS)
+    table = categorise_heads(heads, TASKS, PARAMS)
     counts = categories.strong_head_counts(table)
-    assert len(counts) == 4 * 2 * len(categories.CATEGORIES)
+    assert len(counts) == 4 * 2 * len(categories.PAPER_PAIR.categories)
     totals = counts.groupby(["model", "tau"])["count"].sum()
     sizes = heads.groupby("model").size()
     for (model, _tau), total in totals.items():
@@ -117,8 +118,8 @@ def test_zero_count_categories_are_kept() -> None:
 
 def test_layer_counts_per_layer_and_depth_fraction() -> None:
     heads = make_per_head(FOUR_MODELS + SINGLE_MODEL)
-    table = categorise_heads(heads, PARAMS)
-    layers = count_heads_by_layer(table, PARAMS)
+    table = categorise_heads(heads, TASKS, PARAMS)
+    layers = count_heads_by_layer(table, TASKS, PARAMS)
     per_layer = layers.groupby(["model", "tau", "layer"])["count"].sum()
     assert (per_layer == layers.groupby(["model", "tau", "layer"])["n_heads"].first()).all()
     smol = layers[layers["model"] == "smollm2-135m"]
@@ -136,7 +137,7 @@ def test_depth_fraction_of_a_one_layer_model_is_zero() -> None:
 def test_correlations_match_scipy_over_all_heads() -> None:
     heads = make_per_head(FOUR_MODELS, seed=3)
     heads["delta_anti"] = heads["delta_anti"].round(2)  # ties, which Spearman must rank-average
-    corr = correlate_deltas(heads, PARAMS, seed=0).set_index("model")
+    corr = correlate_deltas(heads, TASKS, PARAMS, seed=0).set_index("model")
     for model, rows in heads.groupby("model"):
         assert corr.at[model, "n_heads"] == len(rows)
         assert corr.at[model, "pearson"] == pytest.approx(pearsonr(rows["delta_ioi"], rows["delta_anti"])[0])
@@ -204,23 +205,26 @@ def test_grid_validation_names_model_and_problem(kind: str, message: str) -> Non
     with pytest.raises(ValueError, match=rf"'opt-125m'.*{message}"):
         categories.validate_grid(heads)
     with pytest.raises(ValueError, match="opt-125m"):
-        categorise_heads(heads, PARAMS)
+        categorise_heads(heads, TASKS, PARAMS)
     with pytest.raises(ValueError, match="opt-125m"):
-        correlate_deltas(heads, PARAMS, seed=0)
+        correlate_deltas(heads, TASKS, PARAMS, seed=0)
 
 
 def test_grid_validation_accepts_complete_grids_and_rejects_missing_columns() -> None:
     heads = make_per_head(FOUR_MODELS + SINGLE_MODEL)
     categories.validate_grid(heads)
     with pytest.raises(ValueError, match="delta_anti_high"):
-        categories.validate_grid(heads.drop(columns="delta_anti_high"))
+        categories.categorise(heads.drop(columns="delta_anti_high"), 0.05)
+    with pytest.raises(ValueError, match="delta_induction"):
+        categories.correlations(heads, 10, 0, pair=categories.run_pair(["ioi", "induction"], ["ioi", "induction"]))
     with pytest.raises(ValueError, match="empty"):
         categories.validate_grid(heads.iloc[:0])
 
 
 def test_categorisation_pipeline_assembles() -> None:
     pipeline = create_pipeline()
-    assert pipeline.inputs() == {"per_head", "params:categorisation", "params:seed"}
+    assert pipeline.inputs() == {"per_head", "params:tasks", "params:categorisation", "params:categorisation.pair",
+                                 "params:seed"}
     assert pipeline.all_outputs() == {"head_categories", "strong_head_counts", "layer_counts", "correlations",
                                       "signature_counts", "task_correlations"}
 

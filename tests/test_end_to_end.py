@@ -415,6 +415,7 @@ def test_a_second_run_of_the_project_is_refused_while_one_is_running(project: Pa
 
 
 FOUR_TASKS = ["ioi", "anti", "induction", "factual"]
+PAIR_OF_TASKS = ("induction", "agreement")
 SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in ("ioi", "anti", "induction", "factual")
                        for key, value in (("n_prompts", 6), ("mean_pool_per_template", 1)))
 
@@ -423,14 +424,15 @@ SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in ("ioi
 def tasks_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Gemma-3 alone, six prompts per task: four tasks (given in an environment: `--params` cannot hold a
     list of several) measured up to the per-head table, then the whole run with a task of the user's own
-    added (examples/ on PYTHONPATH); the second run's log."""
+    added (examples/ on PYTHONPATH) and categorised on the pair induction and that task; the second run's log."""
     root = copy_project(tmp_path_factory.mktemp("tasks"))
     env = root / "conf" / "tasks"
     env.mkdir()
     (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"], "tasks": FOUR_TASKS}))
     kedro(root, "--env", "tasks", "--to-outputs", "per_head", params=SMALL_TASKS)
     (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"],
-                                                        "tasks": [*FOUR_TASKS, "agreement_task:agreement"]}))
+                                                        "tasks": [*FOUR_TASKS, "agreement_task:agreement"],
+                                                        "categorisation": {"pair": list(PAIR_OF_TASKS)}}))
     second = kedro(root, "--env", "tasks", params=SMALL_TASKS)
     return root, second.stdout + second.stderr
 
@@ -454,6 +456,39 @@ def test_a_run_of_five_tasks_has_every_tasks_delta_gap_and_roles(tasks_project: 
     assert "task_roles.png" in section and "| gemma3-270m | agreement vs" not in section
     assert "| gemma3-270m | induction vs agreement |" in section
     assert "| gemma3-270m | factual |" in report.split("## Baseline")[1].split("\n## ")[0]
+
+
+def test_categories_heroes_and_report_follow_the_runs_pair_of_tasks(tasks_project: tuple[Path, str]) -> None:
+    """`categorisation.pair: [induction, agreement]` (a task of the user's own): categories, correlations, hero
+    heads and their studies, routes and the report are those of that pair, and the interactive phase space
+    can switch to every other pair."""
+    root, _log = tasks_project
+    read = lambda pattern: pd.read_parquet(latest(root, pattern))  # noqa: E731
+    heads = read("data/07_model_output/head_categories.parquet/*/*.parquet")
+    categories = {"induction-only", "agreement-only", "shared", "weak"}
+    assert set(heads["category"]) <= categories and "induction-only" in set(heads["category"])
+    rows = heads[heads["is_default_tau"]]
+    strong = rows[["strong_induction", "strong_agreement"]].to_numpy()
+    expected = np.select([strong.all(1), strong[:, 0], strong[:, 1]], ["shared", "induction-only", "agreement-only"],
+                         "weak")
+    assert (rows["category"].to_numpy() == expected).all()
+    correlations = read("data/07_model_output/correlations.parquet/*/*.parquet")
+    pairs = read("data/07_model_output/task_correlations.parquet/*/*.parquet").set_index(["task_x", "task_y"])
+    assert (correlations["task_x"].iloc[0], correlations["task_y"].iloc[0]) == PAIR_OF_TASKS
+    assert correlations["pearson"].iloc[0] == pytest.approx(pairs.loc[PAIR_OF_TASKS, "pearson"], abs=1e-12)
+    heroes = pd.read_csv(latest(root, "data/08_reporting/hero_heads_for_paper.csv/*/*.csv"))
+    assert len(heroes) and set(heroes["category"]) <= categories - {"weak"}
+    dose = read("data/07_model_output/hero_dose_response.parquet/*/*.parquet")
+    assert set(dose["task"]) == set(PAIR_OF_TASKS)
+    attention = read("data/07_model_output/hero_attention.parquet/*/*.parquet")
+    assert set(attention["task"]) == {"induction"}, "agreement names no attention targets"
+    routes = pd.read_csv(latest(root, "data/08_reporting/hero_routes.csv/*/*.csv"))
+    assert {"induction-only heads", "agreement-only heads"} <= set(routes.columns)
+    report = latest(root, "data/08_reporting/report.md/*/report.md").read_text()
+    assert report.startswith("# induction and subject-verb agreement: per-head ablation report")
+    assert "## Correlation of Δ_induction and Δ_agreement" in report
+    page = latest(root, "data/08_reporting/report.html/*/report.html").read_text()
+    assert page.count("subject-verb agreement vs") + page.count("vs subject-verb agreement") >= 4
 
 
 def test_adding_a_task_to_a_finished_run_measures_only_that_task(tasks_project: tuple[Path, str]) -> None:

@@ -25,9 +25,13 @@ from synthetic import (
 )
 
 from ioi_anti import hero_plots
+from ioi_anti.categories import PAPER_PAIR
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.report import HERO_FIGURES, hero_section
-from ioi_anti.routes import REMAINDER, ROUTES, route_table, verdict
+from ioi_anti.routes import REMAINDER, route_names, route_table, verdict
+
+ROUTES = route_names(PAPER_PAIR)
+PAIR_RUN = (["ioi", "anti"], ["ioi", "anti"])  # the run's tasks and categorisation.pair
 
 VERDICT = {"main_share": 0.5, "min_share": 0.2}
 STYLE = FigureStyle(width_in=7.0, font_size=8, panel_height_in=2.2)
@@ -125,7 +129,8 @@ def test_dose_response_panels_plot_their_own_model() -> None:
     for model in HERO_MODELS:  # L0H11 is a hero of both models
         ax = panel_of(fig, model, "L0H11")
         curves = [line for line in ax.lines if len(line.get_xdata()) > 2]
-        assert [line.get_color() for line in curves] == [hero_plots.TASK_COLOURS[t] for t in ("ioi", "anti")]
+        colours = PAPER_PAIR.task_colours
+        assert [line.get_color() for line in curves] == [colours[t] for t in ("ioi", "anti")]
         for line, task in zip(curves, ("ioi", "anti"), strict=True):
             rows = dose[(dose["model"] == model) & (dose["hero"] == "L0H11") & (dose["task"] == task)]
             np.testing.assert_allclose(line.get_ydata(), rows["delta"])
@@ -170,7 +175,7 @@ def test_paths_show_fixed_paths_then_the_strongest_receivers() -> None:
         assert [label.split(" ")[0] for label in labels[3:]] == list(strongest.index)
         for label in labels[3:]:
             row = receivers[receivers["path"] == label.split(" ")[0]].iloc[0]
-            assert label.endswith(f"({hero_plots.SHORT_CATEGORY[row.receiver_category]})")
+            assert label.endswith(f"({PAPER_PAIR.short_category(row.receiver_category)})")
         bars = [c for c in ax.containers if isinstance(c, BarContainer)]
         ioi = rows[rows["task"] == "ioi"].set_index("path")["delta"]
         order = [*hero_plots.FIXED_PATHS, *strongest.index]
@@ -244,12 +249,12 @@ def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> N
 
     assert STUDY_COLUMNS == PIPELINE_COLUMNS
     per_head = make_per_head(OFFLINE_FOUR)
-    selected = select_hero_heads(per_head, 0.05, {"top_per_category": 1})
+    selected = select_hero_heads(per_head, 0.05, {"top_per_category": 1}, *PAIR_RUN)
     assert list(selected.columns) == HERO_COLUMNS
     assert selected.groupby("model")["tuning"].first().to_dict() == {m.model: m.tuning for m in OFFLINE_FOUR}
     more = per_head.assign(delta_induction=0.1, delta_induction_low=0.05, delta_induction_high=0.15,
                            induction_score=0.5)
-    with_tasks = select_hero_heads(more, 0.05, {"top_per_category": 1})
+    with_tasks = select_hero_heads(more, 0.05, {"top_per_category": 1}, *PAIR_RUN)
     extra = ["delta_induction", "delta_induction_low", "delta_induction_high", "induction_score"]
     assert list(with_tasks.columns) == HERO_COLUMNS[:13] + extra + HERO_COLUMNS[13:], "every task's Δ beside the pair's"
     assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)

@@ -33,6 +33,7 @@ from synthetic import (
 )
 
 from ioi_anti import plotting
+from ioi_anti.categories import default_tau_rows, run_pair
 from ioi_anti.datasets import SavedFigure
 from ioi_anti.pipelines import categorisation, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
@@ -56,8 +57,9 @@ from ioi_anti.report import (
 from ioi_anti.routes import route_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-CAT_PARAMS = {"tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100, "ci_level": 0.95,
-              "n_depth_bins": 5}
+CAT_PARAMS = {"pair": ["ioi", "anti"], "tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100,
+              "ci_level": 0.95, "n_depth_bins": 5}
+TASKS = ["ioi", "anti"]
 REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
 FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
 RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED, "offline": OFFLINE_FOUR}
@@ -65,21 +67,24 @@ HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention", "hero_rou
 VERDICT = {"main_share": 0.5, "min_share": 0.2}
 
 
-def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
-    """Every input of the reporting pipeline, built through the categorisation nodes.
+def tables_for(models: tuple[SyntheticModel, ...], per_head: pd.DataFrame | None = None,
+               tasks: list[str] = TASKS, pair: list[str] = CAT_PARAMS["pair"]) -> dict[str, Any]:
+    """Every input of the reporting pipeline, built through the categorisation nodes (on ``per_head``, by
+    default that of ``models``, and the run's ``tasks`` and ``pair``).
 
     Hero heads are those of :func:`synthetic.make_heroes` for the models of the run that it knows.
     """
-    per_head = make_per_head(models)
-    head_categories = categorise_heads(per_head, CAT_PARAMS)
+    per_head = make_per_head(models) if per_head is None else per_head
+    params = {**CAT_PARAMS, "pair": pair}
+    head_categories = categorise_heads(per_head, tasks, params)
     heroes = make_heroes(per_head, {m: n for m, n in HERO_MODELS.items() if m in set(per_head["model"])})
     studies = make_hero_studies(heroes, per_head)
     return {
         "per_head": per_head,
         "head_categories": head_categories,
-        "strong_head_counts": count_strong_heads(head_categories),
-        "layer_counts": count_heads_by_layer(head_categories, CAT_PARAMS),
-        "correlations": correlate_deltas(per_head, CAT_PARAMS, seed=0),
+        "strong_head_counts": count_strong_heads(head_categories, tasks, pair),
+        "layer_counts": count_heads_by_layer(head_categories, tasks, params),
+        "correlations": correlate_deltas(per_head, tasks, params, seed=0),
         "signature_counts": count_signatures(head_categories),
         "task_correlations": correlate_tasks(per_head, CAT_PARAMS, seed=0),
         "baseline": make_baseline(per_head),
@@ -89,7 +94,9 @@ def tables_for(models: tuple[SyntheticModel, ...]) -> dict[str, Any]:
         "hero_paths": studies["paths"],
         "hero_attention": studies["attention"],
         "hero_decomposition": studies["decomposition"],
-        "hero_routes": route_table(studies["decomposition"], heroes, CAT_PARAMS["tau"], VERDICT),
+        "hero_routes": route_table(studies["decomposition"], heroes, CAT_PARAMS["tau"], VERDICT,
+                                   run_pair(tasks, pair)),
+        "tasks": tasks, "pair": pair,
     }
 
 
@@ -99,15 +106,16 @@ def run(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
 
 def figures_of(tables: dict[str, Any]) -> dict[str, Figure]:
+    run = (tables["tasks"], tables["pair"])
     figures = {
-        "corr_vs_scale_cross_family_plot": nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS),
-        "strong_head_scaling_plot": nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS),
-        "all_heads_phase_space_plot": nodes.plot_all_heads_phase_space(tables["head_categories"], REP_PARAMS),
-        "family_grid_plot": nodes.plot_family_grid(tables["head_categories"], REP_PARAMS),
+        "corr_vs_scale_cross_family_plot": nodes.plot_corr_vs_scale(tables["correlations"], *run, REP_PARAMS),
+        "strong_head_scaling_plot": nodes.plot_strong_head_scaling(tables["strong_head_counts"], *run, REP_PARAMS),
+        "all_heads_phase_space_plot": nodes.plot_all_heads_phase_space(tables["head_categories"], *run, REP_PARAMS),
+        "family_grid_plot": nodes.plot_family_grid(tables["head_categories"], *run, REP_PARAMS),
         "task_roles_plot": nodes.plot_task_roles(tables["signature_counts"], tables["task_correlations"],
-                                                 tables.get("tasks", ["ioi", "anti"]), REP_PARAMS),
+                                                 tables["tasks"], REP_PARAMS),
     }
-    return figures | nodes.plot_layer_hists(tables["layer_counts"], REP_PARAMS)
+    return figures | nodes.plot_layer_hists(tables["layer_counts"], *run, REP_PARAMS)
 
 
 def _png(fig: Figure) -> bytes:
@@ -138,8 +146,9 @@ def report_pages_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None 
         tables["baseline"], tables["run_metadata"] if run_metadata is None else run_metadata,
         tables["head_categories"], tables["strong_head_counts"], tables["correlations"],
         tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS),
-        nodes.plot_interactive_phase_space(tables["head_categories"]), signature_counts=tables["signature_counts"],
-        task_correlations=tables["task_correlations"], params=REP_PARAMS, **saved_figures(tables),
+        nodes.plot_interactive_phase_space(tables["head_categories"], tables["tasks"], tables["pair"]),
+        signature_counts=tables["signature_counts"], task_correlations=tables["task_correlations"],
+        tasks=tables["tasks"], pair=tables["pair"], params=REP_PARAMS, **saved_figures(tables),
     )
 
 
@@ -205,7 +214,7 @@ def test_unflagged_run_has_no_warning() -> None:
 
 def test_family_grid_has_one_panel_per_model_in_family_rows() -> None:
     tables = tables_for(FOUR_MODELS)
-    fig = nodes.plot_family_grid(tables["head_categories"], REP_PARAMS)
+    fig = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     titles = [ax.get_title().split(" ")[0] for ax in fig.axes if ax.axison]
     assert titles == ["gpt2", "gpt2-medium", "opt-125m", "pythia-160m"]  # family order, then size
     assert len(fig.axes) == 3 * 2  # rows gpt2, opt, pythia; two columns
@@ -225,7 +234,7 @@ def test_report_contents(run: tuple[str, dict[str, Any]]) -> None:
     for model in meta["models"]:
         assert model in report
         assert f"layer_hists/layer_hist_{model}.png" in report
-    assert "IOI 40, anti-repetition 45" in report
+    assert "Clean prompts per task: ioi 40, anti 45" in report
     assert "Ablation: mean" in report
     assert "τ (strong head: |Δ| ≥ τ): 0.05; sensitivity τ: 0.03, 0.05" in report
     assert "Seed: 0; device: cpu" in report and "- Precision: float32\n" in report
@@ -257,7 +266,7 @@ def test_report_counts_match_the_table() -> None:
 def test_report_tolerates_missing_metadata() -> None:
     tables = tables_for(SINGLE_MODEL)
     report = report_of(tables, run_metadata={"models": ["smollm2-135m", "gpt2-xl"], "commit": "abc123"})
-    assert "IOI not recorded, anti-repetition not recorded" in report
+    assert "Clean prompts per task: ioi not recorded, anti not recorded" in report
     assert "Seed: not recorded" in report and "Precision: not recorded" in report
     assert "Package versions: not recorded" in report
     mixed = report_of(tables, run_metadata={"runtime": {"dtype": "bfloat16", "tf32": False}, "device": "cpu"})
@@ -290,6 +299,7 @@ def test_reporting_pipeline_assembles() -> None:
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
         "attribution_agreement", *HERO_INPUTS, "params:reporting", *(fig.dataset for fig in HERO_FIGURES),
         "hero_decomposition_plots", "signature_counts", "task_correlations", "params:tasks",
+        "params:categorisation.pair",
     }
     assert pipeline.outputs() == {"corr_vs_scale_cross_family", "report", "report_html"}
     extra = {"layer_hists", "all_heads_phase_space_interactive", "task_roles_plot"}
@@ -314,10 +324,10 @@ def test_report_shows_every_figure_by_a_relative_link_and_the_html_page_embeds_t
 
 def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
     tables = tables_for(FOUR_MODELS)
-    fig = nodes.plot_interactive_phase_space(tables["head_categories"])
+    fig = nodes.plot_interactive_phase_space(tables["head_categories"], TASKS, CAT_PARAMS["pair"])
     heads = [trace for trace in fig.data if trace.legendgroup != "categories"]
     assert {trace.name for trace in heads} == set(tables["per_head"]["model"])
-    offline = nodes.plot_interactive_phase_space(tables_for(OFFLINE_FOUR)["head_categories"])
+    offline = nodes.plot_interactive_phase_space(tables_for(OFFLINE_FOUR)["head_categories"], TASKS, CAT_PARAMS["pair"])
     titles = {trace.legendgroup: trace.legendgrouptitle.text for trace in offline.data
               if trace.legendgroup != "categories"}
     assert titles == {"llama": "llama · instruct", "gemma": "gemma · base", "qwen2": "qwen2 · instruct"}
@@ -374,6 +384,7 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
         catalog[f"params:{name}"] = value
     catalog["params:seed"] = 0
     catalog["params:tasks"] = ["ioi", "anti"]
+    catalog["params:categorisation.pair"] = config["parameters"]["categorisation"]["pair"]
     pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
     SequentialRunner().run(pipeline, catalog)
     out = tmp_path / "data"
@@ -421,8 +432,8 @@ def _drawn_as_line(line: Line2D) -> bool:
 def test_scale_figures_draw_a_line_through_a_family_of_several_sizes_and_a_point_for_one_size(
         models: tuple[SyntheticModel, ...]) -> None:
     tables, sizes = tables_for(models), _families(models)
-    corr = nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS)
-    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     for ax in (a for a in corr.axes if a.containers):
         bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
         assert set(bars) == set(sizes)
@@ -445,24 +456,24 @@ def test_scale_figures_draw_a_line_through_a_family_of_several_sizes_and_a_point
 def test_scale_figures_tell_base_from_instruction_tuned_models() -> None:
     tuning = {m.model: m.tuning for m in OFFLINE_FOUR}
     tables = tables_for(OFFLINE_FOUR)
-    corr = nodes.plot_corr_vs_scale(tables["correlations"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     markers = [line for line in corr.axes[0].lines if line.get_linestyle() == "None"]
     faces = {line.get_label(): line.get_markerfacecolor() for line in markers if " " in line.get_label()}
     assert faces == {"llama instruct": "white", "gemma base": plotting.family_colour("gemma"),
                      "qwen2 instruct": "white"}
     labels = [h.get_label() for h in corr.legends[0].legend_handles]
     assert "hollow: instruction-tuned" in labels and "filled: base" in labels
-    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     labels = [h.get_label() for h in scaling.legends[0].legend_handles]
     assert labels == ["llama · 1 size · instruct", "gemma · 1 size · base", "qwen2 · 2 sizes · instruct"]
-    grid = nodes.plot_family_grid(tables["head_categories"], REP_PARAMS)
+    grid = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     titles = {ax.get_title().split(" ")[0]: ax.get_title() for ax in grid.axes if ax.axison}
     assert all(("instruct" in titles[m]) == (t == "instruct") for m, t in tuning.items())
     base_only = tables_for(FOUR_MODELS)
-    corr = nodes.plot_corr_vs_scale(base_only["correlations"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(base_only["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     assert not any("instruct" in h.get_label() for h in corr.legends[0].legend_handles)
     mixed = tables_for((*OFFLINE_FOUR[:2], dataclasses.replace(OFFLINE_FOUR[2], tuning="base"), OFFLINE_FOUR[3]))
-    scaling = nodes.plot_strong_head_scaling(mixed["strong_head_counts"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(mixed["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
     assert "qwen2 · 2 sizes · 630M base, 1.8B instruct" in [h.get_label() for h in scaling.legends[0].legend_handles]
 
 
@@ -475,14 +486,14 @@ def test_tuning_is_a_column_of_every_per_model_table() -> None:
     corr_table = nodes.corr_vs_scale_table(tables["correlations"])
     assert list(corr_table.columns[:4]) == ["model", "family", "tuning", "n_params"]
     with pytest.raises(ValueError, match="tuning"):
-        categorise_heads(tables["per_head"].drop(columns="tuning"), CAT_PARAMS)
+        categorise_heads(tables["per_head"].drop(columns="tuning"), TASKS, CAT_PARAMS)
 
 
 def test_report_compares_the_four_offline_models_in_one_table_first() -> None:
     report = report_of(tables_for(OFFLINE_FOUR))
     compared = report.split("## Models compared")[1].split("\n## ")[0]
     table = [line for line in compared.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| model | family | tuning | params | layers × heads | IOI gap | anti-rep. gap | "
+    assert table[0].startswith("| model | family | tuning | params | layers × heads | IOI gap | anti gap | "
                                "Pearson r | IOI-only | anti-only | shared |")
     rows = [line.split(" | ") for line in table[2:]]
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
@@ -511,14 +522,17 @@ def test_screening_section_counts_each_task_and_the_largest_estimate_left() -> N
         "measured_by_anti": ["estimate", "exact", "estimate", "estimate"],
     })
     section = screening_section(heads)
-    assert "- m: IOI: 2 of 4 heads measured exactly, the largest |Δ| only estimated 0.004; " in section
-    assert "anti-repetition: 1 of 4 heads measured exactly, the largest |Δ| only estimated 0.003." in section
+    assert "- m: ioi: 2 of 4 heads measured exactly, the largest |Δ| only estimated 0.004; " in section
+    assert "anti: 1 of 4 heads measured exactly, the largest |Δ| only estimated 0.003." in section
     exact = heads.assign(measured_by_ioi="exact", measured_by_anti="exact")
     assert screening_section(exact) == ""
 
 
-def test_a_run_of_more_than_two_tasks_reports_roles_over_all_of_them() -> None:
-    """Signatures, task correlations and a task's own score appear with more than two tasks, not with two."""
+FOUR_TASKS = ["ioi", "anti", "induction", "factual"]
+
+
+def four_task_heads() -> pd.DataFrame:
+    """Two synthetic models' heads with induction and factual Δ beside IOI's and anti-repetition's."""
     rng = np.random.default_rng(5)
     per_head = make_per_head(FOUR_MODELS[:2])
     for task in ("induction", "factual"):
@@ -526,12 +540,12 @@ def test_a_run_of_more_than_two_tasks_reports_roles_over_all_of_them() -> None:
         per_head[f"delta_{task}"], per_head[f"delta_{task}_low"] = delta, delta - 0.01
         per_head[f"delta_{task}_high"] = delta + 0.01
     per_head["induction_score"] = np.clip(-per_head["delta_induction"] * 3, 0, 1)
-    tables = tables_for(FOUR_MODELS[:2])
-    head_categories = categorise_heads(per_head, CAT_PARAMS)
-    tables |= {"per_head": per_head, "head_categories": head_categories,
-               "signature_counts": count_signatures(head_categories),
-               "task_correlations": correlate_tasks(per_head, CAT_PARAMS, seed=0),
-               "tasks": ["ioi", "anti", "induction", "factual"]}
+    return per_head
+
+
+def test_a_run_of_more_than_two_tasks_reports_roles_over_all_of_them() -> None:
+    """Signatures, task correlations and a task's own score appear with more than two tasks, not with two."""
+    tables = tables_for(FOUR_MODELS[:2], four_task_heads(), FOUR_TASKS)
     section = report_of(tables).split("## Roles over all tasks")[1].split("\n## ")[0]
     assert "This run measured 4 tasks (ioi, anti, induction, factual)" in section
     assert "../../task_roles.png/v1/task_roles.png" in section
@@ -539,7 +553,50 @@ def test_a_run_of_more_than_two_tasks_reports_roles_over_all_of_them() -> None:
     assert "| gpt2-medium | induction vs factual |" in section
     assert "`induction_score` beside Δ_induction" in section and "- gpt2: ρ = " in section
     assert "## Roles over all tasks" not in report_of(tables_for(FOUR_MODELS[:2]))
+    assert "| gpt2 | ioi vs anti |" in section
     fig = nodes.plot_task_roles(tables["signature_counts"], tables["task_correlations"], tables["tasks"], REP_PARAMS)
     matrices = [ax for ax in fig.axes if ax.images]
     assert len(matrices) == 2 and [t.get_text() for t in matrices[0].get_yticklabels()] == [
         "IOI", "anti-repetition", "induction", "factual recall"]
+
+
+def test_categories_figures_and_report_follow_another_pair_of_tasks() -> None:
+    """With `categorisation.pair: [induction, ioi]` the categories, counts, correlations, figures and report are
+    those of induction (x) and IOI (y), and the interactive phase space switches between all six pairs."""
+    per_head = four_task_heads()
+    tables = tables_for(FOUR_MODELS[:2], per_head, FOUR_TASKS, ["induction", "ioi"])
+    heads = tables["head_categories"]
+    strong_x, strong_y = heads["delta_induction"].abs() >= heads["tau"], heads["delta_ioi"].abs() >= heads["tau"]
+    expected = np.select([strong_x & strong_y, strong_x, strong_y], ["shared", "induction-only", "IOI-only"], "weak")
+    assert (heads["category"] == expected).all() and {"induction-only", "IOI-only"} <= set(heads["category"])
+    assert set(tables["strong_head_counts"]["category"]) == {"induction-only", "IOI-only", "shared", "weak"}
+    corr = tables["correlations"].set_index("model")
+    pairs = tables["task_correlations"].set_index(["model", "task_x", "task_y"])
+    for model, row in corr.iterrows():
+        assert (row["task_x"], row["task_y"]) == ("induction", "ioi")
+        assert row["pearson"] == pytest.approx(pairs.loc[(model, "ioi", "induction"), "pearson"], abs=1e-12)
+    figures = figures_of(tables)
+    phase = figures["all_heads_phase_space_plot"]
+    assert "induction" in phase.axes[0].get_xlabel() and "IOI" in phase.axes[0].get_ylabel()
+    legend = [t.get_text() for t in phase.legends[0].get_texts()]
+    assert legend[0].startswith("induction-only (") and legend[1].startswith("IOI-only (")
+    assert figures["strong_head_scaling_plot"].axes[0].get_title() == "induction-only"
+    report = report_of(tables)
+    assert report.startswith("# induction and IOI: per-head ablation report")
+    assert "| induction gap | IOI gap | Pearson r | induction-only | IOI-only | shared |" in report
+    assert "## Correlation of Δ_induction and Δ_IOI" in report
+    interactive = nodes.plot_interactive_phase_space(heads, FOUR_TASKS, ["induction", "ioi"])
+    menu = interactive.layout.updatemenus[1]
+    assert [b.label for b in menu.buttons][:2] == ["induction vs IOI", "IOI vs anti-repetition"]
+    assert len(menu.buttons) == 6
+    first = interactive.data[0]
+    rows, _tau = default_tau_rows(heads)
+    model_rows = rows[rows["model"] == first.name]
+    assert list(first.x) == model_rows["delta_induction"].tolist()
+    restyle, relayout = next(b for b in menu.buttons if b.label == "anti-repetition vs factual recall").args
+    assert restyle["x"][0] == model_rows["delta_anti"].tolist()
+    assert restyle["y"][0] == model_rows["delta_factual"].tolist()
+    x_only = (model_rows["delta_anti"].abs() >= 0.05) & (model_rows["delta_factual"].abs() < 0.05)
+    colours = np.array(restyle["marker.color"][0])
+    assert (colours[x_only.to_numpy()] == "#D55E00").all() and x_only.any()
+    assert relayout["xaxis.title.text"].startswith("Δ_anti (fraction of anti-repetition gap")

@@ -3,6 +3,7 @@ per-head score, and the errors a badly written task gets."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import PROJECT, project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import prompts as P
+from ioi_anti.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
 from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import (
     BUILT_IN,
@@ -89,6 +91,28 @@ def test_settings_name_bad_tasks_before_anything_runs(examples_on_path) -> None:
     assert settings_problems(user, base) == []
     assert any("data_generation.agreement" in p for p in settings_problems(
         _with(base, "data_generation.agreement", {"n_pool": 2}), base)), "not a task of the run: a typo"
+    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi", "induction"]), base)
+    assert "categorisation.pair names ['induction'], not among the run's tasks ['anti', 'ioi']" in problem
+    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi"]), base)
+    assert "must name two tasks" in problem
+    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi", "ioi"]), base)
+    assert "two different tasks" in problem
+    named = _with(user, "categorisation.pair", ["agreement", "ioi"])
+    assert settings_problems(named, base) == [], "a task of one's own is named by its name"
+    assert any("by its name, not its import path" in p for p in settings_problems(
+        _with(user, "categorisation.pair", ["agreement_task:agreement", "ioi"]), base))
+
+
+def test_a_pair_names_its_categories_and_keeps_their_colours_apart(examples_on_path) -> None:
+    pair = run_pair(["ioi", "anti", "induction"], ["induction", "ioi"])
+    assert pair.categories == ("induction-only", "IOI-only", "shared", "weak")
+    assert pair.colours == {"induction-only": "#CC79A7", "IOI-only": "#0072B2", "shared": SHARED_COLOUR,
+                            "weak": WEAK_COLOUR}
+    assert pair.short_category("IOI-only") == "IOI" and pair.only("induction") == "induction-only"
+    green = dataclasses.replace(load_task("agreement_task:agreement"), colour=SHARED_COLOUR)
+    also_green = dataclasses.replace(load_task("factual"), name="other", short="other", colour=SHARED_COLOUR)
+    colours = list(Pair(green, also_green).colours.values())
+    assert len(set(colours)) == 4, "a task coloured like the shared heads, or like the other task, gets a spare"
 
 
 def test_induction_prompts_repeat_the_start_of_the_sequence(smol_tokenizer) -> None:
@@ -185,3 +209,32 @@ def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_p
     tokens = P.tokenise_prompts(frame, smol_tokenizer, False)
     P.check_template_lengths(tokens, "agreement", ("clean", "pool"), "smol")
     assert (tokens["task"] == "agreement").sum() > 20
+
+
+def test_attention_targets_point_at_the_words_each_task_names(smol_tokenizer) -> None:
+    """IOI's IO, S1 and S2, anti-repetition's listed items and induction's answer and earlier occurrence sit
+    where the prompt's text has those words, in every clean prompt (END never among them)."""
+    params = project_params("parameters_data_generation.yml")["data_generation"]
+    frame, _ = make_task_prompts(["ioi", "anti", "induction"], params, {"smol": smol_tokenizer}, 0)
+    clean = frame[frame["role"] == "clean"]
+    tokens = P.tokenise_prompts(clean, smol_tokenizer, prepend_bos=False).set_index(["task", "prompt_id"])
+    word = {w: smol_tokenizer(" " + w, add_special_tokens=False).input_ids[0] for row in clean.itertuples()
+            for w in [*row.metric_words, *row.context_words]}
+    for row in clean.itertuples():
+        token = tokens.loc[(row.task, row.prompt_id)]
+        ids = token["input_ids"]
+        targets = load_task(row.task).attention_targets(ids, token["metric_token_ids"], token["metric_weights"])
+        assert all(0 <= p < len(ids) - 1 for positions in targets.values() for p in positions)
+        if row.task == "ioi":
+            io, s = word[row.io], word[row.s]
+            assert ids[targets["IO"][0]] == io and ids[targets["S1"][0]] == ids[targets["S2"][0]] == s
+            assert targets["S1"][0] < targets["S2"][0]
+        elif row.task == "anti":
+            assert [ids[p] for p in targets["all list items"]] == [word[w] for w in row.context_words]
+            assert targets["last list item"] == targets["all list items"][-1:]
+        else:
+            k = len(row.metric_words) - 2  # the answer is w(k+1); END is wk
+            assert ids[targets["next after earlier"][0]] == word[row.metric_words[k]]
+            assert ids[targets["earlier occurrence"][0]] == ids[-1] == word[row.metric_words[k - 1]]
+            assert targets["next after earlier"][0] == targets["earlier occurrence"][0] + 1
+    assert load_task("factual").attention_targets is None

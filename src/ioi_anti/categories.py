@@ -1,28 +1,121 @@
-"""Head categories, strong-head counts and Δ_IOI–Δ_anti correlations: pure table functions.
+"""Head categories, strong-head counts and Δ correlations between tasks: pure table functions.
 
 A head is *strong* for a task when ``|Δ| >= τ`` and *robust* when its whole 95% interval lies
 beyond τ on one side (``low >= τ`` or ``high <= -τ``). The category of a head combines the two
-tasks: "IOI-only", "anti-only", "shared" (both strong) or "weak" (neither). Δ < 0 means the
-head supports the behaviour (ablating it hurts), Δ > 0 that it opposes it.
+tasks of the run's :class:`Pair` (``categorisation.pair``; the paper's is IOI and anti-repetition):
+"<x>-only", "<y>-only" (named by the tasks' ``short`` labels, e.g. "IOI-only", "anti-only"),
+"shared" (both strong) or "weak" (neither). Δ < 0 means the head supports the behaviour (ablating
+it hurts), Δ > 0 that it opposes it. Every task of the run also gives each head a role signature.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-TASKS = ("ioi", "anti")
-CATEGORIES = ("IOI-only", "anti-only", "shared", "weak")
-STRONG_CATEGORIES = CATEGORIES[:3]
+from ioi_anti.tasks import PAIR, Task, TaskError, load_task, load_tasks
+
+SHARED, WEAK = "shared", "weak"
+SHARED_COLOUR, WEAK_COLOUR = "#009E73", "#AAAAAA"
+# Okabe–Ito colours (colour-blind safe) a pair's task takes when its own would clash with another category's
+SPARE_COLOURS = ("#0072B2", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 MODEL_COLUMNS = ("model", "family", "tuning", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
 CHECKPOINT_COLUMNS = ("base_model", "checkpoint", "training_step")  # carried along where the per-head table has them
-REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head") + tuple(
-    f"delta_{task}{suffix}" for task in TASKS for suffix in ("", "_low", "_high")
-)
+REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The two tasks whose head roles make the four categories, with the names and colours they give them.
+
+    ``x`` is drawn on the horizontal axis of the phase space, ``y`` on the vertical one.
+    """
+
+    x: Task
+    y: Task
+
+    def __post_init__(self) -> None:
+        if self.x.name == self.y.name or self.x.short == self.y.short:
+            raise TaskError(f"categorisation.pair needs two different tasks (with different short labels); got "
+                            f"{self.x.name} and {self.y.name}.")
+
+    @property
+    def tasks(self) -> tuple[Task, Task]:
+        return self.x, self.y
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.x.name, self.y.name
+
+    @property
+    def categories(self) -> tuple[str, str, str, str]:
+        """``("<x>-only", "<y>-only", "shared", "weak")``, e.g. ``("IOI-only", "anti-only", "shared", "weak")``."""
+        return f"{self.x.short}-only", f"{self.y.short}-only", SHARED, WEAK
+
+    @property
+    def strong_categories(self) -> tuple[str, str, str]:
+        return self.categories[:3]
+
+    @property
+    def task_colours(self) -> dict[str, str]:
+        """Colour per task of the pair: its own, unless that is the shared or weak heads' colour or the other
+        task's, in which case the first spare colour that clashes with nothing."""
+        used, colours = {SHARED_COLOUR.lower(), WEAK_COLOUR.lower()}, {}
+        for task in self.tasks:
+            colour = task.colour if task.colour.lower() not in used else next(
+                c for c in SPARE_COLOURS if c.lower() not in used | {t.colour.lower() for t in self.tasks})
+            colours[task.name] = colour
+            used.add(colour.lower())
+        return colours
+
+    @property
+    def colours(self) -> dict[str, str]:
+        """Colour per category: each task's colour (:attr:`task_colours`) for its "-only" heads."""
+        x, y = (self.task_colours[name] for name in self.names)
+        return dict(zip(self.categories, (x, y, SHARED_COLOUR, WEAK_COLOUR), strict=True))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The per-head columns the pair's categories are made of: each task's Δ and its interval."""
+        return tuple(f"delta_{name}{suffix}" for name in self.names for suffix in ("", "_low", "_high"))
+
+    def only(self, task: str) -> str:
+        """The category of heads strong for ``task`` alone (``"IOI-only"`` for ``"ioi"``)."""
+        return self.categories[self.names.index(task)]
+
+    def short_category(self, category: str) -> str:
+        """A category's name in tight labels: the task's short label for its "-only" heads."""
+        return {self.categories[0]: self.x.short, self.categories[1]: self.y.short}.get(category, category)
+
+    def delta_name(self, task: str) -> str:
+        """``Δ_<short>`` of one of the pair's tasks, as text (``Δ_IOI``)."""
+        return f"Δ_{self.tasks[self.names.index(task)].short}"
+
+
+PAPER_PAIR = Pair(load_task(PAIR[0]), load_task(PAIR[1]))
+
+
+def pair_of(tasks: Sequence[Task], pair: Sequence[str]) -> Pair:
+    """The tasks named in ``categorisation.pair`` (task names) among the run's ``tasks``, or a TaskError that
+    says what to write."""
+    by_name = {task.name: task for task in tasks}
+    if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise TaskError(f"categorisation.pair must name two tasks, e.g. [ioi, anti]; got {pair!r}.")
+    missing = [str(name) for name in pair if name not in by_name]
+    if missing:
+        raise TaskError(f"categorisation.pair names {missing}, not among the run's tasks {sorted(by_name)}; name "
+                        "two of them (a task of your own by its name, not its import path).")
+    return Pair(by_name[str(pair[0])], by_name[str(pair[1])])
+
+
+def run_pair(tasks: Sequence[str], pair: Sequence[str]) -> Pair:
+    """The run's pair from the ``tasks`` parameter (names or import paths) and ``categorisation.pair``."""
+    return pair_of(load_tasks(tasks), pair)
 # |Δ| is compared with τ up to float round-off, so that a Δ of exactly τ (e.g. 0.15 - 0.1) is strong;
 # far below the precision of any measured Δ.
 _TAU_ATOL = 1e-12
@@ -85,9 +178,22 @@ def validate_grid(per_head: pd.DataFrame) -> None:
         _check_model_grid(str(model), rows)
 
 
-def _category(ioi: pd.Series, anti: pd.Series) -> np.ndarray:
-    """Category name per head from two boolean 'strong' (or 'robust') flags."""
-    return np.select([ioi & anti, ioi, anti], ["shared", "IOI-only", "anti-only"], default="weak")
+def _category(x: pd.Series, y: pd.Series, pair: Pair) -> np.ndarray:
+    """Category name per head from the pair's two boolean 'strong' (or 'robust') flags."""
+    x_only, y_only, shared, weak = pair.categories
+    return np.select([x & y, x, y], [shared, x_only, y_only], default=weak)
+
+
+def pair_roles(categorised: pd.DataFrame, pair: Pair) -> pd.DataFrame:
+    """``category``, ``category_robust`` and ``borderline`` (strong for a task of the pair but not robust for
+    it) of every head on ``pair``, from a table with ``strong_<task>`` / ``robust_<task>`` for both tasks."""
+    strong, robust = ({name: categorised[f"{kind}_{name}"] for name in pair.names} for kind in ("strong", "robust"))
+    x, y = pair.names
+    return pd.DataFrame({
+        "category": _category(strong[x], strong[y], pair),
+        "category_robust": _category(robust[x], robust[y], pair),
+        "borderline": (strong[x] & ~robust[x]) | (strong[y] & ~robust[y]),
+    }, index=categorised.index)
 
 
 def table_tasks(per_head: pd.DataFrame) -> list[str]:
@@ -104,16 +210,16 @@ def signature(strong: pd.DataFrame, tasks: Sequence[str]) -> pd.Series:
     return pd.Series(["+".join(names[row]) or "none" for row in flags], index=strong.index, dtype=object)
 
 
-def categorise(per_head: pd.DataFrame, tau: float) -> pd.DataFrame:
+def categorise(per_head: pd.DataFrame, tau: float, pair: Pair = PAPER_PAIR) -> pd.DataFrame:
     """Categorise every head at one τ.
 
     Adds, per task of the table, ``strong_<task>`` (|Δ| >= τ), ``robust_<task>`` (interval entirely
     beyond τ on one side) and ``sign_<task>`` ("supports" for Δ < 0, "opposes" for Δ > 0, "none" for 0);
     ``category``, ``category_robust`` and ``borderline`` (strong for a task of the pair but not robust
-    for it) from the pair; and ``signature`` / ``signature_robust``, the tasks a head is strong (robust) on.
+    for it) from ``pair``; and ``signature`` / ``signature_robust``, the tasks a head is strong (robust) on.
     """
     tau = validate_tau(tau)
-    _check_columns(per_head, REQUIRED_COLUMNS)
+    _check_columns(per_head, (*REQUIRED_COLUMNS, *pair.columns))
     out = per_head.copy()
     out["tau"] = tau
     tasks = table_tasks(per_head)
@@ -124,9 +230,7 @@ def categorise(per_head: pd.DataFrame, tau: float) -> pd.DataFrame:
             out[f"delta_{task}_high"] <= -tau + _TAU_ATOL
         )
         out[f"sign_{task}"] = np.select([delta < 0, delta > 0], ["supports", "opposes"], default="none")
-    out["category"] = _category(out["strong_ioi"], out["strong_anti"])
-    out["category_robust"] = _category(out["robust_ioi"], out["robust_anti"])
-    out["borderline"] = (out["strong_ioi"] & ~out["robust_ioi"]) | (out["strong_anti"] & ~out["robust_anti"])
+    out[["category", "category_robust", "borderline"]] = pair_roles(out, pair)
     out["signature"] = signature(out, tasks)
     robust = out[[f"robust_{t}" for t in tasks]].set_axis([f"strong_{t}" for t in tasks], axis=1)
     out["signature_robust"] = signature(robust, tasks)
@@ -146,14 +250,16 @@ def depth_bin(fraction: pd.Series, n_bins: int) -> pd.Series:
     return np.minimum(np.floor(fraction * n_bins), n_bins - 1).astype(int)
 
 
-def categorise_all_taus(per_head: pd.DataFrame, tau: float, sensitivity_taus: Iterable[float]) -> pd.DataFrame:
-    """Long table: one row per head per τ of the default τ and the sensitivity list.
+def categorise_all_taus(per_head: pd.DataFrame, tau: float, sensitivity_taus: Iterable[float],
+                        pair: Pair = PAPER_PAIR) -> pd.DataFrame:
+    """Long table: one row per head per τ of the default τ and the sensitivity list, categorised on ``pair``.
 
     ``is_default_tau`` marks the rows at the default τ; ``depth_frac`` is the layer's depth fraction.
     """
     validate_grid(per_head)
     default = validate_tau(tau)
-    tables = [categorise(per_head, t).assign(is_default_tau=(t == default)) for t in tau_grid(tau, sensitivity_taus)]
+    tables = [categorise(per_head, t, pair).assign(is_default_tau=(t == default))
+              for t in tau_grid(tau, sensitivity_taus)]
     table = pd.concat(tables, ignore_index=True)
     table["depth_frac"] = depth_fraction(table["layer"], table["n_layers"])
     return table.sort_values(["tau", "model", "layer", "head"], ignore_index=True)
@@ -165,8 +271,8 @@ def _model_info(heads: pd.DataFrame) -> pd.DataFrame:
     return heads.groupby("model", sort=True, dropna=False)[columns].first().reset_index()
 
 
-def strong_head_counts(head_categories: pd.DataFrame) -> pd.DataFrame:
-    """Heads per model x τ x category (every category, zeros included).
+def strong_head_counts(head_categories: pd.DataFrame, pair: Pair = PAPER_PAIR) -> pd.DataFrame:
+    """Heads per model x τ x category of ``pair`` (every category, zeros included).
 
     ``count`` counts heads of the category; ``n_robust`` those whose robust category is the same;
     ``frac`` is their share of all the model's heads (``n_heads`` stays heads per layer).
@@ -176,7 +282,8 @@ def strong_head_counts(head_categories: pd.DataFrame) -> pd.DataFrame:
     robust = head_categories["category"] == head_categories["category_robust"]
     n_robust = head_categories[robust].groupby(keys).size().rename("n_robust")
     grid = pd.MultiIndex.from_product(
-        [sorted(head_categories["model"].unique()), sorted(head_categories["tau"].unique()), CATEGORIES], names=keys
+        [sorted(head_categories["model"].unique()), sorted(head_categories["tau"].unique()), pair.categories],
+        names=keys
     )
     table = pd.concat([counts, n_robust], axis=1).reindex(grid, fill_value=0).fillna(0).astype(int).reset_index()
     default = head_categories.groupby("tau")["is_default_tau"].first().rename("is_default_tau")
@@ -185,14 +292,14 @@ def strong_head_counts(head_categories: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def layer_counts(head_categories: pd.DataFrame, n_depth_bins: int) -> pd.DataFrame:
-    """Heads per model x τ x layer x category, with the layer's depth fraction and depth bin."""
+def layer_counts(head_categories: pd.DataFrame, n_depth_bins: int, pair: Pair = PAPER_PAIR) -> pd.DataFrame:
+    """Heads per model x τ x layer x category of ``pair``, with the layer's depth fraction and depth bin."""
     keys = ["model", "tau", "layer", "category"]
     counts = head_categories.groupby(keys).size().rename("count")
     frames = []
     for (model, tau), rows in head_categories.groupby(["model", "tau"], sort=True):
         layers = range(int(rows["n_layers"].iloc[0]))
-        frames.append(pd.MultiIndex.from_product([[model], [tau], layers, CATEGORIES], names=keys).to_frame())
+        frames.append(pd.MultiIndex.from_product([[model], [tau], layers, pair.categories], names=keys).to_frame())
     grid = pd.MultiIndex.from_frame(pd.concat(frames, ignore_index=True))
     table = counts.reindex(grid, fill_value=0).reset_index()
     default = head_categories.groupby("tau")["is_default_tau"].first().rename("is_default_tau")
@@ -237,23 +344,27 @@ def bootstrap_correlations(
     return result
 
 
-def correlations(per_head: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95) -> pd.DataFrame:
-    """Per model, Pearson and Spearman of Δ_IOI vs Δ_anti over ALL its heads, bootstrapped over heads.
+def correlations(per_head: pd.DataFrame, n_boot: int, seed: int, level: float = 0.95,
+                 pair: Pair = PAPER_PAIR) -> pd.DataFrame:
+    """Per model, Pearson and Spearman of the pair's Δ (Δ_IOI vs Δ_anti for the paper's) over ALL its heads,
+    bootstrapped over heads.
 
-    Here ``n_heads`` is the number of heads correlated (n_layers x heads per layer).
+    Here ``n_heads`` is the number of heads correlated (n_layers x heads per layer); ``task_x`` and
+    ``task_y`` name the pair.
 
     Using every head (not a union of top-k heads) avoids the selection bias that inflates |r|.
     """
     validate_grid(per_head)
+    _check_columns(per_head, pair.columns)
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1; got {n_boot}.")
     if not 0.0 < level < 1.0:
         raise ValueError(f"interval level must lie strictly inside (0, 1); got {level}.")
     rows = []
     for model, heads in per_head.groupby("model", sort=True):
-        x, y = heads["delta_ioi"].to_numpy(float), heads["delta_anti"].to_numpy(float)
+        x, y = (heads[f"delta_{name}"].to_numpy(float) for name in pair.names)
         stats = bootstrap_correlations(x, y, n_boot, _model_seed(seed, str(model)), level)
-        rows.append({"model": model, "n_heads": len(heads), **stats})
+        rows.append({"model": model, "task_x": pair.x.name, "task_y": pair.y.name, "n_heads": len(heads), **stats})
     info = _model_info(per_head).drop(columns="n_heads")
     table = pd.DataFrame(rows).merge(info, on="model")
     table["n_boot"], table["level"] = n_boot, level

@@ -223,19 +223,6 @@ def attention_from_end(lm: LoadedModel, clean: CleanPass, layer: int, head: int)
     return store[name][:, head, -1].float().cpu().numpy()
 
 
-def ioi_positions(input_ids: Sequence[int], io: int, s: int) -> dict[str, int]:
-    """Positions of IO, S1 and S2 in an IOI prompt (END excluded)."""
-    ids = list(input_ids)[:-1]
-    s_pos = [i for i, t in enumerate(ids) if t == s]
-    return {"IO": ids.index(io), "S1": s_pos[0], "S2": s_pos[-1]}
-
-
-def item_positions(input_ids: Sequence[int], context_tokens: Sequence[int]) -> list[int]:
-    """Positions of in-context list items in a list prompt (END excluded)."""
-    wanted = set(context_tokens)
-    return [i for i, t in enumerate(list(input_ids)[:-1]) if t in wanted]
-
-
 def parse_head(label: str) -> tuple[int, int]:
     """``"L34H2"`` -> ``(34, 2)``; anything else is a clear error."""
     match = re.fullmatch(r"L(\d+)H(\d+)", label.strip())

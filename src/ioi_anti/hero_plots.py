@@ -19,16 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
-from ioi_anti.plotting import CATEGORY_COLOURS, FigureStyle, new_figure, styled
-from ioi_anti.routes import DIRECT, MLPS, REMAINDER, ROUTES, TASK_NAMES
+from ioi_anti.categories import PAPER_PAIR, Pair
+from ioi_anti.plotting import FigureStyle, new_figure, styled
+from ioi_anti.routes import DIRECT, MLPS, REMAINDER, head_route, route_names
 
-TASK_COLOURS = {"ioi": CATEGORY_COLOURS["IOI-only"], "anti": CATEGORY_COLOURS["anti-only"]}
-TASK_LABELS = {"ioi": "IOI", "anti": "anti-repetition"}
 DELTA_LABEL = "Δ (fraction of task gap)"
 NO_HEROES = "no hero heads in this run\n(no head's interval clears τ)"
 FIXED_PATHS = ("total", "direct", "all paths")
-SHORT_CATEGORY = {"IOI-only": "IOI", "anti-only": "anti", "shared": "shared", "weak": "weak"}
 PATH_ROW_IN = 0.17  # height of one path (two bars) in the path-patching panels
 PANEL_EXTRA_IN = 0.75  # panel title, tick labels and padding around a row of panels
 DODGE = 0.06  # x offset of the two tasks' points at the same k, so their error bars do not hide each other
@@ -74,12 +71,12 @@ def _finish(fig: Figure, axes: list[Axes], title: str, xlabel: str, ylabel: str,
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
 
 
-def _task_lines() -> list[Artist]:
-    return [Line2D([], [], color=TASK_COLOURS[t], marker="o", ms=3, label=TASK_LABELS[t]) for t in TASK_COLOURS]
+def _task_lines(pair: Pair) -> list[Artist]:
+    return [Line2D([], [], color=pair.task_colours[t.name], marker="o", ms=3, label=t.label) for t in pair.tasks]
 
 
-def _task_patches(suffix: str = "") -> list[Artist]:
-    return [Patch(color=TASK_COLOURS[t], label=TASK_LABELS[t] + suffix) for t in TASK_COLOURS]
+def _task_patches(pair: Pair, suffix: str = "") -> list[Artist]:
+    return [Patch(color=pair.task_colours[t.name], label=t.label + suffix) for t in pair.tasks]
 
 
 def _errors(frame: pd.DataFrame) -> np.ndarray:
@@ -87,8 +84,9 @@ def _errors(frame: pd.DataFrame) -> np.ndarray:
     return np.clip([frame["delta"] - frame["delta_low"], frame["delta_high"] - frame["delta"]], 0, None)
 
 
-def dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
-    """Delta of both tasks as each hero head is moved from clean (0) to ablated (1)."""
+def dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, pair: Pair = PAPER_PAIR) -> Figure:
+    """Delta of both tasks of the pair as each hero head is moved from clean (0) to ablated (1)."""
+    colours = pair.task_colours
     title = "Dose-response: hero head z moved from clean to its ablation value"
     with styled(style):
         if dose.empty or heroes.empty:
@@ -97,25 +95,26 @@ def dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) 
         for ax, row in zip(axes, heroes.itertuples(), strict=True):
             rows = dose[(dose["model"] == row.model) & (dose["hero"] == row.hero)]
             for task, curve in rows.groupby("task", sort=False):
-                ax.plot(curve["alpha"], curve["delta"], marker="o", ms=3, color=TASK_COLOURS[task])
-                ax.fill_between(curve["alpha"], curve["delta_low"], curve["delta_high"], color=TASK_COLOURS[task],
+                ax.plot(curve["alpha"], curve["delta"], marker="o", ms=3, color=colours[task])
+                ax.fill_between(curve["alpha"], curve["delta_low"], curve["delta_high"], color=colours[task],
                                 alpha=0.2, lw=0)
             ax.axhline(0, color="grey", lw=0.6)
             ax.set_xticks([0, 0.5, 1], ["0\nclean", "0.5", "1\nablated"])
             ax.set_title(_hero_title(row))
         _finish(fig, axes, title + "\n(shaded: 95% bootstrap interval over prompts)",
-                "ablation fraction α", DELTA_LABEL, _task_lines())
+                "ablation fraction α", DELTA_LABEL, _task_lines(pair))
     return fig
 
 
-def topk(curves: pd.DataFrame, style: FigureStyle) -> Figure:
+def topk(curves: pd.DataFrame, style: FigureStyle, pair: Pair = PAPER_PAIR) -> Figure:
     """Delta of both tasks as the top-k heads of each category are ablated together."""
+    colours = pair.task_colours
     title = "Cumulative ablation of the top-k heads of each category"
     with styled(style):
         if curves.empty:
             return _empty(style, title, "no strong heads in any category\nof a model with hero heads")
         present = set(curves["category"])
-        categories = [c for c in STRONG_CATEGORIES if c in present]
+        categories = [c for c in pair.strong_categories if c in present]
         models = list(dict.fromkeys(curves["model"]))
         fig, axes = _panels(len(models) * len(categories), style, ncols=len(categories))
         for i, model in enumerate(models):
@@ -128,22 +127,24 @@ def topk(curves: pd.DataFrame, style: FigureStyle) -> Figure:
                     continue
                 for j, (task, curve) in enumerate(rows.groupby("task", sort=False)):
                     ax.errorbar(curve["k"] + (j - 0.5) * 2 * DODGE, curve["delta"], yerr=_errors(curve), marker="o",
-                                ms=3, color=TASK_COLOURS[task], elinewidth=0.8, capsize=2)
+                                ms=3, color=colours[task], elinewidth=0.8, capsize=2)
                 ax.axhline(0, color="grey", lw=0.6)
                 ks = sorted(rows["k"].unique())
                 ax.set_xticks(ks)
                 ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
         _finish(fig, axes, title + "\n(bars: 95% bootstrap interval over prompts)", "k (heads ablated together)",
-                DELTA_LABEL, _task_lines())
+                DELTA_LABEL, _task_lines(pair))
     return fig
 
 
-def _path_label(path: str, category: str) -> str:
-    return path if path in FIXED_PATHS else f"{path} ({SHORT_CATEGORY.get(category, category)})"
+def _path_label(path: str, category: str, pair: Pair) -> str:
+    return path if path in FIXED_PATHS else f"{path} ({pair.short_category(category)})"
 
 
-def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_receivers: int = 8) -> Figure:
+def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_receivers: int = 8,
+          pair: Pair = PAPER_PAIR) -> Figure:
     """Total, direct and per-receiver path-patching effects of each hero head, both tasks."""
+    colours = pair.task_colours
     title = "Path patching: where each hero head's effect goes"
     with styled(style):
         if table.empty or heroes.empty:
@@ -163,10 +164,10 @@ def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_rec
             y = np.arange(len(order))
             for i, (task, frame) in enumerate(rows.groupby("task", sort=False)):
                 frame = frame.drop_duplicates("path").set_index("path").reindex(order)
-                ax.barh(y + (i - 0.5) * 0.4, frame["delta"], height=0.4, xerr=_errors(frame), color=TASK_COLOURS[task],
+                ax.barh(y + (i - 0.5) * 0.4, frame["delta"], height=0.4, xerr=_errors(frame), color=colours[task],
                         error_kw=ERROR_KW)
             categories = rows.drop_duplicates("path").set_index("path")["receiver_category"].reindex(order)
-            ax.set_yticks(y, [_path_label(p, c) for p, c in zip(order, categories, strict=True)])
+            ax.set_yticks(y, [_path_label(p, c, pair) for p, c in zip(order, categories, strict=True)])
             ax.set_ylim(n - 0.5, -0.5)
             if len(order) > len(FIXED_PATHS):
                 ax.axhline(len(FIXED_PATHS) - 0.5, color="0.6", lw=0.6, ls=":")
@@ -174,7 +175,7 @@ def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_rec
             ax.set_title(_hero_title(row))
         _finish(fig, axes, title + "\n(below the dotted line: the hero's output added only to the q, k or v input\n"
                 "of one downstream head, its category in brackets; bars: 95% bootstrap interval)",
-                DELTA_LABEL, "", _task_patches())
+                DELTA_LABEL, "", _task_patches(pair))
     return fig
 
 
@@ -183,8 +184,10 @@ def _target_label(target: str) -> str:
     return "\n".join(textwrap.wrap(target.replace(" list ", " "), 6))
 
 
-def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
-    """Mean attention from END of each hero head to the IOI names and the in-context list items."""
+def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, pair: Pair = PAPER_PAIR) -> Figure:
+    """Mean attention from END of each hero head to the positions each task of the pair names (the IOI names,
+    the in-context list items, ...)."""
+    colours = pair.task_colours
     title = "Where hero heads attend from the END token"
     with styled(style):
         if table.empty or heroes.empty:
@@ -192,29 +195,33 @@ def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> 
         fig, axes = _panels(len(heroes), style)
         for ax, row in zip(axes, heroes.itertuples(), strict=True):
             rows = table[(table["model"] == row.model) & (table["hero"] == row.hero)]
-            x = np.arange(len(rows)) + 0.6 * (rows["task"] == "anti").to_numpy()  # a gap between the two tasks
+            x = np.arange(len(rows)) + 0.6 * (rows["task"] == pair.y.name).to_numpy()  # a gap between the two tasks
             mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0).to_numpy()
             err = [np.minimum(std, mean), np.minimum(std, 1 - mean)]
-            ax.bar(x, mean, yerr=err, color=[TASK_COLOURS[t] for t in rows["task"]], error_kw=ERROR_KW)
+            ax.bar(x, mean, yerr=err, color=[colours[t] for t in rows["task"]], error_kw=ERROR_KW)
             ax.set_xticks(x, [_target_label(t) for t in rows["target"]])
             ax.set(title=_hero_title(row), ylim=(0, 1))
         _finish(fig, axes, title + "\n(mean over prompts ± 1 s.d., clipped to [0, 1])", "attended token(s)",
-                "attention weight from END", _task_patches(" prompts"))
+                "attention weight from END", _task_patches(pair, " prompts"))
     return fig
 
 
-ROUTE_COLOURS = {DIRECT: "#000000", MLPS: "#CC79A7", REMAINDER: "#FFFFFF"} | {
-    f"{category} heads": CATEGORY_COLOURS[category] for category in CATEGORIES}
-READER_COLOURS = {"attention": "#56B4E9", "MLP": ROUTE_COLOURS[MLPS]}
+FIXED_ROUTE_COLOURS = {DIRECT: "#000000", MLPS: "#CC79A7", REMAINDER: "#FFFFFF"}
+READER_COLOURS = {"attention": "#56B4E9", "MLP": FIXED_ROUTE_COLOURS[MLPS]}
 
 
-def _waterfall(ax: Axes, routes: pd.DataFrame, total: pd.Series) -> None:
+def route_colours(pair: Pair) -> dict[str, str]:
+    """Colour per route: the heads of a category in the category's colour."""
+    return FIXED_ROUTE_COLOURS | {head_route(category): colour for category, colour in pair.colours.items()}
+
+
+def _waterfall(ax: Axes, routes: pd.DataFrame, total: pd.Series, pair: Pair) -> None:
     """Each route as a step from the running sum, the remainder closing the gap to the total (last bar)."""
-    order = [*ROUTES, REMAINDER]
+    order, colours = [*route_names(pair), REMAINDER], route_colours(pair)
     frame = routes.set_index("part").reindex(order)
     starts = np.concatenate([[0.0], np.cumsum(frame["delta"].to_numpy())[:-1]])
     y = np.arange(len(order) + 1)
-    ax.barh(y[:-1], frame["delta"], left=starts, height=0.6, color=[ROUTE_COLOURS[r] for r in order],
+    ax.barh(y[:-1], frame["delta"], left=starts, height=0.6, color=[colours[r] for r in order],
             edgecolor="0.2", linewidth=0.5, hatch=["" if r != REMAINDER else "////" for r in order])
     ends = starts + frame["delta"].to_numpy()
     ax.errorbar(ends, y[:-1], xerr=_errors(frame), fmt="none", **ERROR_KW)
@@ -238,29 +245,32 @@ def _by_layer(ax: Axes, layers: pd.DataFrame, hero_layer: int) -> None:
     ax.set_title("the same, by the layer that reads it", fontsize="small")
 
 
-def decomposition(table: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle) -> Figure:
+def decomposition(table: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle,
+                  pair: Pair = PAPER_PAIR) -> Figure:
     """One model's heroes: per task, the total Δ built up route by route (the remainder hatched), then by layer."""
     model = str(table["model"].iloc[0])
     title = f"{model}: where each hero head's effect goes (first reader of its output)"
     with styled(style):
         model_heroes = heroes[heroes["model"] == model]
-        tasks = [t for t in TASK_NAMES if t in set(table["task"])]
+        tasks = [t for t in pair.tasks if t.name in set(table["task"])]
         fig, axes = _panels(2 * len(model_heroes) * len(tasks), style, ncols=len(tasks),
                             row_heights=[style.panel_height_in * 1.2, style.panel_height_in] * len(model_heroes))
         verdicts = hero_routes.set_index(["model", "hero", "task"])["verdict"]
         for i, row in enumerate(model_heroes.itertuples()):
             rows = table[table["hero"] == row.hero]
             for j, task in enumerate(tasks):
-                part = rows[rows["task"] == task]
+                part = rows[rows["task"] == task.name]
                 top, bottom = axes[2 * i * len(tasks) + j], axes[(2 * i + 1) * len(tasks) + j]
-                _waterfall(top, part[part["level"] == "route"], part[part["level"] == "total"].iloc[0])
-                top.set_title(f"{row.hero} ({row.category}), {TASK_NAMES[task]}\n"
-                              + textwrap.fill(str(verdicts.get((model, row.hero, task), "")), 48), fontsize="small")
+                _waterfall(top, part[part["level"] == "route"], part[part["level"] == "total"].iloc[0], pair)
+                top.set_title(f"{row.hero} ({row.category}), {task.label}\n"
+                              + textwrap.fill(str(verdicts.get((model, row.hero, task.name), "")), 48),
+                              fontsize="small")
                 top.set_xlabel(DELTA_LABEL)
                 _by_layer(bottom, part[part["level"] == "layer"], int(row.layer))
                 bottom.set_ylabel("Δ")
-        handles = [Patch(facecolor=ROUTE_COLOURS[r], edgecolor="0.2", hatch="////" if r == REMAINDER else "", label=r)
-                   for r in [*ROUTES, REMAINDER]] + [
+        colours = route_colours(pair)
+        handles = [Patch(facecolor=colours[r], edgecolor="0.2", hatch="////" if r == REMAINDER else "", label=r)
+                   for r in [*route_names(pair), REMAINDER]] + [
                    Patch(color=READER_COLOURS[k], label=f"{k} of one layer (layer panels)") for k in READER_COLOURS]
         fig.suptitle(title + "\n(bars: 95% bootstrap interval over prompts; % = share of the hero's total Δ)")
         fig.legend(handles=handles, loc="outside lower center", ncols=4)

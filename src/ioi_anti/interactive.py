@@ -3,30 +3,41 @@
 Same content as the static ``all_heads_phase_space.png`` (colour = category at τ, marker = family,
 hollow = borderline, the ±τ lines and the weak box), plus what a static figure cannot show: hover
 gives model, head, both Δ with their intervals, category, robust category and how the head was
-measured; clicking a legend entry hides or shows a model, and the buttons show one family or all.
+measured; clicking a legend entry hides or shows a model, the buttons show one family or all, and in a
+run of more than two tasks a menu switches the pair of tasks on the axes (categories follow the pair).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
+
 import pandas as pd
 import plotly.graph_objects as go
 
-from ioi_anti.plotting import (
-    CATEGORY_COLOURS,
-    ablation_label,
-    meaningful_rows,
-    ordered_families,
-)
+from ioi_anti.categories import PAPER_PAIR, Pair, pair_roles
+from ioi_anti.plotting import ablation_label, meaningful_rows, ordered_families
+from ioi_anti.tasks import Task
 
 # Plotly marker symbols in the spirit of the static figure's family markers (matplotlib names differ).
 FAMILY_SYMBOLS = {"gpt2": "circle", "gpt-neo": "square", "opt": "triangle-up", "pythia": "diamond",
                   "llama": "triangle-down", "gemma": "x", "qwen2": "pentagon"}
-HOVER = (
-    "<b>%{customdata[0]} %{customdata[1]}</b><br>"
-    "Δ_IOI %{x:.3f} [%{customdata[2]:.3f}, %{customdata[3]:.3f}] (%{customdata[8]})<br>"
-    "Δ_anti %{y:.3f} [%{customdata[4]:.3f}, %{customdata[5]:.3f}] (%{customdata[9]})<br>"
-    "category %{customdata[6]} (robust: %{customdata[7]})<extra></extra>"
-)
+CATEGORY_GROUP = "categories"
+
+
+def all_pairs(tasks: Sequence[Task], first: Pair) -> list[Pair]:
+    """``first`` (the run's pair), then every other pair of the run's tasks in run order."""
+    others = [Pair(x, y) for x, y in combinations(tasks, 2) if {x.name, y.name} != set(first.names)]
+    return [first, *others]
+
+
+def _hover(pair: Pair) -> str:
+    dx, dy = (pair.delta_name(name) for name in pair.names)
+    return (f"<b>%{{customdata[0]}} %{{customdata[1]}}</b><br>"
+            f"{dx} %{{x:.3f}} [%{{customdata[2]:.3f}}, %{{customdata[3]:.3f}}] (%{{customdata[8]}})<br>"
+            f"{dy} %{{y:.3f}} [%{{customdata[4]:.3f}}, %{{customdata[5]:.3f}}] (%{{customdata[9]}})<br>"
+            "category %{customdata[6]} (robust: %{customdata[7]})<extra></extra>")
 
 
 def _symbol(family: str, borderline: pd.Series) -> list[str]:
@@ -34,47 +45,94 @@ def _symbol(family: str, borderline: pd.Series) -> list[str]:
     return [f"{base}-open" if b else base for b in borderline]
 
 
-def phase_space(heads: pd.DataFrame, tau: float) -> go.Figure:
-    """Δ_IOI vs Δ_anti of every head at one τ (models whose gap is not positive left out)."""
+def _view(shown: pd.DataFrame, pair: Pair, tau: float) -> dict[str, Any]:
+    """Everything the figure draws for one pair: per model trace its points, per category its legend entry,
+    and the axes."""
+    roles = pair_roles(shown, pair)
+    x, y = pair.names
+    exact = pd.Series("exact", index=shown.index)
+    custom = pd.DataFrame({
+        "model": shown["model"], "head": "L" + shown["layer"].astype(str) + "H" + shown["head"].astype(str),
+        "x_low": shown[f"delta_{x}_low"], "x_high": shown[f"delta_{x}_high"],
+        "y_low": shown[f"delta_{y}_low"], "y_high": shown[f"delta_{y}_high"],
+        "category": roles["category"], "robust": roles["category_robust"],
+        "measured_x": shown.get(f"measured_by_{x}", exact), "measured_y": shown.get(f"measured_by_{y}", exact),
+    })
+    limit = max(float(shown[[f"delta_{x}", f"delta_{y}"]].abs().max().max()) * 1.08, 2 * tau)
+    models = {}
+    for family in ordered_families(shown["family"]):
+        rows = shown[shown["family"] == family].sort_values("n_params", kind="stable")
+        for model, model_rows in rows.groupby("model", sort=False):
+            index = model_rows.index
+            models[model] = {"x": model_rows[f"delta_{x}"].tolist(), "y": model_rows[f"delta_{y}"].tolist(),
+                             "customdata": custom.loc[index].to_numpy().tolist(),
+                             "color": roles.loc[index, "category"].map(pair.colours).tolist(),
+                             "symbol": _symbol(family, roles.loc[index, "borderline"]), "family": family}
+    counts = roles["category"].value_counts()
+    legend = [(f"{category} ({int(counts.get(category, 0))})", colour) for category, colour in pair.colours.items()]
+    axes = {"xaxis": {"title": {"text": f"{pair.delta_name(x)} (fraction of {pair.x.label} gap; < 0: head supports "
+                                        "it)"}, "range": [-limit, limit]},
+            "yaxis": {"title": {"text": f"{pair.delta_name(y)} (fraction of {pair.y.label} gap; < 0: supports)"},
+                      "range": [-limit, limit]}}
+    return {"models": models, "legend": legend, "axes": axes, "hover": _hover(pair)}
+
+
+def _pair_menu(views: Sequence[dict[str, Any]], pairs: Sequence[Pair]) -> dict[str, Any]:
+    """A drop-down that redraws every trace (points, colours, hover, legend names) and the axes for a pair."""
+    buttons = []
+    for pair, view in zip(pairs, views, strict=True):
+        models = list(view["models"].values())
+        restyle = {
+            "x": [m["x"] for m in models] + [[None]] * len(view["legend"]),
+            "y": [m["y"] for m in models] + [[None]] * len(view["legend"]),
+            "customdata": [m["customdata"] for m in models] + [None] * len(view["legend"]),
+            "marker.color": [m["color"] for m in models] + [colour for _name, colour in view["legend"]],
+            "marker.symbol": [m["symbol"] for m in models] + ["circle"] * len(view["legend"]),
+            "hovertemplate": [view["hover"]] * len(models) + [None] * len(view["legend"]),
+            "name": list(view["models"]) + [name for name, _colour in view["legend"]],
+        }
+        relayout = {f"{axis}.{key}": value for axis, settings in view["axes"].items()
+                    for key, value in (("title.text", settings["title"]["text"]), ("range", settings["range"]))}
+        buttons.append({"label": f"{pair.x.label} vs {pair.y.label}", "method": "update", "args": [restyle, relayout]})
+    return {"type": "dropdown", "direction": "down", "buttons": buttons, "x": 1.0, "y": 1.0, "xanchor": "right",
+            "yanchor": "bottom", "showactive": True}
+
+
+def phase_space(heads: pd.DataFrame, tau: float, pairs: Sequence[Pair] = (PAPER_PAIR,)) -> go.Figure:
+    """The first pair's Δ (Δ_IOI vs Δ_anti for the paper's) of every head at one τ, with a menu for the other
+    ``pairs`` (models whose gap is not positive left out). ``heads`` is categorised (``strong_<task>`` and
+    ``robust_<task>`` for every task of the pairs)."""
     shown, flagged, _verb = meaningful_rows(heads)
+    views = [_view(shown, pair, tau) for pair in pairs]
+    first = views[0]
     fig = go.Figure()
-    limit = max(float(shown[["delta_ioi", "delta_anti"]].abs().max().max()) * 1.08, 2 * tau)
     fig.add_shape(type="rect", x0=-tau, x1=tau, y0=-tau, y1=tau, fillcolor="rgba(0, 0, 0, 0.08)", line={"width": 0},
                   layer="below")
     for value in (-tau, tau):
         fig.add_vline(x=value, line={"dash": "dash", "color": "#888888", "width": 1})
         fig.add_hline(y=value, line={"dash": "dash", "color": "#888888", "width": 1})
-    exact = pd.Series("exact", index=shown.index)
-    measured = {task: shown.get(f"measured_by_{task}", exact) for task in ("ioi", "anti")}
-    custom = pd.DataFrame({
-        "model": shown["model"], "head": "L" + shown["layer"].astype(str) + "H" + shown["head"].astype(str),
-        "ioi_low": shown["delta_ioi_low"], "ioi_high": shown["delta_ioi_high"],
-        "anti_low": shown["delta_anti_low"], "anti_high": shown["delta_anti_high"],
-        "category": shown["category"], "robust": shown["category_robust"],
-        "measured_ioi": measured["ioi"], "measured_anti": measured["anti"],
-    })
-    for family in ordered_families(shown["family"]):
-        rows = shown[shown["family"] == family].sort_values("n_params", kind="stable")
-        group_title = f"{family} · {' / '.join(sorted(rows['tuning'].astype(str).unique()))}"  # e.g. qwen2 · instruct
-        for model, model_rows in rows.groupby("model", sort=False):
-            fig.add_trace(go.Scatter(
-                x=model_rows["delta_ioi"], y=model_rows["delta_anti"], mode="markers", name=str(model),
-                legendgroup=family, legendgrouptitle_text=group_title,
-                customdata=custom.loc[model_rows.index].to_numpy(), hovertemplate=HOVER,
-                marker={"color": model_rows["category"].map(CATEGORY_COLOURS).tolist(), "size": 9,
-                        "symbol": _symbol(family, model_rows["borderline"]), "line": {"width": 1.5}},
-            ))
-    for category, colour in CATEGORY_COLOURS.items():
-        count = int((shown["category"] == category).sum())
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{category} ({count})",
-                                 legendgroup="categories", legendgrouptitle_text="Category (colour)",
-                                 marker={"color": colour, "size": 9}, hoverinfo="skip"))
-    families = [trace.legendgroup for trace in fig.data]
+    for model, trace in first["models"].items():
+        family = trace["family"]
+        tunings = shown.loc[shown["family"] == family, "tuning"].astype(str).unique()
+        fig.add_trace(go.Scatter(
+            x=trace["x"], y=trace["y"], mode="markers", name=str(model), legendgroup=family,
+            legendgrouptitle_text=f"{family} · {' / '.join(sorted(tunings))}",  # e.g. qwen2 · instruct
+            customdata=trace["customdata"], hovertemplate=first["hover"],
+            marker={"color": trace["color"], "size": 9, "symbol": trace["symbol"], "line": {"width": 1.5}},
+        ))
+    for name, colour in first["legend"]:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=CATEGORY_GROUP,
+                                 legendgrouptitle_text="Category (colour)", marker={"color": colour, "size": 9},
+                                 hoverinfo="skip"))
+    groups = [trace.legendgroup for trace in fig.data]
     buttons = [{"label": "all families", "method": "restyle", "args": [{"visible": True}]}] + [
-        {"label": family, "method": "restyle",
-         "args": [{"visible": [g in (family, "categories") for g in families]}]}
+        {"label": family, "method": "restyle", "args": [{"visible": [g in (family, CATEGORY_GROUP) for g in groups]}]}
         for family in ordered_families(shown["family"])
     ]
+    menus = [{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0, "y": 1.0, "xanchor": "left",
+              "yanchor": "bottom", "showactive": True}]
+    if len(pairs) > 1:
+        menus.append(_pair_menu(views, pairs))
     title = (f"All {len(shown)} heads of {shown['model'].nunique()} model(s): {ablation_label(heads)} ablation, "
              f"τ = {tau:g}; hollow = borderline (interval crosses τ)")
     if flagged:
@@ -82,11 +140,7 @@ def phase_space(heads: pd.DataFrame, tau: float) -> go.Figure:
     fig.update_layout(
         title={"text": title, "font": {"size": 14}}, template="simple_white", height=620,
         legend={"groupclick": "toggleitem", "itemsizing": "constant"}, hoverlabel={"align": "left"},
-        updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0, "y": 1.0,
-                      "xanchor": "left", "yanchor": "bottom", "showactive": True}],
-        xaxis={"title": "Δ_IOI (fraction of IOI gap; < 0: head supports IOI)", "range": [-limit, limit],
-               "zeroline": True},
-        yaxis={"title": "Δ_anti (fraction of anti-repetition gap; < 0: supports)", "range": [-limit, limit],
-               "zeroline": True},
+        updatemenus=menus,
+        xaxis={**first["axes"]["xaxis"], "zeroline": True}, yaxis={**first["axes"]["yaxis"], "zeroline": True},
     )
     return fig

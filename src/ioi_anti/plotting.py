@@ -22,24 +22,28 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES
+from ioi_anti.categories import PAPER_PAIR, WEAK, Pair
 
 # Same order as ioi_anti.models.FAMILIES, which is not imported here because that module loads torch.
 FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00",
                   "gemma": "#56B4E9", "qwen2": "#000000"}
 FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v", "gemma": "X", "qwen2": "p"}
-CATEGORY_COLOURS = {"IOI-only": "#0072B2", "anti-only": "#D55E00", "shared": "#009E73", "weak": "#AAAAAA"}
 UNKNOWN_COLOUR, UNKNOWN_MARKER = "#999999", "P"
 INSTRUCT = "instruct"  # ModelSpec.tuning of an instruction-tuned model ("base": pretrained only)
 TUNING_WORDS = {"base": "base", INSTRUCT: "instruction-tuned"}
 FLAG_COLOUR = "#B00000"
 GAP_WARNING = "gap ≤ 0: Δ not meaningful"
-X_DELTA = r"$\Delta_{\mathrm{IOI}}$ (fraction of IOI gap; < 0: head supports IOI)"
-Y_DELTA = r"$\Delta_{\mathrm{anti}}$ (fraction of anti-rep. gap; < 0: supports)"
 DODGE_STEP = 1.04  # multiplicative x offset between families on log axes (a few % of a model's size)
 GRID_MARGIN_IN, GRID_LEGEND_WIDTH_IN = 0.9, 1.9  # room for the family/Δ labels, and for a side legend
 SCALING_ROWS = ((False, "Strong heads (count)"), (True, "Strong heads (% of all)"))
+
+
+def delta_label(pair: Pair, task: str, hint: bool = True) -> str:
+    """Axis label of one of the pair's Δ, e.g. ``Δ_IOI (fraction of IOI gap; < 0: head supports it)``."""
+    label = pair.tasks[pair.names.index(task)].label
+    return rf"$\Delta_{{\mathrm{{{pair.delta_name(task)[2:]}}}}}$ (fraction of {label} gap" + (
+        "; < 0: head supports it)" if hint else ")")
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,9 @@ def _correlation_limits(corr: pd.DataFrame) -> tuple[float, float]:
     return max(finite.min() - pad, -1.05), min(finite.max() + pad, 1.05)
 
 
-def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = None) -> Figure:
-    """Pearson and Spearman correlation of Δ_IOI vs Δ_anti over all heads, against model size.
+def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = None,
+                               pair: Pair = PAPER_PAIR) -> Figure:
+    """Pearson and Spearman correlation of the pair's Δ (Δ_IOI vs Δ_anti) over all heads, against model size.
 
     A line through the sizes of each family (a lone marker for a family of one size); error bars are
     the bootstrap intervals over heads; hollow markers are instruction-tuned models.
@@ -233,14 +238,15 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
             _flag_points(ax, _dodged(bad, families), bad[stat])
             _log_params_axis(ax, corr["n_params"])
             ax.set_title(name)
-        axes[0].set_ylabel(r"Correlation of $\Delta_{\mathrm{IOI}}$ and $\Delta_{\mathrm{anti}}$ over heads")
+        x, y = (rf"$\Delta_{{\mathrm{{{pair.delta_name(name)[2:]}}}}}$" for name in pair.names)
+        axes[0].set_ylabel(f"Correlation of {x} and {y} over heads")
         axes[0].set_ylim(*_correlation_limits(corr))
         handles = (_family_handles(corr, families) + (_tuning_handles() if _has_instruct(corr) else [])
                    + ([_flag_handle()] if flagged else []))
         _bottom_legend(fig, handles, style)
         _suptitle(
             fig,
-            f"Head effects on IOI vs anti-repetition: correlation over all heads by model size\n"
+            f"Head effects on {pair.x.label} vs {pair.y.label}: correlation over all heads by model size\n"
             f"{ablation_label(corr)} ablation · no τ threshold · {level:.0%} bootstrap CI over heads",
             flagged,
         )
@@ -279,7 +285,8 @@ def meaningful_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str], str]:
     return shown, flagged, "not shown"
 
 
-def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None,
+                        pair: Pair = PAPER_PAIR) -> Figure:
     """Strong-head counts (top row) and shares of all heads (bottom row) per category vs model size.
 
     ``counts`` holds one τ; solid filled markers count all strong heads, dotted hollow ones the
@@ -291,8 +298,8 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
     families = ordered_families(shown["family"])
     with styled(style):
         fig = new_figure(style.width_in, 2 * style.panel_height_in + 1.1)
-        axes = fig.subplots(2, len(STRONG_CATEGORIES), sharex=True, sharey="row")
-        for col, category in enumerate(STRONG_CATEGORIES):
+        axes = fig.subplots(2, len(pair.strong_categories), sharex=True, sharey="row")
+        for col, category in enumerate(pair.strong_categories):
             rows = shown[shown["category"] == category]
             bad = rows[rows["model"].isin(flagged)]
             for row, (percent, label) in enumerate(SCALING_ROWS):
@@ -304,9 +311,9 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
                 if col == 0:
                     ax.set_ylabel(label)
                 if row == 0:
-                    ax.set_title(category, color=CATEGORY_COLOURS[category], fontweight="bold")
+                    ax.set_title(category, color=pair.colours[category], fontweight="bold")
                     ax.set_xlabel("")
-        strong = shown[shown["category"].isin(STRONG_CATEGORIES)]
+        strong = shown[shown["category"].isin(pair.strong_categories)]
         for row, (percent, _label) in enumerate(SCALING_ROWS):
             axes[row, 0].set_ylim(0, max(1.0, 1.1 * float(_head_counts(strong, "count", percent).max())))
         handles = _family_handles(shown, families, _has_instruct(shown)) + (
@@ -332,16 +339,17 @@ def _tau_guides(ax: Axes, tau: float) -> None:
     ax.axhline(0.0, color="#BBBBBB", linewidth=0.5, zorder=1)
 
 
-def _scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str], size: float) -> None:
+def _scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str], size: float, pair: Pair) -> None:
     """Heads coloured by category; strong ones filled if robust, hollow if borderline."""
-    weak = heads[heads["category"] == "weak"]
+    x, y = (f"delta_{name}" for name in pair.names)
+    weak = heads[heads["category"] == WEAK]
     for family, rows in weak.groupby("family"):
-        ax.scatter(rows["delta_ioi"], rows["delta_anti"], s=size * 0.35, marker=marker_of(str(family)),
-                   color=CATEGORY_COLOURS["weak"], alpha=0.6, linewidths=0, zorder=2)
-    strong = heads[heads["category"] != "weak"]
+        ax.scatter(rows[x], rows[y], s=size * 0.35, marker=marker_of(str(family)),
+                   color=pair.colours[WEAK], alpha=0.6, linewidths=0, zorder=2)
+    strong = heads[heads["category"] != WEAK]
     for (category, family, borderline), rows in strong.groupby(["category", "family", "borderline"]):
-        colour = CATEGORY_COLOURS[str(category)]
-        ax.scatter(rows["delta_ioi"], rows["delta_anti"], s=size, marker=marker_of(str(family)),
+        colour = pair.colours[str(category)]
+        ax.scatter(rows[x], rows[y], s=size, marker=marker_of(str(family)),
                    facecolors="none" if borderline else colour, edgecolors=colour, linewidths=0.9, zorder=3)
 
 
@@ -350,13 +358,13 @@ def _symmetric_limit(values: pd.Series, tau: float) -> float:
     return 1.08 * max(float(np.abs(values).max()) if len(values) else 0.0, 2 * tau)
 
 
-def _category_handles(heads: pd.DataFrame | None = None) -> list[Line2D]:
+def _category_handles(pair: Pair, heads: pd.DataFrame | None = None) -> list[Line2D]:
     """Category legend entries, with head counts when ``heads`` is given."""
     counts = heads["category"].value_counts() if heads is not None else None
     return [
-        Line2D([], [], marker="o", linestyle="none", color=CATEGORY_COLOURS[c],
+        Line2D([], [], marker="o", linestyle="none", color=colour,
                label=c if counts is None else f"{c} ({counts.get(c, 0)})")
-        for c in CATEGORIES
+        for c, colour in pair.colours.items()
     ]
 
 
@@ -368,8 +376,9 @@ def _robust_handles() -> list[Line2D]:
     ]
 
 
-def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
-    """Δ_IOI vs Δ_anti for every head of every model at one τ, with the τ bands and weak box.
+def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None,
+                          pair: Pair = PAPER_PAIR) -> Figure:
+    """The pair's Δ (Δ_IOI vs Δ_anti) for every head of every model at one τ, with the τ bands and weak box.
 
     Models whose gap is not positive are left out (their Δ are not meaningful) and named in the title,
     unless every model is flagged.
@@ -381,20 +390,22 @@ def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | 
         fig = new_figure(style.width_in, style.width_in * 0.68)
         ax = fig.subplots()
         _tau_guides(ax, tau)
-        _scatter_heads(ax, shown, family_marker, size=22)
-        ax.set_xlim(-_symmetric_limit(shown["delta_ioi"], tau), _symmetric_limit(shown["delta_ioi"], tau))
-        ax.set_ylim(-_symmetric_limit(shown["delta_anti"], tau), _symmetric_limit(shown["delta_anti"], tau))
-        ax.set_xlabel(X_DELTA)
-        ax.set_ylabel(Y_DELTA)
+        _scatter_heads(ax, shown, family_marker, 22, pair)
+        x, y = pair.names
+        ax.set_xlim(-_symmetric_limit(shown[f"delta_{x}"], tau), _symmetric_limit(shown[f"delta_{x}"], tau))
+        ax.set_ylim(-_symmetric_limit(shown[f"delta_{y}"], tau), _symmetric_limit(shown[f"delta_{y}"], tau))
+        ax.set_xlabel(delta_label(pair, x))
+        ax.set_ylabel(delta_label(pair, y))
         family_handles = [
             Line2D([], [], marker=family_marker(f), linestyle="none", color="#444444", label=f) for f in families
         ]
         weak_box = Patch(facecolor="#EEEEEE", edgecolor="#888888", linestyle="--", label=f"weak box (|Δ| < {tau:g})")
-        fig.legend(handles=_category_handles(shown) + [weak_box], loc="outside right upper", title="Category (heads)")
+        fig.legend(handles=_category_handles(pair, shown) + [weak_box], loc="outside right upper",
+                   title="Category (heads)")
         fig.legend(handles=family_handles, loc="outside right center", title="Family")
         fig.legend(handles=_robust_handles(), loc="outside right lower", title="Interval")
         n_models = shown["model"].nunique()
-        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): effect on IOI vs anti-repetition\n"
+        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): effect on {pair.x.label} vs {pair.y.label}\n"
                        f"{ablation_label(heads)} ablation, τ = {tau:g}", flagged, flag_verb=verb)
     return fig
 
@@ -408,14 +419,16 @@ def _grid_layout(heads: pd.DataFrame) -> list[list[str]]:
     ]
 
 
-def _grid_panel(ax: Axes, rows: pd.DataFrame, tau: float, flagged: bool, limits: tuple[float, float]) -> None:
+def _grid_panel(ax: Axes, rows: pd.DataFrame, tau: float, flagged: bool, limits: tuple[float, float],
+                pair: Pair) -> None:
     """One model's phase-space panel; a flagged model gets a red warning title."""
     _tau_guides(ax, tau)
-    _scatter_heads(ax, rows, lambda _family: "o", size=10)
+    _scatter_heads(ax, rows, lambda _family: "o", 10, pair)
     first = rows.iloc[0]
     instruct = ", instruct" if first["tuning"] == INSTRUCT else ""
     title = f"{first['model']} ({format_params(first['n_params'])}{instruct})"
-    outside = int(((rows["delta_ioi"].abs() > limits[0]) | (rows["delta_anti"].abs() > limits[1])).sum())
+    x, y = (rows[f"delta_{name}"].abs() for name in pair.names)
+    outside = int(((x > limits[0]) | (y > limits[1])).sum())
     if outside:
         title += f"\n{outside} head(s) off-axis"
     if flagged:
@@ -432,7 +445,7 @@ def _grid_size(layout: list[list[str]], style: FigureStyle) -> tuple[float, floa
     return width, n_rows * (panel + 0.4) + 0.9
 
 
-def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = None, pair: Pair = PAPER_PAIR) -> Figure:
     """The phase space with one panel per model, a row per family, shared axes.
 
     Axis limits come from the models with a positive gap, so a flagged model cannot squash the rest.
@@ -443,7 +456,7 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
     flagged = flagged_models(heads)
     reference = heads[~heads["model"].isin(flagged)]
     reference = heads if reference.empty else reference
-    limits = (_symmetric_limit(reference["delta_ioi"], tau), _symmetric_limit(reference["delta_anti"], tau))
+    limits = tuple(_symmetric_limit(reference[f"delta_{name}"], tau) for name in pair.names)
     width, height = _grid_size(layout, style)
     with styled(style):
         fig = new_figure(width, height)
@@ -455,7 +468,7 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
                     ax.axis("off")
                     free.append(ax)
                     continue
-                _grid_panel(ax, heads[heads["model"] == models[c]], tau, models[c] in flagged, limits)
+                _grid_panel(ax, heads[heads["model"] == models[c]], tau, models[c] in flagged, limits, pair)
                 ax.set_xlim(-limits[0], limits[0])
                 ax.set_ylim(-limits[1], limits[1])
                 ax.xaxis.set_tick_params(labelbottom=True)
@@ -463,9 +476,9 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
                 ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
             family = heads.loc[heads["model"] == models[0], "family"].iloc[0]
             axes[r, 0].set_ylabel(family, fontweight="bold", color=family_colour(family))
-        fig.supxlabel(r"$\Delta_{\mathrm{IOI}}$ (fraction of IOI gap)")
-        fig.supylabel(r"$\Delta_{\mathrm{anti}}$ (fraction of anti-repetition gap)")
-        handles = _category_handles() + _robust_handles()
+        fig.supxlabel(delta_label(pair, pair.x.name, hint=False))
+        fig.supylabel(delta_label(pair, pair.y.name, hint=False))
+        handles = _category_handles(pair) + _robust_handles()
         if free:
             free[0].legend(handles=handles, loc="center")
         else:
@@ -474,20 +487,20 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
     return fig
 
 
-def layer_hist(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None) -> Figure:
+def layer_hist(counts: pd.DataFrame, tau: float, style: FigureStyle | None = None, pair: Pair = PAPER_PAIR) -> Figure:
     """Stacked strong-head counts per layer for one model at one τ (weak heads omitted)."""
     style = style or FigureStyle()
     first = counts.iloc[0]
     n_layers, n_heads = int(first["n_layers"]), int(first["n_heads"])
     table = counts.pivot_table(index="layer", columns="category", values="count", aggfunc="sum")
-    table = table.reindex(index=range(n_layers), columns=list(STRONG_CATEGORIES), fill_value=0).fillna(0)
+    table = table.reindex(index=range(n_layers), columns=list(pair.strong_categories), fill_value=0).fillna(0)
     with styled(style):
         fig = new_figure(style.width_in, style.panel_height_in + 1.0)
         ax = fig.subplots()
         bottom = np.zeros(n_layers)
-        for category in STRONG_CATEGORIES:
+        for category in pair.strong_categories:
             values = table[category].to_numpy(float)
-            ax.bar(table.index, values, bottom=bottom, color=CATEGORY_COLOURS[category], width=0.8,
+            ax.bar(table.index, values, bottom=bottom, color=pair.colours[category], width=0.8,
                    label=f"{category} ({int(values.sum())})")
             bottom += values
         if bottom.sum() == 0:

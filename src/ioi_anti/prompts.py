@@ -9,11 +9,13 @@ token of the prompt).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # annotations only; the tokenizers passed in bring transformers with them
+    from transformers import PreTrainedTokenizerBase
 
 
 class VocabularyError(ValueError):

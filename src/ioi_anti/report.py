@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from ioi_anti.categories import CATEGORIES, STRONG_CATEGORIES, default_tau_rows
+from ioi_anti.categories import PAPER_PAIR, WEAK, Pair, default_tau_rows, table_tasks
 from ioi_anti.plotting import (
     FAMILY_ORDER,
     GAP_WARNING,
@@ -27,14 +27,14 @@ from ioi_anti.plotting import (
     format_params,
 )
 from ioi_anti.precision import precision_words
-from ioi_anti.routes import REMAINDER, ROUTES, TASK_NAMES, shared_hero_answers
+from ioi_anti.routes import REMAINDER, route_names, shared_hero_answers
 from ioi_anti.training_plots import series, with_steps
 
 NOT_RECORDED = "not recorded"
 LAYER_HISTS_DIR = "layer_hists"
 TRAINING_DIR = "training"
 DECOMPOSITION_DIR = "hero_decomposition"
-KNOWN_METADATA = ("models", "seed", "ablation", "n_prompts_ioi", "n_prompts_anti", "versions", "device",
+KNOWN_METADATA = ("models", "seed", "ablation", "versions", "device",
                   "model_config")  # model_config: shown in the Models line, from the per-head table
 
 
@@ -50,7 +50,7 @@ class FigureEntry:
 FIGURES = (
     FigureEntry(
         "corr_vs_scale_cross_family_plot", "corr_vs_scale_cross_family.png",
-        "Pearson (left) and Spearman (right) correlation of Δ_IOI with Δ_anti over all heads of each model "
+        "Pearson (left) and Spearman (right) correlation of {dx} with {dy} over all heads of each model "
         "against parameter count, with bootstrap intervals over heads: a line joins the sizes of a family, a "
         "family of one size is a lone marker, and hollow markers are instruction-tuned models (families are "
         "offset by a few % on the log x axis so equal sizes do not overlap); the numbers are in "
@@ -58,14 +58,14 @@ FIGURES = (
     ),
     FigureEntry(
         "strong_head_scaling_plot", "strong_head_scaling.png",
-        "Number (top) and share (bottom) of IOI-only, anti-only and shared heads at the default τ against "
+        "Number (top) and share (bottom) of {x_only}, {y_only} and shared heads at the default τ against "
         "parameter count, marker per family, a line through the sizes of a family (a lone marker for one size); "
         "hollow markers on dotted lines count the robust subset whose 95% interval clears τ, and the legend "
         "says which families are base or instruction-tuned when the run has instruction-tuned models.",
     ),
     FigureEntry(
         "all_heads_phase_space_plot", "all_heads_phase_space.png",
-        "Δ_IOI against Δ_anti for every head of every model with a positive gap, coloured by category at "
+        "{dx} against {dy} for every head of every model with a positive gap, coloured by category at "
         "the default τ, marker per family, with the ±τ lines and the shaded weak box; hollow markers are "
         "borderline heads whose interval crosses τ.",
     ),
@@ -75,6 +75,14 @@ FIGURES = (
         "models say `instruct` in their panel title.",
     ),
 )
+
+
+def pair_words(pair: Pair) -> dict[str, str]:
+    """The words a caption or sentence needs to name the pair: ``dx`` (Δ_IOI), ``x_only`` (IOI-only), ``x``
+    (the task's label), and the same for ``y``."""
+    x_only, y_only, _shared, _weak = pair.categories
+    return {"dx": pair.delta_name(pair.x.name), "dy": pair.delta_name(pair.y.name), "x_only": x_only,
+            "y_only": y_only, "x": pair.x.label, "y": pair.y.label}
 
 
 def layer_hist_key(model: str) -> str:
@@ -151,6 +159,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     taus = sorted(heads["tau"].unique())
     _rows, tau = default_tau_rows(heads)
     listed = [str(m) for m in metadata.get("models") or []]
+    tasks = table_tasks(heads)
     missing = sorted(set(listed) - set(models))
     lines = [
         "## Run",
@@ -159,7 +168,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
         *(f"  - {m}: {facts.at[m, 'family']}, {tuning_word(facts.at[m, 'tuning'])}, "
           f"{format_params(facts.at[m, 'n_params'])} parameters, {facts.at[m, 'n_layers']} layers × "
           f"{facts.at[m, 'n_heads']} heads" for m in models),
-        f"- Prompts: IOI {_setting(metadata, 'n_prompts_ioi')}, anti-repetition {_setting(metadata, 'n_prompts_anti')}",
+        "- Clean prompts per task: " + ", ".join(f"{task} {_setting(metadata, f'n_prompts_{task}')}" for task in tasks),
         f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
         f"- τ (strong head: |Δ| ≥ τ): {tau:g}; sensitivity τ: {', '.join(f'{t:g}' for t in taus)}",
         f"- Seed: {_setting(metadata, 'seed')}; device: {_setting(metadata, 'device')}",
@@ -167,7 +176,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     ]
     if missing:
         lines.append(f"- Listed in run metadata but absent from the per-head results: {', '.join(missing)}")
-    extra = {k: v for k, v in metadata.items() if k not in KNOWN_METADATA}
+    extra = {k: v for k, v in metadata.items() if k not in KNOWN_METADATA and not k.startswith("n_prompts_")}
     lines += [f"- {key}: {_setting_text(value)}" for key, value in sorted(extra.items())]
     versions = metadata.get("versions") or {}
     if not versions:
@@ -195,18 +204,18 @@ def warnings_section(baseline: pd.DataFrame, heads: pd.DataFrame) -> str:
     return "\n>\n".join(lines)
 
 
-def _model_row(base: pd.DataFrame, heads: pd.DataFrame, corr: pd.Series) -> dict[str, Any]:
+def _model_row(base: pd.DataFrame, heads: pd.DataFrame, corr: pd.Series, pair: Pair) -> dict[str, Any]:
     """One model's row of the comparison table: identity, size, task gaps, r, strong heads and their depth."""
     gaps = {row.task: with_interval(row.gap, row.gap_low, row.gap_high, "{:.2f}") for row in base.itertuples()}
     counts = heads["category"].value_counts()
-    strong = heads[heads["category"] != "weak"]
+    strong = heads[heads["category"] != WEAK]
     first = heads.iloc[0]
     return {
         "model": first["model"], "family": first["family"], "tuning": tuning_word(first["tuning"]),
         "params": format_params(first["n_params"]), "layers × heads": f"{first['n_layers']} × {first['n_heads']}",
-        "IOI gap": gaps.get("ioi", NOT_RECORDED), "anti-rep. gap": gaps.get("anti", NOT_RECORDED),
+        **{f"{task.short} gap": gaps.get(task.name, NOT_RECORDED) for task in pair.tasks},
         "Pearson r": with_interval(corr["pearson"], corr["pearson_low"], corr["pearson_high"], "{:.2f}"),
-        **{c: int(counts.get(c, 0)) for c in STRONG_CATEGORIES},
+        **{c: int(counts.get(c, 0)) for c in pair.strong_categories},
         "all strong": f"{len(strong)} ({len(strong) / len(heads):.0%})",
         "median depth": f"{strong['depth_frac'].median():.0%}" if len(strong) else "–",
     }
@@ -224,17 +233,20 @@ def _tuning_sentence(heads: pd.DataFrame, models: list[str]) -> str:
     return text
 
 
-def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.DataFrame, tau: float) -> str:
+def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.DataFrame, tau: float,
+                       pair: Pair = PAPER_PAIR) -> str:
     """The models of the run side by side: one table, then what it shows in words (at the default τ)."""
     models = model_order(heads)
     corr = corr.set_index("model")
-    table = pd.DataFrame([_model_row(baseline[baseline["model"] == m], heads[heads["model"] == m], corr.loc[m])
+    words = pair_words(pair)
+    table = pd.DataFrame([_model_row(baseline[baseline["model"] == m], heads[heads["model"] == m], corr.loc[m], pair)
                           for m in models])
     lines = [
         "## Models compared",
         "",
         f"By family and size, at τ = {tau:g}: the task gaps (the unit of every Δ) with 95 % intervals over "
-        "prompts, Pearson r of Δ_IOI with Δ_anti over all heads with its 95 % interval over heads, strong heads "
+        f"prompts, Pearson r of {words['dx']} with {words['dy']} over all heads with its 95 % interval over heads, "
+        "strong heads "
         "per category, all strong heads (share of the model's heads) and their median depth (fraction of the "
         "model's layers).",
         "",
@@ -243,7 +255,7 @@ def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.Dat
         _tuning_sentence(heads, models),
     ]
     if len(models) > 1:
-        share = heads.assign(strong=heads["category"] != "weak").groupby("model")["strong"].mean()
+        share = heads.assign(strong=heads["category"] != WEAK).groupby("model")["strong"].mean()
         most, least = share.idxmax(), share.idxmin()
         r = corr.loc[models, "pearson"].sort_values(ascending=False)
         high, low = r.index[0], r.index[-1]
@@ -251,7 +263,7 @@ def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.Dat
         lines += [
             "",
             f"{most} gives a strong role to the largest share of its heads ({share[most]:.0%}, against "
-            f"{share[least]:.0%} for {least}). Pearson r of Δ_IOI with Δ_anti: "
+            f"{share[least]:.0%} for {least}). Pearson r of {words['dx']} with {words['dy']}: "
             + ", ".join(f"{r[m]:.2f} ({m})" for m in r.index) + "; "
             + ("the intervals overlap, so this run does not separate the models on it."
                if overlap else f"the intervals of {high} and {low} do not overlap."),
@@ -296,7 +308,7 @@ def _image(images: Mapping[str, str], key: str, alt: str) -> list[str]:
 
 
 def figures_section(models: list[str], tau: float, ablation: str, output_dir: str,
-                    images: Mapping[str, str] | None = None) -> str:
+                    images: Mapping[str, str] | None = None, pair: Pair = PAPER_PAIR) -> str:
     """Each figure with one sentence on what it shows, where the files land, and (given ``images``:
     dataset name, or ``layer_hists/<key>``, -> image source) the figure itself."""
     images = images or {}
@@ -313,7 +325,7 @@ def figures_section(models: list[str], tau: float, ablation: str, output_dir: st
     ]
     for fig in FIGURES:
         lines += _image(images, fig.dataset, fig.file_name)
-        lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`): {fig.caption}", ""]
+        lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`): {fig.caption.format(**pair_words(pair))}", ""]
     for m in models:
         key = f"{LAYER_HISTS_DIR}/{layer_hist_key(m)}"
         lines += _image(images, key, f"{key}.png")
@@ -322,7 +334,7 @@ def figures_section(models: list[str], tau: float, ablation: str, output_dir: st
     return "\n".join(lines).rstrip()
 
 
-def strong_counts_section(counts: pd.DataFrame) -> str:
+def strong_counts_section(counts: pd.DataFrame, pair: Pair = PAPER_PAIR) -> str:
     """One table per τ: heads per category and model, as ``count (robust)``."""
     lines = [
         "## Strong heads",
@@ -332,15 +344,16 @@ def strong_counts_section(counts: pd.DataFrame) -> str:
     ]
     for tau, rows in counts.groupby("tau", sort=True):
         cells = rows.assign(cell=rows["count"].astype(str) + " (" + rows["n_robust"].astype(str) + ")")
-        table = cells.pivot(index="model", columns="category", values="cell").reindex(columns=list(CATEGORIES))
+        table = cells.pivot(index="model", columns="category", values="cell").reindex(columns=list(pair.categories))
         table = table.reindex(model_order(rows)).reset_index()
         default = " (default)" if bool(rows["is_default_tau"].iloc[0]) else ""
         lines += ["", f"### τ = {tau:g}{default}", "", markdown_table(table)]
     return "\n".join(lines)
 
 
-def correlation_section(corr: pd.DataFrame) -> str:
-    """Pearson and Spearman of Δ_IOI vs Δ_anti per model, over all heads, with bootstrap intervals."""
+def correlation_section(corr: pd.DataFrame, pair: Pair = PAPER_PAIR) -> str:
+    """Pearson and Spearman of the pair's Δ (Δ_IOI vs Δ_anti) per model, over all heads, with bootstrap
+    intervals."""
     corr = _ordered(corr)
     table = pd.DataFrame({
         "model": corr["model"],
@@ -354,7 +367,7 @@ def correlation_section(corr: pd.DataFrame) -> str:
     })
     level, n_boot = float(corr["level"].iloc[0]), int(corr["n_boot"].iloc[0])
     return "\n".join([
-        "## Correlation of Δ_IOI and Δ_anti",
+        "## Correlation of {dx} and {dy}".format(**pair_words(pair)),
         "",
         f"Over all heads of each model (no top-k selection), with {level:.0%} percentile bootstrap "
         f"intervals from {n_boot} resamples of heads.",
@@ -450,7 +463,8 @@ def attribution_section(agreement: pd.DataFrame, models: list[str]) -> str:
     return "\n".join([*lines, markdown_table(agreement[columns], "{:.2f}")])
 
 
-def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[str, str]) -> str:
+def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[str, str],
+                     pair: Pair = PAPER_PAIR) -> str:
     """Across training steps, for runs with a series of checkpoints (empty otherwise)."""
     names = series(corr)
     if not names:
@@ -459,15 +473,15 @@ def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[s
     wide = default.pivot_table(index="model", columns="category", values="count", aggfunc="first")
     corr = with_steps(corr)
     lines = ["## Across training", "",
-             f"The Δ_IOI–Δ_anti correlation over all heads and the strong heads per category at τ = {tau:g}, "
-             "at each checkpoint of " + ", ".join(names) + "."]
+             "The {dx}–{dy} correlation over all heads".format(**pair_words(pair))
+             + f" and the strong heads per category at τ = {tau:g}, at each checkpoint of " + ", ".join(names) + "."]
     for name in names:
         rows = corr[corr["base_model"] == name].dropna(subset=["training_step"]).sort_values("training_step")
         table = pd.DataFrame({
             "checkpoint": rows["model"].str.partition("@")[2], "step": rows["training_step"].astype(int),
             "Pearson r": [with_interval(*v, "{:.2f}") for v in rows[["pearson", "pearson_low", "pearson_high"]]
                           .to_numpy()],
-            **{c: wide.reindex(rows["model"])[c].fillna(0).astype(int).to_numpy() for c in CATEGORIES if c != "weak"},
+            **{c: wide.reindex(rows["model"])[c].fillna(0).astype(int).to_numpy() for c in pair.strong_categories},
             "gap ok": rows["gap_ok"].map({True: "yes", False: "**NO**"}).to_numpy(),
         })
         lines += ["", f"### {name}", "", markdown_table(table)]
@@ -482,8 +496,9 @@ def training_section(corr: pd.DataFrame, counts: pd.DataFrame, images: Mapping[s
 def screening_section(heads: pd.DataFrame) -> str:
     """In a screening run: per model and task, how many heads were measured exactly and how large the
     largest estimate left unmeasured is."""
-    columns = [f"measured_by_{task}" for task in TASK_NAMES]
-    if not set(columns) <= set(heads.columns) or (heads[columns] == "exact").all().all():
+    columns = [c for c in heads.columns if c.startswith("measured_by_")]
+    tasks = [c.removeprefix("measured_by_") for c in columns]
+    if not columns or (heads[columns] == "exact").all().all():
         return ""
     lines = ["## Screening", "",
              "This run screened heads by attribution patching and measured exactly, task by task, only the heads "
@@ -492,10 +507,10 @@ def screening_section(heads: pd.DataFrame) -> str:
              "it being exact, since it is weak at every τ of the run.", ""]
     for model, rows in heads.groupby("model", sort=False):
         parts = []
-        for task in TASK_NAMES:
+        for task in tasks:
             estimated = rows[rows[f"measured_by_{task}"] == "estimate"]
             largest = estimated[f"delta_{task}"].abs().max() if len(estimated) else 0.0
-            parts.append(f"{TASK_NAMES[task]}: {len(rows) - len(estimated)} of {len(rows)} heads measured exactly, "
+            parts.append(f"{task}: {len(rows) - len(estimated)} of {len(rows)} heads measured exactly, "
                          f"the largest |Δ| only estimated {largest:.3f}")
         lines.append(f"- {model}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
@@ -512,26 +527,27 @@ def build_report(
     hero: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
     images: Mapping[str, str] | None = None,
     roles: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    pair: Pair = PAPER_PAIR,
 ) -> str:
     """The whole Markdown report (with the hero-heads section when its tables are given, the roles over
     every task when ``roles`` (signature counts, task correlations) are, and the figures themselves
-    where ``images`` gives their sources)."""
+    where ``images`` gives their sources); categories, correlations and heroes are those of ``pair``."""
     heads, tau = default_tau_rows(head_categories)
     warnings = warnings_section(baseline, heads)
     sections = [
-        "# IOI and anti-repetition: per-head ablation report",
+        f"# {pair.x.label} and {pair.y.label}: per-head ablation report",
         warnings,
-        comparison_section(baseline, heads, correlations, tau),
-        figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images),
+        comparison_section(baseline, heads, correlations, tau, pair),
+        figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images, pair),
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
-        strong_counts_section(strong_head_counts),
-        correlation_section(correlations),
-        training_section(correlations, strong_head_counts, images or {}),
+        strong_counts_section(strong_head_counts, pair),
+        correlation_section(correlations, pair),
+        training_section(correlations, strong_head_counts, images or {}, pair),
         screening_section(heads),
         task_roles_section(*roles, heads, images or {}) if roles is not None else "",
         attribution_section(attribution_agreement, model_order(heads)),
-        hero_section(*hero, output_dir, images) if hero is not None else "",
+        hero_section(*hero, output_dir, images, pair) if hero is not None else "",
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -548,8 +564,9 @@ HERO_FIGURES = (
                 "once (a check: equals the total), and its effect routed through the query, key or value input "
                 "of the most involved downstream heads."),
     FigureEntry("hero_attention_plot", "hero_attention.png",
-                "Mean attention from END of each hero head to the IO, S1 and S2 names (IOI prompts) and to the "
-                "in-context list items (list prompts)."),
+                "Mean attention from END of each hero head to the positions each task names (IOI: the IO, S1 and "
+                "S2 names; anti-repetition: the in-context list items; induction: the token after the earlier "
+                "occurrence)."),
 )
 
 
@@ -557,7 +574,8 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f} %" if np.isfinite(value) else "n/a"
 
 
-def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[str, str]) -> list[str]:
+def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[str, str],
+                   pair: Pair = PAPER_PAIR) -> list[str]:
     """Where each hero's effect goes (verdicts and route shares), the shared heroes' answers, the figures."""
     if hero_routes.empty:
         return []
@@ -568,11 +586,12 @@ def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[s
              "that needs the hero's output at two readers at once. Shares are of the hero's total Δ; the verdict "
              "names a route carrying at least half of it (docs/metrics.md gives the rules). Table: "
              "`hero_routes.csv`; every per-layer part: `hero_decomposition.parquet`.", ""]
+    routes = route_names(pair)
     shown = hero_routes.assign(
         total=[with_interval(r.total, r.total_low, r.total_high) for r in hero_routes.itertuples()],
-        **{route: hero_routes[route].map(_percent) for route in (*ROUTES, REMAINDER)})
-    lines += [markdown_table(shown[["model", "hero", "category", "task", "total", "verdict", *ROUTES, REMAINDER]]), ""]
-    answers = shared_hero_answers(hero_routes)
+        **{route: hero_routes[route].map(_percent) for route in (*routes, REMAINDER)})
+    lines += [markdown_table(shown[["model", "hero", "category", "task", "total", "verdict", *routes, REMAINDER]]), ""]
+    answers = shared_hero_answers(hero_routes, pair)
     lines += ["**Do shared heroes do both jobs themselves, or route into other heads?**", ""]
     lines += ([markdown_table(answers), ""] if not answers.empty
               else ["No shared hero in this run: no head's interval clears τ on both tasks.", ""])
@@ -586,16 +605,17 @@ def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[s
 
 
 def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFrame, hero_routes: pd.DataFrame,
-                 output_dir: str, images: Mapping[str, str] | None = None) -> str:
+                 output_dir: str, images: Mapping[str, str] | None = None, pair: Pair = PAPER_PAIR) -> str:
     """Hero heads: the selection, where their effect goes, their mediators and attention, and the figures."""
     lines = ["## Hero heads", ""]
     if heroes.empty:
         return "\n".join([*lines, "No head's interval clears τ for any category: no hero heads in this run."])
     lines += ["Selected per model: the strongest head of each category whose 95 % interval clears τ (`auto`), "
               "plus heads named in `hero_heads.named` (`named`). Table: `hero_heads_for_paper.csv`.", ""]
-    shown = heroes[["model", "hero", "category", "category_robust", "selected_by", "delta_ioi", "delta_anti"]]
+    shown = heroes[["model", "hero", "category", "category_robust", "selected_by",
+                    *(f"delta_{task}" for task in table_tasks(heroes))]]
     lines += [markdown_table(shown), ""]
-    lines += routes_section(hero_routes, output_dir, images or {})
+    lines += routes_section(hero_routes, output_dir, images or {}, pair)
     fixed = paths[paths["path"].isin(["total", "direct", "all paths"])]
     if not fixed.empty:
         wide = fixed.pivot_table(index=["model", "hero", "task"], columns="path", values="delta").reset_index()

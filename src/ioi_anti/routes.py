@@ -3,8 +3,8 @@ summed into routes, with a verdict per hero and task. Tables only (no torch), so
 can use them without a model.
 
 A *route* is the sum, over every later layer, of the parts read first by one kind of reader:
-the unembedding (``direct``), the attention heads of one category (point-estimate category at τ),
-or the MLPs. The ``remainder`` is ``total - sum of routes``: what needs the hero's output at two
+the unembedding (``direct``), the attention heads of one category of the run's pair (point-estimate
+category at τ), or the MLPs. The ``remainder`` is ``total - sum of routes``: what needs the hero's output at two
 readers at once (and, within a layer, at heads of two categories at once). Each route is given
 as Δ (fraction of the task gap) and as a fraction of the hero's total Δ, with percentile bootstrap
 intervals over prompts (prompts resampled jointly for the part and the total).
@@ -18,16 +18,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import CATEGORIES
+from ioi_anti.categories import PAPER_PAIR, SHARED, Pair
 from ioi_anti.metrics import interval
 
 DIRECT, MLPS, REMAINDER = "direct", "MLPs", "remainder"
-HEAD_ROUTES = tuple(f"{category} heads" for category in CATEGORIES)
-ROUTES = (DIRECT, *HEAD_ROUTES, MLPS)
-VERDICTS = {DIRECT: "acts directly", MLPS: "routes through MLPs"} | {
-    route: f"routes through {route}" for route in HEAD_ROUTES}
+ACTS_DIRECTLY = "acts directly"
 NO_EFFECT, NON_ADDITIVE, MIXED = "no clear effect", "non-additive", "mixed"
-TASK_NAMES = {"ioi": "IOI", "anti": "anti-repetition"}
+
+
+def head_route(category: str) -> str:
+    """The route through the heads of one category, e.g. ``IOI-only heads``."""
+    return f"{category} heads"
+
+
+def route_names(pair: Pair = PAPER_PAIR) -> tuple[str, ...]:
+    """Every route, in table order: direct, the heads of each of the pair's categories, the MLPs."""
+    return (DIRECT, *(head_route(category) for category in pair.categories), MLPS)
+
+
+def route_verdict(route: str) -> str:
+    """The verdict naming one route: ``acts directly`` or ``routes through <route>``."""
+    return ACTS_DIRECTLY if route == DIRECT else f"routes through {route}"
 
 
 def part_label(reader: str, layer: int, heads: str) -> str:
@@ -52,16 +63,16 @@ def summarise(parts: Mapping[str, np.ndarray], total: np.ndarray, idx: np.ndarra
 
 
 def route_parts(layer_parts: pd.DataFrame, per_prompt: np.ndarray, direct: np.ndarray,
-                total: np.ndarray) -> dict[str, np.ndarray]:
+                total: np.ndarray, pair: Pair = PAPER_PAIR) -> dict[str, np.ndarray]:
     """Per-prompt Δ of every route and of the remainder, from the per-layer parts.
 
     ``layer_parts`` has a row (``reader``, ``heads``) per row of ``per_prompt``: attention rows by
     head category (the ``all heads`` rows are not summed: the categories partition them) and MLP rows.
     """
     routes = {DIRECT: direct}
-    for category, route in zip(CATEGORIES, HEAD_ROUTES, strict=True):
+    for category in pair.categories:
         rows = ((layer_parts["reader"] == "attention") & (layer_parts["heads"] == category)).to_numpy()
-        routes[route] = per_prompt[rows].sum(0)
+        routes[head_route(category)] = per_prompt[rows].sum(0)
     routes[MLPS] = per_prompt[(layer_parts["reader"] == "mlp").to_numpy()].sum(0)
     routes[REMAINDER] = total - sum(routes.values())
     return routes
@@ -83,20 +94,20 @@ def verdict(routes: pd.DataFrame, total_low: float, total_high: float, tau: floa
     by_part = routes.set_index("part")
     if abs(by_part.loc[REMAINDER, "fraction"]) >= main_share:
         return NON_ADDITIVE, REMAINDER, float(by_part.loc[REMAINDER, "fraction"])
-    named = by_part.loc[list(ROUTES)]
+    named = by_part.drop(index=REMAINDER)
     main = str(named["fraction"].idxmax())
     share = float(named.loc[main, "fraction"])
     if share >= main_share and named.loc[main, "fraction_low"] >= min_share:
         opposed = named[named["fraction"] <= -min_share]["fraction"]
         against = ", ".join(f"{part} {100 * f:.0f} %" for part, f in opposed.items())
-        return VERDICTS[main] + (f"; opposed by {against}" if against else ""), main, share
+        return route_verdict(main) + (f"; opposed by {against}" if against else ""), main, share
     carried = named[named["fraction"] >= min_share].sort_values("fraction", ascending=False)
     listed = ", ".join(f"{part} {100 * f:.0f} %" for part, f in carried["fraction"].items())
     return (f"{MIXED} ({listed})" if listed else MIXED), main, share
 
 
 def route_table(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
-                params: Mapping[str, Any]) -> pd.DataFrame:
+                params: Mapping[str, Any], pair: Pair = PAPER_PAIR) -> pd.DataFrame:
     """One row per hero and task: total Δ, verdict, main route, and each route's fraction of the total."""
     rows = []
     keys = ["model", "hero", "task"]
@@ -111,20 +122,21 @@ def route_table(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
                "verdict": text, "main_route": main, "main_fraction": share}
         rows.append(row | dict(zip(routes["part"], routes["fraction"], strict=True)))
     return pd.DataFrame(rows, columns=[*keys[:2], "category", "task", "total", "total_low", "total_high",
-                                       "verdict", "main_route", "main_fraction", *ROUTES, REMAINDER])
+                                       "verdict", "main_route", "main_fraction", *route_names(pair), REMAINDER])
 
 
-def shared_hero_answers(routes: pd.DataFrame) -> pd.DataFrame:
+def shared_hero_answers(routes: pd.DataFrame, pair: Pair = PAPER_PAIR) -> pd.DataFrame:
     """For every shared hero: does it do both jobs itself, or route them through other components?"""
-    shared = routes[routes["category"] == "shared"]
+    shared = routes[routes["category"] == SHARED]
+    labels = {task.name: task.label for task in pair.tasks}
     rows = []
     for (model, hero), frame in shared.groupby(["model", "hero"], sort=False):
         by_task = frame.set_index("task")
-        verdicts = {task: str(by_task.loc[task, "verdict"]) for task in TASK_NAMES if task in by_task.index}
-        if verdicts and all(v.startswith(VERDICTS[DIRECT]) for v in verdicts.values()):
+        verdicts = {task: str(by_task.loc[task, "verdict"]) for task in labels if task in by_task.index}
+        if verdicts and all(v.startswith(ACTS_DIRECTLY) for v in verdicts.values()):
             answer = "does both jobs itself"
         else:
-            answer = "; ".join(f"{TASK_NAMES[task]}: {v}" for task, v in verdicts.items())
-        rows.append({"model": model, "hero": hero, **{f"verdict_{t}": verdicts.get(t, "") for t in TASK_NAMES},
+            answer = "; ".join(f"{labels[task]}: {v}" for task, v in verdicts.items())
+        rows.append({"model": model, "hero": hero, **{f"verdict_{t}": verdicts.get(t, "") for t in labels},
                      "answer": answer})
-    return pd.DataFrame(rows, columns=["model", "hero", "verdict_ioi", "verdict_anti", "answer"])
+    return pd.DataFrame(rows, columns=["model", "hero", *(f"verdict_{t}" for t in labels), "answer"])

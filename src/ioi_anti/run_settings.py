@@ -34,7 +34,8 @@ def stage_settings(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         categorisation = params["categorisation"]
         sweep["screen"] = params["head_ablation"]["screen"]
         sweep["screen_taus"] = [categorisation["tau"], *categorisation["sensitivity_taus"]]
-    heroes = dict(params["hero_heads"]) | {"tau": params["categorisation"]["tau"], "seed": params["seed"]}
+    heroes = dict(params["hero_heads"]) | {"tau": params["categorisation"]["tau"], "seed": params["seed"],
+                                           "pair": list(params["categorisation"]["pair"])}
     if params["head_ablation"]["ablation"] == "resample":
         heroes["resample_seed"] = params["head_ablation"]["seed"]
     return {

@@ -13,10 +13,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ioi_anti.categories import PAPER_PAIR, Pair
 from ioi_anti.checkpoints import parse_model_id
-from ioi_anti.plotting import CATEGORY_COLOURS, FigureStyle, ablation_label, new_figure, styled
+from ioi_anti.plotting import FigureStyle, ablation_label, new_figure, styled
 
-STRONG = ("IOI-only", "anti-only", "shared")
 SERIES_STYLES = ("-", "--", ":", "-.")
 
 
@@ -52,9 +52,9 @@ def _step_axis(ax: Axes) -> None:
 
 
 def training_dynamics(corr: pd.DataFrame, counts: pd.DataFrame, heads: pd.DataFrame, heroes: pd.DataFrame,
-                      tau: float, style: FigureStyle | None = None) -> Figure:
-    """Across training, per series: the Δ_IOI–Δ_anti correlation with its interval, strong-head counts
-    per category at τ, and the Δ trajectories of the final checkpoint's hero heads."""
+                      tau: float, style: FigureStyle | None = None, pair: Pair = PAPER_PAIR) -> Figure:
+    """Across training, per series: the correlation of the pair's Δ (Δ_IOI–Δ_anti) with its interval,
+    strong-head counts per category at τ, and the Δ trajectories of the final checkpoint's hero heads."""
     style = style or FigureStyle()
     names = series(corr)
     if not names:
@@ -70,37 +70,39 @@ def training_dynamics(corr: pd.DataFrame, counts: pd.DataFrame, heads: pd.DataFr
                          label=name)
             ax_corr.fill_between(rows["training_step"], rows["pearson_low"], rows["pearson_high"], color="#333333",
                                  alpha=0.12, linewidth=0)
-            for category in STRONG:
+            for category in pair.strong_categories:
                 rows = counts[(counts["base_model"] == name) & (counts["category"] == category)]
                 rows = rows.sort_values("training_step")
                 ax_count.plot(rows["training_step"], rows["count"], line, marker="o", markersize=3,
-                              color=CATEGORY_COLOURS[category], label=f"{category}, {name}")
+                              color=pair.colours[category], label=f"{category}, {name}")
         ax_corr.axhline(0, color="#777777", linewidth=0.8, linestyle=":")
-        ax_corr.set_ylabel("Pearson r of Δ_IOI, Δ_anti\n(all heads, 95% CI)")
+        dx, dy = (pair.delta_name(name) for name in pair.names)
+        ax_corr.set_ylabel(f"Pearson r of {dx}, {dy}\n(all heads, 95% CI)")
         ax_corr.legend(title="model (line style)", loc="best")
         ax_count.set_ylabel(f"strong heads at τ = {tau:g}")
         ax_count.legend(ncols=len(names), loc="best")
         for ax in (ax_corr, ax_count):
             _step_axis(ax)
         for column, name in enumerate(names):
-            _hero_panel(fig.add_subplot(grid[2, column]), name, heads, heroes)
+            _hero_panel(fig.add_subplot(grid[2, column]), name, heads, heroes, pair)
         fig.suptitle(f"Roles across training ({ablation_label(corr)} ablation, τ = {tau:g})")
     return fig
 
 
-def _hero_panel(ax: Axes, name: str, heads: pd.DataFrame, heroes: pd.DataFrame) -> None:
-    """Δ_IOI (solid) and Δ_anti (dashed) of the final checkpoint's hero heads, at every checkpoint."""
+def _hero_panel(ax: Axes, name: str, heads: pd.DataFrame, heroes: pd.DataFrame, pair: Pair) -> None:
+    """The pair's Δ (solid: x, e.g. IOI; dashed: y) of the final checkpoint's hero heads, at every checkpoint."""
     rows = heads[(heads["base_model"] == name)].dropna(subset=["training_step"])
     final = rows.loc[rows["training_step"].idxmax(), "model"]
     chosen = heroes[heroes["model"] == final] if not heroes.empty else heroes
     colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
     for colour, hero in zip(colours * 4, chosen.itertuples(), strict=False):
         path = rows[(rows["layer"] == hero.layer) & (rows["head"] == hero.head)].sort_values("training_step")
-        ax.plot(path["training_step"], path["delta_ioi"], "-", color=colour, label=f"L{hero.layer}H{hero.head}")
-        ax.plot(path["training_step"], path["delta_anti"], "--", color=colour)
+        ax.plot(path["training_step"], path[f"delta_{pair.x.name}"], "-", color=colour,
+                label=f"L{hero.layer}H{hero.head}")
+        ax.plot(path["training_step"], path[f"delta_{pair.y.name}"], "--", color=colour)
     ax.axhline(0, color="#777777", linewidth=0.8, linestyle=":")
     _step_axis(ax)
-    ax.set_ylabel("Δ (solid: IOI, dashed: anti)")
+    ax.set_ylabel(f"Δ (solid: {pair.x.short}, dashed: {pair.y.short})")
     ax.set_title(f"{name}: heroes of {final.partition('@')[2] or 'the final weights'}")
     if chosen.empty:
         ax.text(0.5, 0.5, "no hero heads at the final checkpoint", transform=ax.transAxes, ha="center")

@@ -19,13 +19,13 @@ import torch
 
 from ioi_anti import execution
 from ioi_anti.ablation import ABLATIONS
-from ioi_anti.categories import validate_tau
+from ioi_anti.categories import pair_of, validate_tau
 from ioi_anti.hero import check_named_heads, parse_head
 from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available, model_grid
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.precision import PRECISIONS
 from ioi_anti.sweep import MODES
-from ioi_anti.tasks import PAIR, Task, TaskError, load_tasks
+from ioi_anti.tasks import Task, TaskError, load_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +130,22 @@ def _hero_problems(named: Any, models: Sequence[str], registry: Mapping[str, Any
     return problems
 
 
-def _task_problems(names: Any) -> tuple[list[str], list[Task]]:
-    """Problems of the ``tasks`` setting, and the tasks it names when it has none."""
+def _task_problems(names: Any, pair: Any) -> tuple[list[str], list[Task]]:
+    """Problems of the ``tasks`` and ``categorisation.pair`` settings, and the tasks when they have none."""
     try:
         tasks = load_tasks(list(names) if isinstance(names, list | tuple) else names)
     except TaskError as error:
         return [f"`tasks`: {error}"], []
-    missing = [name for name in PAIR if name not in {task.name for task in tasks}]
-    if missing:
-        return [f"`tasks` must include {' and '.join(PAIR)} (the pair whose head roles are categorised); "
-                f"missing {missing}"], tasks
+    try:
+        pair_of(tasks, list(pair) if isinstance(pair, list | tuple) else pair)
+    except TaskError as error:
+        return [str(error)], tasks
     return [], tasks
 
 
 def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
     """Every problem of a run's parameters (empty when the run can start)."""
-    task_problems, tasks = _task_problems(params.get("tasks"))
+    task_problems, tasks = _task_problems(params.get("tasks"), params.get("categorisation", {}).get("pair"))
     # a user task's own section of data_generation is free-form: only the task knows its keys
     own = {task.name: params["data_generation"][task.name] for task in tasks
            if task.name in params.get("data_generation", {}) and task.name not in schema.get("data_generation", {})}

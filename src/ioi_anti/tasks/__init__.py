@@ -30,10 +30,12 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # only for annotations: loading transformers takes seconds, and tables do not need it
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_COLUMNS = ("prompt_id", "role", "pair_id", "template_id", "text", "context_words", "metric_words",
                   "metric_weights")
@@ -42,10 +44,13 @@ BUILT_IN = ("ioi", "anti", "induction", "factual")
 PAIR = ("ioi", "anti")  # the paper's pair: the default run's tasks and categorisation.pair
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 
-Tokenizers = Mapping[str, PreTrainedTokenizerBase]
+Tokenizers = Mapping[str, "PreTrainedTokenizerBase"]
 PromptMaker = Callable[[Mapping[str, Any], Tokenizers, int], tuple[pd.DataFrame, pd.DataFrame]]
 """``(params, tokenizers, seed) -> (prompts, dropped words)``: the task's section of ``data_generation``,
 the run's tokenizers by model id and the prompt seed; the drop log has columns list, word, tokenizer."""
+AttentionTargets = Callable[[Sequence[int], Sequence[int], Sequence[float]], dict[str, list[int]]]
+"""``(a clean prompt's input ids, its metric token ids, their weights) -> positions by target name``: where
+a hero head's attention from END is read (summed over each target's positions), e.g. IOI's IO, S1, S2."""
 HeadScorer = Callable[[Any, pd.DataFrame, int], pd.DataFrame]
 """``(loaded model, the task's tokenised prompts, max batch) -> (layer, head, score)``: a per-head
 measurement the task reports beside its Δ (e.g. induction's attention score)."""
@@ -60,7 +65,8 @@ class Task:
     """One behaviour: what the pipelines need to measure every head's part in it.
 
     ``short`` names the task inside category names ("IOI-only"); ``score`` (optional) is a per-head
-    measurement reported beside Δ in the per-head table as ``<score_name>``.
+    measurement reported beside Δ in the per-head table as ``<score_name>``; ``attention_targets``
+    (optional) the token positions whose attention from END the hero-head study reports.
     """
 
     name: str
@@ -72,6 +78,7 @@ class Task:
     description: str = ""
     score: HeadScorer | None = field(default=None, compare=False)
     score_name: str = ""
+    attention_targets: AttentionTargets | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):

@@ -9,7 +9,7 @@ template (clean and pool prompts).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,7 +79,16 @@ def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -
     return make_dataset(pools, params, seed), dropped
 
 
+def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
+                      weights: Sequence[float]) -> dict[str, list[int]]:
+    """Positions of the in-context list items (the metric tokens of negative weight), END excluded: all of them
+    and the last one."""
+    listed = {t for t, w in zip(tokens, weights, strict=True) if w < 0}
+    positions = [i for i, t in enumerate(list(input_ids)[:-1]) if t in listed]
+    return {"all list items": positions, "last list item": positions[-1:]}
+
+
 TASK = Task(name="anti", label="anti-repetition", short="anti", colour="#D55E00", make_prompts=make_prompts,
-            ablation_roles=("clean", "pool"),
+            ablation_roles=("clean", "pool"), attention_targets=attention_targets,
             description="anti-repetition: mean logit of new items − mean logit of listed items; reference: "
                         "matched copy prompts")

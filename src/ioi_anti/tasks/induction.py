@@ -100,7 +100,17 @@ def induction_scores(lm: Any, tokens: pd.DataFrame, max_batch: int) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
+def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
+                      weights: Sequence[float]) -> dict[str, list[int]]:
+    """The answer's first occurrence (the token after the current token's earlier occurrence, where an
+    induction head looks) and the current token's earlier occurrence, END excluded."""
+    ids = list(input_ids)
+    answer = tokens[int(np.argmax(weights))]
+    return {"next after earlier": [ids.index(answer)], "earlier occurrence": [ids.index(ids[-1])]}
+
+
 TASK = Task(name="induction", label="induction", short="induction", colour="#CC79A7", make_prompts=make_prompts,
             ablation_roles=("clean", "pool"), score=induction_scores, score_name="induction_score",
+            attention_targets=attention_targets,
             description="induction: logit of the word that followed the current one earlier − mean logit of the "
                         "sequence's other words; reference: the same second half after unrelated words")

@@ -73,6 +73,14 @@ def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -
     return make_dataset(vocab, params, seed), dropped
 
 
+def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
+                      weights: Sequence[float]) -> dict[str, list[int]]:
+    """Positions of IO (the first metric token), S1 and S2 (the second) in an IOI prompt, END excluded."""
+    ids = list(input_ids)[:-1]
+    s_pos = [i for i, t in enumerate(ids) if t == tokens[1]]
+    return {"IO": [ids.index(tokens[0])], "S1": [s_pos[0]], "S2": [s_pos[-1]]}
+
+
 TASK = Task(name="ioi", label="IOI", short="IOI", colour="#0072B2", make_prompts=make_prompts,
-            ablation_roles=("ref", "pool"),
+            ablation_roles=("ref", "pool"), attention_targets=attention_targets,
             description="indirect object identification: logit(IO) − logit(S); reference: ABC prompts")

@@ -9,25 +9,28 @@ import pandas as pd
 from ioi_anti import categories
 
 
-def categorise_heads(per_head: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Validate the head grid and categorise every head at the default and sensitivity τ values."""
-    return categories.categorise_all_taus(per_head, params["tau"], params["sensitivity_taus"])
+def categorise_heads(per_head: pd.DataFrame, tasks: list[str], params: dict[str, Any]) -> pd.DataFrame:
+    """Validate the head grid and categorise every head on the run's pair at the default and sensitivity τ."""
+    pair = categories.run_pair(tasks, params["pair"])
+    return categories.categorise_all_taus(per_head, params["tau"], params["sensitivity_taus"], pair)
 
 
-def count_strong_heads(head_categories: pd.DataFrame) -> pd.DataFrame:
+def count_strong_heads(head_categories: pd.DataFrame, tasks: list[str], pair: list[str]) -> pd.DataFrame:
     """Heads per model x τ x category."""
-    return categories.strong_head_counts(head_categories)
+    return categories.strong_head_counts(head_categories, categories.run_pair(tasks, pair))
 
 
-def count_heads_by_layer(head_categories: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def count_heads_by_layer(head_categories: pd.DataFrame, tasks: list[str], params: dict[str, Any]) -> pd.DataFrame:
     """Heads per model x τ x layer x category, with depth fraction and depth bin."""
-    return categories.layer_counts(head_categories, int(params["n_depth_bins"]))
+    pair = categories.run_pair(tasks, params["pair"])
+    return categories.layer_counts(head_categories, int(params["n_depth_bins"]), pair)
 
 
-def correlate_deltas(per_head: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
-    """Per-model Pearson and Spearman of Δ_IOI vs Δ_anti over all heads, with bootstrap intervals
-    (resampled with the bootstrap seed ``seed``)."""
-    return categories.correlations(per_head, int(params["n_boot"]), int(seed), float(params["ci_level"]))
+def correlate_deltas(per_head: pd.DataFrame, tasks: list[str], params: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Per-model Pearson and Spearman of the pair's Δ (Δ_IOI vs Δ_anti by default) over all heads, with
+    bootstrap intervals (resampled with the bootstrap seed ``seed``)."""
+    pair = categories.run_pair(tasks, params["pair"])
+    return categories.correlations(per_head, int(params["n_boot"]), int(seed), float(params["ci_level"]), pair)
 
 
 def count_signatures(head_categories: pd.DataFrame) -> pd.DataFrame:

@@ -15,14 +15,13 @@ from tqdm.auto import tqdm
 
 from ioi_anti import hero, hero_plots, plotting, routes
 from ioi_anti.ablation import variant_metrics
-from ioi_anti.categories import STRONG_CATEGORIES, categorise
+from ioi_anti.categories import WEAK, Pair, categorise, run_pair
 from ioi_anti.execution import Job, run_jobs
 from ioi_anti.metrics import bootstrap_indices, interval
 from ioi_anti.models import LoadedModel, ModelSpec, load_run_model
 from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
 from ioi_anti.sweep import model_tokens
-from ioi_anti.tasks import PAIR, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +34,28 @@ STUDY_COLUMNS = {
     "decomposition": ["task", "level", "part", "reader", "reader_layer", "heads", "delta", "delta_low", "delta_high",
                       "fraction", "fraction_low", "fraction_high", "hero", "model"],
 }
-HEAD_COLUMNS = ["model", "family", "tuning", "n_params", "layer", "head", "delta_ioi", "delta_ioi_low",
-                "delta_ioi_high", "delta_anti", "delta_anti_low", "delta_anti_high"]
+MODEL_COLUMNS = ["model", "family", "tuning", "n_params", "layer", "head"]
 
 
-def _strength(frame: pd.DataFrame, category: str) -> pd.Series:
+def _strength(frame: pd.DataFrame, category: str, pair: Pair) -> pd.Series:
     """How strongly a head plays its category's role (the weaker task for shared heads)."""
-    ioi, anti = frame["delta_ioi"].abs(), frame["delta_anti"].abs()
-    return {"IOI-only": ioi, "anti-only": anti}.get(category, np.minimum(ioi, anti))
+    x, y = (frame[f"delta_{name}"].abs() for name in pair.names)
+    x_only, y_only, _shared, _weak = pair.categories
+    return {x_only: x, y_only: y}.get(category, np.minimum(x, y))
 
 
-def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]) -> pd.DataFrame:
-    """Per model: the strongest robust heads of each category, plus the heads named in config, with their
-    Δ on every task of the run."""
-    heads = categorise(per_head, tau)
+def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any], tasks: list[str],
+                      pair: list[str]) -> pd.DataFrame:
+    """Per model: the strongest robust heads of each category of the run's pair, plus the heads named in
+    config, with their Δ on every task of the run."""
+    run = run_pair(tasks, pair)
+    heads = categorise(per_head, tau, run)
     rows = []
     for model, frame in heads.groupby("model", sort=False):
-        for category in STRONG_CATEGORIES:
+        for category in run.strong_categories:
             robust = frame[frame["category_robust"] == category]
-            top = robust.assign(strength=_strength(robust, category)).nlargest(params["top_per_category"], "strength")
+            top = robust.assign(strength=_strength(robust, category, run)).nlargest(params["top_per_category"],
+                                                                                    "strength")
             rows += [r | {"selected_by": "auto"} for r in top.to_dict("records")]
         grid = (int(frame["n_layers"].iloc[0]), int(frame["n_heads"].iloc[0]))
         hero.check_named_heads(params.get("named", {}), {model: grid})
@@ -61,9 +63,9 @@ def select_hero_heads(per_head: pd.DataFrame, tau: float, params: dict[str, Any]
             layer, head = hero.parse_head(label)
             match = frame[(frame["layer"] == layer) & (frame["head"] == head)]
             rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
-    other_tasks = [c for c in per_head.columns if (c.startswith("delta_") and c not in HEAD_COLUMNS)
-                   or c.endswith("_score")]  # every task of the run beside the pair's, and their own scores
-    columns = [*HEAD_COLUMNS, *other_tasks, "category", "category_robust", "selected_by"]
+    others = [c for c in per_head.columns if (c.startswith("delta_") and c not in run.columns)
+              or c.endswith("_score")]  # every task of the run beside the pair's, and their own scores
+    columns = [*MODEL_COLUMNS, *run.columns, *others, "category", "category_robust", "selected_by"]
     result = pd.DataFrame(rows, columns=columns).drop_duplicates(["model", "layer", "head"])
     result.insert(result.columns.get_loc("layer"), "hero", [f"L{r.layer}H{r.head}" for r in result.itertuples()])
     return result.reset_index(drop=True)
@@ -87,11 +89,14 @@ def study_hero_heads(
     tau: float,
     params: dict[str, Any],
     seed: int,
+    tasks: list[str],
+    pair: list[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Dose-response curves, cumulative top-k ablation, path patching, attention and the decomposition
-    of each hero's effect over its first readers, per model (one job per model, run where
-    ``runtime.cluster`` says)."""
+    of each hero's effect over its first readers, on both tasks of the run's pair, per model (one job per
+    model, run where ``runtime.cluster`` says)."""
     params = {**params, "tau": tau}
+    run = run_pair(tasks, pair)
     jobs = {}
     for spec in resolve_models(models, registry):
         model_heroes = heroes[heroes["model"] == spec.model_id]
@@ -100,7 +105,7 @@ def study_hero_heads(
             continue
         jobs[spec.model_id] = Job(spec.model_id, study_model, (
             spec, model_heroes, per_head[per_head["model"] == spec.model_id], model_tokens(tokenised, spec.model_id),
-            runtime, ablation_params, params, seed))
+            runtime, ablation_params, params, seed, run))
     studies = dict(run_jobs(jobs, runtime, "hero heads").arrivals())
     dose, topk, paths, attention, decomposition = (
         pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *(studies[model][name] for model in jobs)],
@@ -112,14 +117,14 @@ def study_hero_heads(
 
 def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.DataFrame, tokens: pd.DataFrame,
                 runtime: dict[str, Any], ablation_params: dict[str, Any], params: dict[str, Any],
-                seed: int) -> dict[str, pd.DataFrame]:
+                seed: int, pair: Pair) -> dict[str, pd.DataFrame]:
     """Every case study of one model's hero heads, by study name (a job of :mod:`ioi_anti.execution`)."""
     lm = load_run_model(spec, runtime)
-    tasks = {task: hero.prepare_hero_task(
-        lm, tokens, task, load_task(task).ablation_roles, ablation_params["ablation"], int(ablation_params["seed"]),
-        float(model_heads[f"gap_{task}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
-        for task in PAIR}
-    study = _ModelStudy(lm, tasks, params, seed)
+    tasks = {task.name: hero.prepare_hero_task(
+        lm, tokens, task.name, task.ablation_roles, ablation_params["ablation"], int(ablation_params["seed"]),
+        float(model_heads[f"gap_{task.name}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
+        for task in pair.tasks}
+    study = _ModelStudy(lm, tasks, params, seed, pair)
     model = {"model": spec.model_id}
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
     for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
@@ -133,10 +138,11 @@ def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.Dat
 
 
 class _ModelStudy:
-    """Case studies of one model's hero heads on both tasks, as tidy tables of Delta."""
+    """Case studies of one model's hero heads on both tasks of the pair, as tidy tables of Delta."""
 
-    def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: dict[str, Any], seed: int) -> None:
-        self.lm, self.tasks, self.params, self.seed = lm, tasks, params, seed
+    def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: dict[str, Any], seed: int,
+                 pair: Pair) -> None:
+        self.lm, self.tasks, self.params, self.seed, self.pair = lm, tasks, params, seed, pair
         self._effects: dict[tuple[int, int, str], tuple[dict[int, Tensor], np.ndarray]] = {}
 
     def _effect(self, layer: int, head: int, task: str) -> tuple[dict[int, Tensor], np.ndarray]:
@@ -166,7 +172,7 @@ class _ModelStudy:
 
     def paths(self, layer: int, head: int, heads: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         """Total, direct, all-paths and per-receiver (q/k/v of a downstream head) effects."""
-        receivers = _receivers(heads, layer, params)
+        receivers = _receivers(heads, layer, params, self.pair)
         frames = []
         for task, ht in self.tasks.items():
             contributions, total = self._effect(layer, head, task)
@@ -194,7 +200,7 @@ class _ModelStudy:
 
     def decomposition(self, layer: int, head: int, heads: pd.DataFrame) -> pd.DataFrame:
         """The hero's total Δ split over its first readers (per layer and summed into routes) and the remainder."""
-        categorised = categorise(heads, self.params["tau"])
+        categorised = categorise(heads, self.params["tau"], self.pair)
         later = categorised[categorised["layer"] > layer]
         groups = {category: list(zip(frame["layer"], frame["head"], strict=True))
                   for category, frame in later.groupby("category", sort=False)}
@@ -211,7 +217,7 @@ class _ModelStudy:
                                         for p in readers[1:]])
             labels = [routes.part_label(p.reader, p.layer, p.heads) for p in readers[1:]]
             idx = bootstrap_indices(len(total), self.params["n_boot"], self.seed)
-            route_deltas = routes.route_parts(layer_parts, per_prompt[1:], per_prompt[0], total)
+            route_deltas = routes.route_parts(layer_parts, per_prompt[1:], per_prompt[0], total, self.pair)
             no_reader = {"reader": "", "reader_layer": -1, "heads": ""}
             frames += [
                 routes.summarise({"total": total}, total, idx).assign(task=task, level="total", **no_reader),
@@ -222,31 +228,29 @@ class _ModelStudy:
         return pd.concat(frames, ignore_index=True)
 
     def attention(self, layer: int, head: int) -> pd.DataFrame:
-        """Mean attention from END to IO, S1, S2 (IOI) and to in-context items (anti)."""
+        """Mean attention from END to the positions each task names (:attr:`ioi_anti.tasks.Task.attention_targets`:
+        IO, S1, S2 for IOI, the in-context items for anti-repetition; none for a task without targets)."""
         rows = []
-        for task, ht in self.tasks.items():
-            for cp in ht.clean:
+        for task in self.pair.tasks:
+            if task.attention_targets is None:
+                continue
+            for cp in self.tasks[task.name].clean:
                 pattern = hero.attention_from_end(self.lm, cp, layer, head)
                 for i, ids in enumerate(cp.group.input_ids.tolist()):
-                    tokens, weights = cp.group.tokens[i].tolist(), cp.group.weights[i].tolist()
-                    if task == "ioi":
-                        for target, pos in hero.ioi_positions(ids, tokens[0], tokens[1]).items():
-                            rows.append({"task": task, "target": target, "attention": pattern[i, pos]})
-                    else:
-                        context = [t for t, w in zip(tokens, weights, strict=True) if w < 0]
-                        positions = hero.item_positions(ids, context)
-                        rows += [{"task": task, "target": "all list items", "attention": pattern[i, positions].sum()},
-                                 {"task": task, "target": "last list item", "attention": pattern[i, positions[-1]]}]
-        frame = pd.DataFrame(rows)
+                    targets = task.attention_targets(ids, cp.group.tokens[i].tolist(), cp.group.weights[i].tolist())
+                    rows += [{"task": task.name, "target": target, "attention": pattern[i, positions].sum()}
+                             for target, positions in targets.items()]
+        frame = pd.DataFrame(rows, columns=["task", "target", "attention"])
         return frame.groupby(["task", "target"], sort=False)["attention"].agg(["mean", "std", "count"]).reset_index()
 
     def topk(self, heads: pd.DataFrame) -> pd.DataFrame:
         """Both metrics with the top-k heads of each category ablated together, k = 1..K."""
-        categorised = categorise(heads, self.params["tau"])
+        categorised = categorise(heads, self.params["tau"], self.pair)
         frames = []
-        for category in STRONG_CATEGORIES:
+        for category in self.pair.strong_categories:
             members = categorised[categorised["category"] == category]
-            ranked = members.assign(strength=_strength(members, category)).sort_values("strength", ascending=False)
+            ranked = members.assign(strength=_strength(members, category, self.pair)).sort_values("strength",
+                                                                                                  ascending=False)
             order = list(zip(ranked["layer"], ranked["head"], strict=True))[: self.params["topk_max"]]
             for k in range(1, len(order) + 1):
                 for task, ht in self.tasks.items():
@@ -257,19 +261,19 @@ class _ModelStudy:
 
 
 def summarise_hero_routes(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
-                          params: dict[str, Any]) -> pd.DataFrame:
+                          params: dict[str, Any], tasks: list[str], pair: list[str]) -> pd.DataFrame:
     """Verdict per hero and task (acts directly / routes through ... / mixed) with each route's share."""
-    return routes.route_table(decomposition, heroes, tau, params["verdict"])
+    return routes.route_table(decomposition, heroes, tau, params["verdict"], run_pair(tasks, pair))
 
 
-def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any]) -> pd.DataFrame:
+def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any], pair: Pair) -> pd.DataFrame:
     """Downstream heads to trace: all of them, or the strongest non-weak ones (``receivers``)."""
-    downstream = categorise(heads, params["tau"])
+    downstream = categorise(heads, params["tau"], pair)
     downstream = downstream[downstream["layer"] > layer]
     if params["receivers"] == "all":
         return downstream
-    strong = downstream[downstream["category"] != "weak"]
-    score = np.maximum(strong["delta_ioi"].abs(), strong["delta_anti"].abs())
+    strong = downstream[downstream["category"] != WEAK]
+    score = np.maximum(*(strong[f"delta_{name}"].abs() for name in pair.names))
     return strong.assign(score=score).nlargest(params["max_receivers"], "score")
 
 
@@ -277,29 +281,32 @@ def _style(params: dict[str, Any]) -> plotting.FigureStyle:
     return plotting.FigureStyle(params["fig_width_in"], params["font_size"], params["panel_height_in"])
 
 
-def plot_dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_dose_response(dose: pd.DataFrame, heroes: pd.DataFrame, tasks: list[str], pair: list[str],
+                       params: dict[str, Any]) -> Figure:
     """Dose-response curves of every hero head."""
-    return hero_plots.dose_response(dose, heroes, _style(params))
+    return hero_plots.dose_response(dose, heroes, _style(params), run_pair(tasks, pair))
 
 
-def plot_topk(topk: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_topk(topk: pd.DataFrame, tasks: list[str], pair: list[str], params: dict[str, Any]) -> Figure:
     """Cumulative top-k ablation curves per model and category."""
-    return hero_plots.topk(topk, _style(params))
+    return hero_plots.topk(topk, _style(params), run_pair(tasks, pair))
 
 
-def plot_paths(paths: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_paths(paths: pd.DataFrame, heroes: pd.DataFrame, tasks: list[str], pair: list[str],
+               params: dict[str, Any]) -> Figure:
     """Path-patching bars of every hero head."""
-    return hero_plots.paths(paths, heroes, _style(params))
+    return hero_plots.paths(paths, heroes, _style(params), pair=run_pair(tasks, pair))
 
 
 def plot_decomposition(decomposition: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.DataFrame,
-                       params: dict[str, Any]) -> dict[str, Figure]:
+                       tasks: list[str], pair: list[str], params: dict[str, Any]) -> dict[str, Figure]:
     """One figure per model: each hero's total Δ as the sum of its routes plus the remainder, and by layer."""
-    style = _style(params)
-    return {decomposition_key(str(model)): hero_plots.decomposition(rows, hero_routes, heroes, style)
+    style, run = _style(params), run_pair(tasks, pair)
+    return {decomposition_key(str(model)): hero_plots.decomposition(rows, hero_routes, heroes, style, run)
             for model, rows in decomposition.groupby("model", sort=False)}
 
 
-def plot_attention(attention: pd.DataFrame, heroes: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_attention(attention: pd.DataFrame, heroes: pd.DataFrame, tasks: list[str], pair: list[str],
+                   params: dict[str, Any]) -> Figure:
     """Attention summaries of every hero head."""
-    return hero_plots.attention(attention, heroes, _style(params))
+    return hero_plots.attention(attention, heroes, _style(params), run_pair(tasks, pair))

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
 from ioi_anti import interactive, plotting, task_plots
-from ioi_anti.categories import default_tau_rows
+from ioi_anti.categories import default_tau_rows, run_pair
 from ioi_anti.datasets import SavedFigure
 from ioi_anti.report import (
     DECOMPOSITION_DIR,
@@ -28,7 +28,8 @@ from ioi_anti.tasks import load_tasks
 from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
-    "model", "family", "tuning", "n_params", "n_layers", "n_heads", "pearson", "pearson_low", "pearson_high",
+    "model", "family", "tuning", "n_params", "n_layers", "n_heads", "task_x", "task_y",
+    "pearson", "pearson_low", "pearson_high",
     "spearman", "spearman_low", "spearman_high", "n_boot", "level", "ablation", "gap_ok",
 )
 
@@ -48,46 +49,52 @@ def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
     return ordered[list(CORR_TABLE_COLUMNS)].reset_index(drop=True)
 
 
-def plot_corr_vs_scale(correlations: pd.DataFrame, params: dict[str, Any]) -> Figure:
-    """Correlation of Δ_IOI and Δ_anti against parameter count, per family (last checkpoint of each model)."""
-    return plotting.corr_vs_scale_cross_family(final_checkpoints(correlations), _style(params))
+def plot_corr_vs_scale(correlations: pd.DataFrame, tasks: list[str], pair: list[str],
+                       params: dict[str, Any]) -> Figure:
+    """Correlation of the pair's Δ against parameter count, per family (last checkpoint of each model)."""
+    return plotting.corr_vs_scale_cross_family(final_checkpoints(correlations), _style(params), run_pair(tasks, pair))
 
 
-def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, tasks: list[str], pair: list[str],
+                             params: dict[str, Any]) -> Figure:
     """Strong-head counts by category against parameter count, at the default τ (last checkpoints)."""
     counts, tau = default_tau_rows(strong_head_counts)
-    return plotting.strong_head_scaling(final_checkpoints(counts), tau, _style(params))
+    return plotting.strong_head_scaling(final_checkpoints(counts), tau, _style(params), run_pair(tasks, pair))
 
 
 def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.DataFrame,
-                           head_categories: pd.DataFrame, hero_heads: pd.DataFrame,
-                           params: dict[str, Any]) -> dict[str, Figure]:
+                           head_categories: pd.DataFrame, hero_heads: pd.DataFrame, tasks: list[str],
+                           pair: list[str], params: dict[str, Any]) -> dict[str, Figure]:
     """Roles across training steps, when the run holds a series of checkpoints (else nothing)."""
     if not series(correlations):
         return {}
     counts, tau = default_tau_rows(strong_head_counts)
     heads, _tau = default_tau_rows(head_categories)
-    return {"training_dynamics": training_dynamics(correlations, counts, heads, hero_heads, tau, _style(params))}
+    return {"training_dynamics": training_dynamics(correlations, counts, heads, hero_heads, tau, _style(params),
+                                                   run_pair(tasks, pair))}
 
 
-def plot_all_heads_phase_space(head_categories: pd.DataFrame, params: dict[str, Any]) -> Figure:
-    """Δ_IOI vs Δ_anti of every head, at the default τ."""
+def plot_all_heads_phase_space(head_categories: pd.DataFrame, tasks: list[str], pair: list[str],
+                               params: dict[str, Any]) -> Figure:
+    """The pair's Δ (Δ_IOI vs Δ_anti by default) of every head, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
-    return plotting.all_heads_phase_space(heads, tau, _style(params))
+    return plotting.all_heads_phase_space(heads, tau, _style(params), run_pair(tasks, pair))
 
 
-def plot_family_grid(head_categories: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def plot_family_grid(head_categories: pd.DataFrame, tasks: list[str], pair: list[str],
+                     params: dict[str, Any]) -> Figure:
     """Per-model phase-space panels grouped by family, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
-    return plotting.family_grid(heads, tau, _style(params))
+    return plotting.family_grid(heads, tau, _style(params), run_pair(tasks, pair))
 
 
-def plot_layer_hists(layer_counts: pd.DataFrame, params: dict[str, Any]) -> dict[str, Figure]:
+def plot_layer_hists(layer_counts: pd.DataFrame, tasks: list[str], pair: list[str],
+                     params: dict[str, Any]) -> dict[str, Figure]:
     """One stacked per-layer category histogram per model, keyed ``layer_hist_<model>``."""
     counts, tau = default_tau_rows(layer_counts)
-    style = _style(params)
+    style, run = _style(params), run_pair(tasks, pair)
     return {
-        layer_hist_key(str(model)): plotting.layer_hist(rows, tau, style)
+        layer_hist_key(str(model)): plotting.layer_hist(rows, tau, style, run)
         for model, rows in counts.groupby("model", sort=True)
     }
 
@@ -101,10 +108,12 @@ def plot_task_roles(signature_counts: pd.DataFrame, task_correlations: pd.DataFr
                                  {t.name: t.label for t in run}, _style(params))
 
 
-def plot_interactive_phase_space(head_categories: pd.DataFrame) -> go.Figure:
-    """The phase space of every head as an interactive Plotly figure, at the default τ."""
+def plot_interactive_phase_space(head_categories: pd.DataFrame, tasks: list[str], pair: list[str]) -> go.Figure:
+    """The phase space of every head as an interactive Plotly figure at the default τ, opening on the run's
+    pair, with a menu for every other pair of the run's tasks."""
     heads, tau = default_tau_rows(head_categories)
-    return interactive.phase_space(heads, tau)
+    run = run_pair(tasks, pair)
+    return interactive.phase_space(heads, tau, interactive.all_pairs(load_tasks(tasks), run))
 
 
 def _relative_link(path: str, output_dir: str) -> str:
@@ -134,6 +143,8 @@ def write_report(
     hero_decomposition_plots: dict[str, Callable[[], SavedFigure]],
     signature_counts: pd.DataFrame,
     task_correlations: pd.DataFrame,
+    tasks: list[str],
+    pair: list[str],
     params: dict[str, Any],
     **figures: SavedFigure,
 ) -> tuple[str, str]:
@@ -145,9 +156,9 @@ def write_report(
     output_dir = str(params["output_dir"])
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
-    roles = (signature_counts, task_correlations)
+    roles, run = (signature_counts, task_correlations), run_pair(tasks, pair)
     markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()},
-                            roles=roles)
-    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles)
+                            roles=roles, pair=run)
+    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles, pair=run)
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")
     return markdown, html_report(embedded, page)
