@@ -15,6 +15,7 @@ from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti import prompts as P
 from ioi_anti.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
+from ioi_anti.hero_plots import reader_colours, route_colours
 from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import (
     BUILT_IN,
@@ -113,6 +114,10 @@ def test_a_pair_names_its_categories_and_keeps_their_colours_apart(examples_on_p
     also_green = dataclasses.replace(load_task("factual"), name="other", short="other", colour=SHARED_COLOUR)
     colours = list(Pair(green, also_green).colours.values())
     assert len(set(colours)) == 4, "a task coloured like the shared heads, or like the other task, gets a spare"
+    for run in (pair, run_pair(["induction", "agreement_task:agreement"], ["induction", "agreement"])):
+        routes, readers = route_colours(run), reader_colours(run)
+        assert len(set(routes.values())) == len(routes), "every route of the decomposition figure its own colour"
+        assert not set(readers.values()) & set(run.colours.values())
 
 
 def test_induction_prompts_repeat_the_start_of_the_sequence(smol_tokenizer) -> None:
@@ -234,7 +239,7 @@ def test_attention_targets_point_at_the_words_each_task_names(smol_tokenizer) ->
             assert targets["last list item"] == targets["all list items"][-1:]
         else:
             k = len(row.metric_words) - 2  # the answer is w(k+1); END is wk
-            assert ids[targets["next after earlier"][0]] == word[row.metric_words[k]]
+            assert ids[targets["token after earlier"][0]] == word[row.metric_words[k]]
             assert ids[targets["earlier occurrence"][0]] == ids[-1] == word[row.metric_words[k - 1]]
-            assert targets["next after earlier"][0] == targets["earlier occurrence"][0] + 1
+            assert targets["token after earlier"][0] == targets["earlier occurrence"][0] + 1
     assert load_task("factual").attention_targets is None

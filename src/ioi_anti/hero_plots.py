@@ -181,7 +181,7 @@ def paths(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, max_rec
 
 def _target_label(target: str) -> str:
     """Tick label of an attention target on two short lines: "all list items" -> "all\\nitems"."""
-    return "\n".join(textwrap.wrap(target.replace(" list ", " "), 6))
+    return "\n".join(textwrap.wrap(target.replace(" list ", " "), 7, break_long_words=False))
 
 
 def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, pair: Pair = PAPER_PAIR) -> Figure:
@@ -206,13 +206,21 @@ def attention(table: pd.DataFrame, heroes: pd.DataFrame, style: FigureStyle, pai
     return fig
 
 
-FIXED_ROUTE_COLOURS = {DIRECT: "#000000", MLPS: "#CC79A7", REMAINDER: "#FFFFFF"}
-READER_COLOURS = {"attention": "#56B4E9", "MLP": FIXED_ROUTE_COLOURS[MLPS]}
+# Okabe–Ito colours for the MLPs and the per-layer attention bars, the first two the pair's categories leave free
+READER_PALETTE = ("#CC79A7", "#56B4E9", "#E69F00", "#F0E442", "#0072B2", "#D55E00")
+
+
+def reader_colours(pair: Pair) -> dict[str, str]:
+    """Colours of the per-layer reader bars (attention, MLP), none of them a category's."""
+    taken = {colour.lower() for colour in pair.colours.values()}
+    mlp, attention = [c for c in READER_PALETTE if c.lower() not in taken][:2]
+    return {"attention": attention, "MLP": mlp}
 
 
 def route_colours(pair: Pair) -> dict[str, str]:
-    """Colour per route: the heads of a category in the category's colour."""
-    return FIXED_ROUTE_COLOURS | {head_route(category): colour for category, colour in pair.colours.items()}
+    """Colour per route: the heads of a category in the category's colour, the MLPs in one no category has."""
+    return {DIRECT: "#000000", MLPS: reader_colours(pair)["MLP"], REMAINDER: "#FFFFFF"} | {
+        head_route(category): colour for category, colour in pair.colours.items()}
 
 
 def _waterfall(ax: Axes, routes: pd.DataFrame, total: pd.Series, pair: Pair) -> None:
@@ -233,9 +241,9 @@ def _waterfall(ax: Axes, routes: pd.DataFrame, total: pd.Series, pair: Pair) -> 
     ax.axvline(0, color="grey", lw=0.6)
 
 
-def _by_layer(ax: Axes, layers: pd.DataFrame, hero_layer: int) -> None:
+def _by_layer(ax: Axes, layers: pd.DataFrame, hero_layer: int, pair: Pair) -> None:
     """Parts read by each later layer's attention (all heads) and MLP, side by side."""
-    for i, (reader, colour) in enumerate(zip(("attention", "mlp"), READER_COLOURS.values(), strict=True)):
+    for i, (reader, colour) in enumerate(zip(("attention", "mlp"), reader_colours(pair).values(), strict=True)):
         rows = layers[(layers["reader"] == reader) & (layers["heads"].isin(["all heads", ""]))]
         ax.bar(rows["reader_layer"] + (i - 0.5) * 0.4, rows["delta"], width=0.4, yerr=_errors(rows),
                color=colour, error_kw=ERROR_KW)
@@ -266,12 +274,12 @@ def decomposition(table: pd.DataFrame, hero_routes: pd.DataFrame, heroes: pd.Dat
                               + textwrap.fill(str(verdicts.get((model, row.hero, task.name), "")), 48),
                               fontsize="small")
                 top.set_xlabel(DELTA_LABEL)
-                _by_layer(bottom, part[part["level"] == "layer"], int(row.layer))
+                _by_layer(bottom, part[part["level"] == "layer"], int(row.layer), pair)
                 bottom.set_ylabel("Δ")
         colours = route_colours(pair)
         handles = [Patch(facecolor=colours[r], edgecolor="0.2", hatch="////" if r == REMAINDER else "", label=r)
                    for r in [*route_names(pair), REMAINDER]] + [
-                   Patch(color=READER_COLOURS[k], label=f"{k} of one layer (layer panels)") for k in READER_COLOURS]
+                   Patch(color=c, label=f"{k} of one layer (layer panels)") for k, c in reader_colours(pair).items()]
         fig.suptitle(title + "\n(bars: 95% bootstrap interval over prompts; % = share of the hero's total Δ)")
         fig.legend(handles=handles, loc="outside lower center", ncols=4)
     return fig

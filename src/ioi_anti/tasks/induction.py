@@ -106,7 +106,7 @@ def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
     induction head looks) and the current token's earlier occurrence, END excluded."""
     ids = list(input_ids)
     answer = tokens[int(np.argmax(weights))]
-    return {"next after earlier": [ids.index(answer)], "earlier occurrence": [ids.index(ids[-1])]}
+    return {"token after earlier": [ids.index(answer)], "earlier occurrence": [ids.index(ids[-1])]}
 
 
 TASK = Task(name="induction", label="induction", short="induction", colour="#CC79A7", make_prompts=make_prompts,
