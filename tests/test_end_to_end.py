@@ -498,3 +498,35 @@ def test_adding_a_task_to_a_finished_run_measures_only_that_task(tasks_project: 
         assert f"gemma3-270m, {task}: every head already measured" in log, task
     assert "Baseline of gemma3-270m on agreement already measured" not in log
     assert "gemma3-270m, agreement: every head already measured" not in log
+
+
+TOY_GRID = {"toy_models": {"grid": {"mixes": [0.0, 1.0], "seeds": [0], "sizes": [
+    {"name": "small", "n_layer": 2, "n_head": 4, "n_embd": 64}]}, "training": {"steps": 1200},
+    "prompts": {"n_prompts": 16}, "measure": {"n_boot": 200}}}
+
+
+def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: Path) -> None:
+    """A grid of two toy models end to end; then one model's file damaged and the other's kept: the re-run
+    trains only the damaged one."""
+    root = copy_project(tmp_path / "toy")
+    env = root / "conf" / "toy"
+    env.mkdir()
+    (env / "parameters.yml").write_text(yaml.safe_dump(TOY_GRID))
+    first = kedro(root, "--pipeline", "toy_models", "--env", "toy")
+    assert first.stdout.count("Training toy model") + first.stderr.count("Training toy model") == 2
+    models = sorted((root / "data/06_models/toy_models").glob("*/*.pkl"))
+    assert [m.stem for m in models] == ["toy-small-mix0.00-seed0", "toy-small-mix1.00-seed0"]
+    per_head = pd.read_parquet(latest(root, "data/07_model_output/toy_per_head.parquet/*/*.parquet"))
+    assert len(per_head) == 2 * 8 and {"delta_toy_ioi", "delta_toy_anti"} <= set(per_head.columns)
+    accuracy = pd.read_parquet(latest(root, "data/07_model_output/toy_accuracy.parquet/*/*.parquet"))
+    by = accuracy.set_index(["mix", "task", "role"])["accuracy"]
+    assert by[(1.0, "toy_ioi", "clean")] > 0.8 and by[(0.0, "toy_anti", "clean")] > 0.5
+    report = latest(root, "data/08_reporting/toy_report.md/*/toy_report.md").read_text()
+    assert report.startswith("# Toy models") and "## The answer" in report and "toy_roles.png" in report
+    for figure in ("toy_roles", "toy_phase_space", "toy_training"):
+        assert latest(root, f"data/08_reporting/{figure}.png/*/{figure}.png").stat().st_size > 10_000
+    models[0].write_bytes(models[0].read_bytes()[:1000])
+    second = kedro(root, "--pipeline", "toy_models", "--env", "toy")
+    log = second.stdout + second.stderr
+    assert "toy-small-mix0.00-seed0 is damaged" in log and "1 of 2 already trained" in log
+    assert log.count("Training toy model") == 1

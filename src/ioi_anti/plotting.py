@@ -39,10 +39,15 @@ GRID_MARGIN_IN, GRID_LEGEND_WIDTH_IN = 0.9, 1.9  # room for the family/Δ labels
 SCALING_ROWS = ((False, "Strong heads (count)"), (True, "Strong heads (% of all)"))
 
 
+def math_delta(pair: Pair, task: str) -> str:
+    """``Δ_<short>`` of one of the pair's tasks in mathtext (spaces kept: "toy IOI")."""
+    return rf"$\Delta_{{\mathrm{{{pair.delta_name(task)[2:].replace(' ', chr(92) + ' ')}}}}}$"
+
+
 def delta_label(pair: Pair, task: str, hint: bool = True) -> str:
     """Axis label of one of the pair's Δ, e.g. ``Δ_IOI (fraction of IOI gap; < 0: head supports it)``."""
     label = pair.tasks[pair.names.index(task)].label
-    return rf"$\Delta_{{\mathrm{{{pair.delta_name(task)[2:]}}}}}$ (fraction of {label} gap" + (
+    return rf"{math_delta(pair, task)} (fraction of {label} gap" + (
         "; < 0: head supports it)" if hint else ")")
 
 
@@ -238,7 +243,7 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
             _flag_points(ax, _dodged(bad, families), bad[stat])
             _log_params_axis(ax, corr["n_params"])
             ax.set_title(name)
-        x, y = (rf"$\Delta_{{\mathrm{{{pair.delta_name(name)[2:]}}}}}$" for name in pair.names)
+        x, y = (math_delta(pair, name) for name in pair.names)
         axes[0].set_ylabel(f"Correlation of {x} and {y} over heads")
         axes[0].set_ylim(*_correlation_limits(corr))
         handles = (_family_handles(corr, families) + (_tuning_handles() if _has_instruct(corr) else [])

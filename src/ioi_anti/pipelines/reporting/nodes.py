@@ -116,7 +116,7 @@ def plot_interactive_phase_space(head_categories: pd.DataFrame, tasks: list[str]
     return interactive.phase_space(heads, tau, interactive.all_pairs(load_tasks(tasks), run))
 
 
-def _relative_link(path: str, output_dir: str) -> str:
+def relative_link(path: str, output_dir: str) -> str:
     """Link to a saved figure from the report's own folder, ``<output_dir>/report.md/<version>/``."""
     relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir)))
     return "../../" + relative.as_posix()
@@ -157,7 +157,7 @@ def write_report(
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
     roles, run = (signature_counts, task_correlations), run_pair(tasks, pair)
-    markdown = build_report(*tables, images={k: _relative_link(f.path, output_dir) for k, f in saved.items()},
+    markdown = build_report(*tables, images={k: relative_link(f.path, output_dir) for k, f in saved.items()},
                             roles=roles, pair=run)
     embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles, pair=run)
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")

@@ -1,0 +1,165 @@
+"""A synthetic word-level language with IOI-like and anti-repetition-like sequences, for toy models.
+
+Every word is one token of a word-level tokenizer, so the study's tasks, metric and ablations apply
+to toy models unchanged. Two kinds of sequence, as in the real datasets:
+
+* **IOI-like**: ``when A and B went to the store , B gave a drink to`` -> ``A``: two names are
+  introduced, one is repeated, the next token is the other. ABBA and BABA orders are balanced
+  (the indirect object first or second). The ABC reference names a third person as the giver, so
+  neither introduced name is the answer.
+* **anti-repetition-like**: ``list : apple , pear , plum ,`` -> an item of the category not yet
+  listed; its copy counterpart ``copy : apple , pear , plum . copy : apple , pear ,`` -> ``plum``,
+  where repeating is right.
+
+Training sequences carry the positions whose next token is trained (the answer of an IOI-like
+sequence, every next item of a list, every item of a copy's second half). A fixed share of all
+combinations (template and names, or category and items) is *held out*: training never draws them,
+and the toy tasks' prompts and the accuracy checks draw only them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"
+IOI_TEMPLATES = (
+    "when {a} and {b} went to the {place} , {s} gave a {obj} to",
+    "then {a} and {b} had a {obj} at the {place} , {s} handed it to",
+)
+LIST_PHRASE, COPY_PHRASE = "list : {items} ,", "copy : {items} . copy : {head} ,"
+KINDS = ("ioi", "list", "copy")
+
+
+@dataclass(frozen=True)
+class TrainingSequence:
+    """Words of one training sequence (BOS first) and the positions whose next word is trained."""
+
+    kind: str
+    words: tuple[str, ...]
+    trained: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ToyLanguage:
+    """The vocabulary and the held-out share of the synthetic language (``toy_models.language``)."""
+
+    names: tuple[str, ...]
+    places: tuple[str, ...]
+    objects: tuple[str, ...]
+    categories: Mapping[str, tuple[str, ...]]
+    list_lengths: tuple[int, ...]
+    heldout_share: float
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ToyLanguage:
+        """The language of the parameters, checked: enough distinct words for every sequence it makes."""
+        language = cls(tuple(params["names"]), tuple(params["places"]), tuple(params["objects"]),
+                       {k: tuple(v) for k, v in params["categories"].items()}, tuple(params["list_lengths"]),
+                       float(params["heldout_share"]))
+        language.check()
+        return language
+
+    def check(self) -> None:
+        words = [*self.names, *self.places, *self.objects, *(w for v in self.categories.values() for w in v)]
+        repeated = sorted({w for w in words if words.count(w) > 1})
+        if repeated:
+            raise ValueError(f"toy_models.language: words {repeated} appear twice; every word needs one meaning.")
+        if len(self.names) < 3:
+            raise ValueError("toy_models.language.names: at least 3 names (the ABC reference names a third).")
+        shortest = min(len(items) for items in self.categories.values())
+        if not self.list_lengths or min(self.list_lengths) < 2 or max(self.list_lengths) >= shortest:
+            raise ValueError(f"toy_models.language.list_lengths {list(self.list_lengths)}: each must be >= 2 and "
+                             f"below the smallest category ({shortest} items), so that a new item is left.")
+        if not 0.0 < self.heldout_share < 0.5:
+            raise ValueError(f"toy_models.language.heldout_share must lie in (0, 0.5); got {self.heldout_share}.")
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Special tokens, then every word of the templates and word lists, in a fixed order."""
+        template_words = {w for t in (*IOI_TEMPLATES, LIST_PHRASE, COPY_PHRASE) for w in t.split()
+                          if not w.startswith("{")}
+        words = sorted(template_words | {*self.names, *self.places, *self.objects}
+                       | {w for v in self.categories.values() for w in v})
+        return [PAD, BOS, UNK, *words]
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        """A word-level tokenizer of the language: every word (with or without a leading space) one token."""
+        vocab = {word: i for i, word in enumerate(self.vocabulary)}
+        core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, pad_token=PAD, unk_token=UNK,
+                                            name_or_path="toy-language")
+        # Prompts carry their BOS explicitly; saying so keeps TransformerLens from re-loading the tokenizer
+        # by name from the Hub to make it add one (as for checkpoints, ioi_anti.models.wrap_model).
+        tokenizer.init_kwargs["add_bos_token"] = True
+        return tokenizer
+
+    def heldout(self, *key: object) -> bool:
+        """Whether a combination (template and names, or category and items) is held out of training."""
+        return zlib.crc32(repr(key).encode()) % 10_000 < self.heldout_share * 10_000
+
+    def ioi(self, rng: np.random.Generator, heldout: bool) -> dict[str, Any]:
+        """One IOI-like draw from the training or the held-out combinations: template, names, order."""
+        while True:
+            template = int(rng.integers(len(IOI_TEMPLATES)))
+            io, s, c = (str(w) for w in rng.choice(self.names, size=3, replace=False))
+            if self.heldout(template, io, s) == heldout:
+                break
+        order = "ABBA" if rng.random() < 0.5 else "BABA"
+        return {"template": template, "io": io, "s": s, "c": c, "order": order,
+                "place": str(rng.choice(self.places)), "obj": str(rng.choice(self.objects))}
+
+    def ioi_text(self, draw: Mapping[str, Any], giver: str) -> str:
+        """The IOI-like prompt of a draw, ``giver`` the name that gives (S; a third name in the ABC reference)."""
+        a, b = (draw["io"], draw["s"]) if draw["order"] == "ABBA" else (draw["s"], draw["io"])
+        return IOI_TEMPLATES[draw["template"]].format(a=a, b=b, s=giver, place=draw["place"], obj=draw["obj"])
+
+    def items(self, rng: np.random.Generator, heldout: bool, length: int | None = None) -> tuple[str, list[str]]:
+        """One list draw: a category and ``length`` distinct items of it (a random length by default)."""
+        while True:
+            category = str(rng.choice(sorted(self.categories)))
+            n = int(rng.choice(self.list_lengths)) if length is None else length
+            items = [str(w) for w in rng.choice(self.categories[category], size=n, replace=False)]
+            if self.heldout(category, *items) == heldout:
+                return category, items
+
+    def training_sequence(self, rng: np.random.Generator, kind: str) -> TrainingSequence:
+        """A training sequence of one kind, never a held-out combination."""
+        if kind == "ioi":
+            draw = self.ioi(rng, heldout=False)
+            words = [BOS, *self.ioi_text(draw, draw["s"]).split(), draw["io"]]
+            return TrainingSequence(kind, tuple(words), (len(words) - 2,))
+        _category, items = self.items(rng, heldout=False)
+        if kind == "list":
+            words = [BOS, *LIST_PHRASE.format(items=" , ".join(items)).split()[:-1]]
+            # the comma before every item after the first: there the next item must be a new one
+            return TrainingSequence(kind, tuple(words), tuple(i - 1 for i, w in enumerate(words) if w in items[1:]))
+        head = " , ".join(items)
+        words = [BOS, *COPY_PHRASE.format(items=head, head=head).split()[:-1]]
+        second = len(words) - (2 * len(items) - 1)  # where the repeated list starts
+        return TrainingSequence(kind, tuple(words), tuple(i - 1 for i in range(second, len(words), 2)))
+
+
+def mixture(rng: np.random.Generator, n: int, mix: float) -> list[str]:
+    """Kinds of ``n`` training sequences: a share ``mix`` (λ) IOI-like, the rest list and copy sequences
+    half and half."""
+    kinds = np.where(rng.random(n) < mix, "ioi", np.where(rng.random(n) < 0.5, "list", "copy"))
+    return [str(k) for k in kinds]
+
+
+def encode(sequences: Sequence[TrainingSequence], vocab: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the longest sequence, and the mask of trained positions (their next token)."""
+    width = max(len(s.words) for s in sequences)
+    ids = np.full((len(sequences), width), vocab[PAD], dtype=np.int64)
+    trained = np.zeros((len(sequences), width - 1), dtype=bool)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence.words)] = [vocab[w] for w in sequence.words]
+        trained[row, list(sequence.trained)] = True
+    return ids, trained

@@ -1,0 +1,64 @@
+"""Measuring a trained toy model with the study's own code: baseline, every head's Δ on both toy tasks,
+and its accuracy on held-out sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ioi_anti.ablation import make_groups
+from ioi_anti.models import LoadedModel
+from ioi_anti.pipelines.head_ablation.nodes import model_head_table
+from ioi_anti.sweep import ModelSweep, baseline_table
+from ioi_anti.toy.tasks import TOY_TASKS
+from ioi_anti.toy.train import ToyRun
+
+ACCURACY = {  # what a right answer is, per task and prompt role (top-1 over the whole vocabulary)
+    ("toy_ioi", "clean"): "the indirect object",
+    ("toy_anti", "clean"): "an item of the category not yet listed",
+    ("toy_anti", "ref"): "the listed item to copy next",
+}
+
+
+def head_table(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, params: Mapping[str, Any],
+               runtime: Mapping[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The toy model's per-head table (as a pretrained model's, plus ``size``, ``mix``, ``seed``) and its
+    baseline per prompt, measured by the sweep of :mod:`ioi_anti.sweep` (exact ablation of every head)."""
+    runtime = {**runtime, "device": "cpu"}
+    baseline = baseline_table(lm, tokens, runtime["max_batch"])
+    roles = {task.name: task.ablation_roles for task in TOY_TASKS}
+    sweep = ModelSweep(lm.spec, tokens, runtime, params["ablation"], seed, lm=lm, roles=roles)
+    long = pd.concat([sweep.attribution_effects(), *(sweep.layer_effects(layer) for layer in range(lm.n_layers))],
+                     ignore_index=True)
+    table = model_head_table(long, baseline, list(roles), {"n_boot": params["n_boot"], "ci": params["ci"]}, seed)
+    facts = {"size": run.size, "mix": run.mix, "seed": run.seed, "ablation": params["ablation"]}
+    return table.assign(**facts), baseline.assign(**facts)
+
+
+def accuracy(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, max_batch: int) -> pd.DataFrame:
+    """Top-1 accuracy over the whole vocabulary on the held-out prompts, per task and role (see
+    :data:`ACCURACY`), with the chance level of guessing uniformly among the vocabulary's tokens."""
+    rows = []
+    stop = lm.tokenizer.convert_tokens_to_ids(".")
+    for (task, role), meaning in ACCURACY.items():
+        prompts = tokens[(tokens["task"] == task) & (tokens["role"] == role)]
+        right, n_answers = [], []
+        for group in make_groups(prompts, lm.device, max_batch):
+            with torch.no_grad():
+                top = lm.bridge(group.input_ids)[:, -1].argmax(-1)
+            if role == "ref":
+                # copy prompts (`copy : i1 , ... , in . copy : i1 , ... ,`): next is in, the token before the "."
+                ids = group.input_ids.tolist()
+                answers = torch.tensor([[row[row.index(stop) - 1]] for row in ids])
+            else:  # the candidates of positive weight: IO, or the items not yet listed
+                answers = torch.where(group.weights > 0, group.tokens, -1)
+            right += (answers == top[:, None]).any(-1).tolist()
+            n_answers += (answers >= 0).sum(-1).tolist()
+        rows.append({"model": run.model_id, "size": run.size, "mix": run.mix, "seed": run.seed, "task": task,
+                     "role": role, "answer": meaning, "n_prompts": len(right), "accuracy": float(np.mean(right)),
+                     "chance": float(np.mean(n_answers)) / len(lm.tokenizer)})
+    return pd.DataFrame(rows)

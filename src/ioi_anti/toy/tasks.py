@@ -1,0 +1,72 @@
+"""The toy language's IOI and anti-repetition tasks, as tasks of :mod:`ioi_anti.tasks`.
+
+Their prompts follow the real tasks' (same metric, same reference, same ablation roles) and draw
+only held-out combinations of the language, so a toy model is measured on sequences it never saw.
+Both take their settings from ``toy_models`` (``language`` and ``prompts``): ``params`` is that
+section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ioi_anti.prompts import numbered
+from ioi_anti.tasks import Task, Tokenizers, seed_for
+from ioi_anti.tasks.anti import attention_targets as list_targets
+from ioi_anti.tasks.ioi import attention_targets as ioi_targets
+from ioi_anti.toy.language import COPY_PHRASE, IOI_TEMPLATES, LIST_PHRASE, ToyLanguage
+
+NO_DROPS = pd.DataFrame(columns=["list", "word", "tokenizer"])  # every toy word is one token by construction
+
+
+def ioi_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """IOI-like clean prompts (ABBA and BABA alternating), their ABC references and a mean-ablation pool."""
+    language = ToyLanguage.from_params(params["language"])
+    rng = np.random.default_rng(seed_for(seed, "toy_ioi"))
+    rows: list[dict[str, Any]] = []
+    n_prompts, pool = int(params["prompts"]["n_prompts"]), int(params["prompts"]["pool_per_template"])
+    for pair in [*range(n_prompts), *([-1] * pool * len(IOI_TEMPLATES))]:
+        draw = language.ioi(rng, heldout=True)
+        draw["order"] = "ABBA" if (pair if pair >= 0 else len(rows)) % 2 == 0 else "BABA"
+        roles = {"clean": draw["s"], "ref": draw["c"]} if pair >= 0 else {"pool": draw["s"]}
+        for role, giver in roles.items():
+            rows.append({"role": role, "pair_id": pair, "template_id": draw["template"],
+                         "template_kind": draw["order"], "text": language.ioi_text(draw, giver),
+                         "context_words": [draw["io"], draw["s"]], "metric_words": [draw["io"], draw["s"]],
+                         "metric_weights": [1.0, -1.0]})
+    return numbered(rows), NO_DROPS.copy()
+
+
+def anti_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """List prompts (next: a new item), their copy references (next: the listed last item) and a pool."""
+    language = ToyLanguage.from_params(params["language"])
+    rng = np.random.default_rng(seed_for(seed, "toy_anti"))
+    rows: list[dict[str, Any]] = []
+    lengths = language.list_lengths
+    n_prompts, pool = int(params["prompts"]["n_prompts"]), int(params["prompts"]["pool_per_template"])
+    for pair in [*range(n_prompts), *([-1] * pool * len(lengths))]:
+        template = (pair if pair >= 0 else len(rows)) % len(lengths)
+        category, items = language.items(rng, heldout=True, length=lengths[template])
+        words = list(language.categories[category])
+        weights = [-1.0 / len(items) if w in items else 1.0 / (len(words) - len(items)) for w in words]
+        texts = {"clean": LIST_PHRASE.format(items=" , ".join(items)),
+                 "ref": COPY_PHRASE.format(items=" , ".join(items), head=" , ".join(items[:-1]))}
+        for role in ("clean", "ref") if pair >= 0 else ("pool",):
+            rows.append({"role": role, "pair_id": pair, "template_id": template, "template_kind": f"len{len(items)}",
+                         "text": texts["ref" if role == "ref" else "clean"], "context_words": items,
+                         "metric_words": words, "metric_weights": weights, "category": category})
+    return numbered(rows), NO_DROPS.copy()
+
+
+TOY_IOI = Task(name="toy_ioi", label="toy IOI", short="toy IOI", colour="#0072B2", make_prompts=ioi_prompts,
+               ablation_roles=("ref", "pool"), attention_targets=ioi_targets,
+               description="toy IOI: logit(IO) − logit(S); reference: ABC prompts (held-out names)")
+TOY_ANTI = Task(name="toy_anti", label="toy anti-repetition", short="toy anti", colour="#D55E00",
+                make_prompts=anti_prompts, ablation_roles=("clean", "pool"), attention_targets=list_targets,
+                description="toy anti-repetition: mean logit of new items − mean logit of listed items; "
+                            "reference: copy prompts (held-out lists)")
+TOY_TASKS = (TOY_IOI, TOY_ANTI)

@@ -1,0 +1,118 @@
+"""Training toy GPT-2 models from scratch on the toy language, deterministically by seed.
+
+A toy model is a Hugging Face ``GPT2LMHeadModel`` (an architecture the study already measures), so a
+trained one is wrapped by :func:`ioi_anti.models.wrap_model` and measured by the same code as the
+pretrained models. Training is next-token cross-entropy at the trained positions of each sequence
+(:class:`ioi_anti.toy.language.TrainingSequence`), AdamW with a linear warm-up and decay; the loss
+of every step is kept for the loss curve.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
+from ioi_anti.toy.language import ToyLanguage, encode, mixture
+
+MAX_POSITIONS = 64  # longer than any sequence of the language
+
+
+@dataclass(frozen=True)
+class ToyRun:
+    """One model of the grid: its size's name and shape, the objective mix λ and the seed."""
+
+    size: str
+    shape: Mapping[str, int]
+    mix: float
+    seed: int
+
+    @property
+    def model_id(self) -> str:
+        """``toy-<size>-mix<λ>-seed<seed>``, e.g. ``toy-small-mix0.50-seed1``."""
+        return f"toy-{self.size}-mix{self.mix:.2f}-seed{self.seed}"
+
+
+def grid(params: Mapping[str, Any]) -> list[ToyRun]:
+    """Every model of ``toy_models.grid``: sizes x mixes x seeds, in that order."""
+    sizes, mixes, seeds = params["sizes"], params["mixes"], params["seeds"]
+    bad = [m for m in mixes if not 0.0 <= float(m) <= 1.0]
+    if bad or not mixes or not seeds or not sizes:
+        raise ValueError(f"toy_models.grid needs sizes, seeds and mixes in [0, 1]; got mixes {list(mixes)}.")
+    names = [size.get("name") for size in sizes]
+    if None in names or len(set(names)) != len(names):
+        raise ValueError(f"toy_models.grid.sizes: each size needs its own name; got {names}.")
+    return [ToyRun(str(size["name"]), {k: int(v) for k, v in size.items() if k != "name"}, float(mix), int(seed))
+            for size in sizes for mix in mixes for seed in seeds]
+
+
+def toy_config(shape: Mapping[str, int], vocab_size: int) -> GPT2Config:
+    """A GPT-2 config of ``shape`` (n_layer, n_head, n_embd) without dropout, for the language's vocabulary."""
+    return GPT2Config(vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_layer=int(shape["n_layer"]),
+                      n_head=int(shape["n_head"]), n_embd=int(shape["n_embd"]), resid_pdrop=0.0, embd_pdrop=0.0,
+                      attn_pdrop=0.0, bos_token_id=1, eos_token_id=1)
+
+
+def train(run: ToyRun, language: ToyLanguage, tokenizer: PreTrainedTokenizerFast,
+          params: Mapping[str, Any]) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
+    """A model of ``run`` trained on the language's mix λ; and its loss per step (columns step, loss,
+    loss_ioi, loss_list, loss_copy: the mean cross-entropy of each kind's trained tokens in the batch)."""
+    torch.manual_seed(run.seed)
+    rng = np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7])
+    model = GPT2LMHeadModel(toy_config(run.shape, len(tokenizer))).train()
+    steps, batch = int(params["steps"]), int(params["batch_size"])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]),
+                                  weight_decay=float(params["weight_decay"]))
+    warmup = max(1, int(params["warmup_steps"]))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
+    vocab = tokenizer.get_vocab()
+    rows = []
+    for step in tqdm(range(steps), desc=run.model_id, unit="step", leave=False):
+        kinds = mixture(rng, batch, run.mix)
+        ids, trained = encode([language.training_sequence(rng, kind) for kind in kinds], vocab)
+        ids_t, mask = torch.from_numpy(ids), torch.from_numpy(trained)
+        logits = model(ids_t).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids_t[:, 1:], reduction="none")
+        loss = losses[mask].mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        by_kind, detached = {}, losses.detach()
+        for kind in ("ioi", "list", "copy"):
+            rows_of_kind = torch.tensor([k == kind for k in kinds])
+            picked = detached[rows_of_kind][mask[rows_of_kind]]
+            by_kind[f"loss_{kind}"] = float(picked.mean()) if picked.numel() else float("nan")
+        rows.append({"step": step, "loss": float(loss), **by_kind})
+    return model.eval(), pd.DataFrame(rows)
+
+
+def to_bytes(model: GPT2LMHeadModel, losses: pd.DataFrame) -> bytes:
+    """A trained model's config, weights and loss curve as one file's bytes (``torch.save``)."""
+    buffer = io.BytesIO()
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "losses": {column: losses[column].tolist() for column in losses.columns}}, buffer)
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
+    """The model and loss curve saved by :func:`to_bytes` (an error for a damaged file)."""
+    saved = torch.load(io.BytesIO(data), weights_only=True)
+    model = GPT2LMHeadModel(GPT2Config.from_dict(saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), pd.DataFrame(saved["losses"])
+
+
+def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
+    """A trained toy model wrapped like any model of the study (family gpt2, prompts with BOS)."""
+    spec = ModelSpec(model_id=run.model_id, family="gpt2", source="hub", hf_name="gpt2", prepend_bos=True)
+    return wrap_model(spec, model, tokenizer, torch.device("cpu"))
