@@ -49,7 +49,7 @@ def roles_against_mix(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Figu
         for size, colour in colours.items():
             for task, line in TASK_LINES.items():
                 rows = acc[(acc["size"] == size) & (acc["task"] == task)]
-                spread = [rows["mean"] - rows["min"], rows["max"] - rows["mean"]]
+                spread = np.clip([rows["mean"] - rows["min"], rows["max"] - rows["mean"]], 0, None)
                 axes[0].errorbar(rows["mix"], rows["mean"], yerr=spread, color=colour, linestyle=line, marker="o",
                                  ms=3.5, capsize=2)
                 rows = summary[summary["size"] == size]
@@ -61,7 +61,8 @@ def roles_against_mix(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Figu
         for task, line in TASK_LINES.items():
             axes[0].axhline(chance[task], color="#888888", linestyle=line, linewidth=0.7)
         axes[0].set(ylabel="held-out top-1 accuracy\n(range over seeds; grey: chance)", ylim=(-0.02, 1.02))
-        axes[1].set(ylabel="strong heads (|Δ| ≥ τ)\nper learned task")
+        top = np.nan_to_num(summary[["n_strong_toy_ioi", "n_strong_toy_anti"]].max().max())
+        axes[1].set(ylabel="strong heads (|Δ| ≥ τ)\nper learned task", ylim=(0, 1.6 * top + 1))
         axes[2].set(ylabel="shared heads / strong heads", ylim=(-0.02, 1.02))
         axes[3].set(ylabel="Pearson r of Δ_toy_IOI,\nΔ_toy_anti (all heads)", ylim=(-1.05, 1.05))
         axes[3].axhline(0, color="#888888", linewidth=0.7, linestyle=":")
@@ -71,8 +72,8 @@ def roles_against_mix(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Figu
             Line2D([], [], color="#444444", linestyle=line, label=label)
             for line, label in (("-", "toy IOI"), ("--", "toy anti-repetition"))]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
-        fig.suptitle("Toy models: head roles against the objective mix\n(points: mean over seeds; bars: 95 % "
-                     "interval over seeds; a task counts only where its gap is learned)")
+        fig.suptitle("Toy models: head roles against the objective mix\n(points: mean over seeds; bars: 95 % t "
+                     "interval over seeds, cut at the axes; a task counts only where its gap is learned)")
     return fig
 
 
@@ -95,7 +96,7 @@ def phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle) -> Figure:
                 ax.set_xlim(-limits[0], limits[0])
                 ax.set_ylim(-limits[1], limits[1])
                 missing = [t.short for t in TOY_PAIR.tasks if not bool(rows[f"learned_{t.name}"].iloc[0])]
-                note = f"\n{' and '.join(missing)} not learned: weak" if missing else ""
+                note = "".join(f"\n(no {short} gap)" for short in missing)
                 ax.set_title(f"{size}, λ = {mix:g}{note}", fontsize="small")
         fig.supxlabel(delta_label(TOY_PAIR, x, hint=False))
         fig.supylabel(delta_label(TOY_PAIR, y, hint=False))

@@ -72,6 +72,7 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
         "shared": [_cell(r, "n_shared", "{:.1f}") for _, r in summary.iterrows()],
         "shared / strong": [_cell(r, "shared_fraction") for _, r in summary.iterrows()],
         "Pearson r": [_cell(r, "pearson") for _, r in summary.iterrows()],
+        "seeds with both learned": summary["n_pearson"],
     })
     lines = [
         "# Toy models: IOI-like vs anti-repetition-like training objectives",
@@ -106,6 +107,9 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
             f"{task} {chance:.1%}" for task, chance in accuracy.groupby("task")["chance"].mean().items()) + ".",
         "",
         "## Roles against the objective mix (mean over seeds, 95 % t interval over seeds)",
+        "",
+        "Each number is over the seeds where it exists (a count where the task is learned; shared heads, "
+        "their share and r where both are); with two or three seeds a t interval is wide, by design.",
         "",
         markdown_table(roles),
         "",

@@ -74,6 +74,7 @@ def train_toy_models(done: dict[str, Callable[[], bytes]], params: dict[str, Any
             return train.to_bytes(model, losses)
         return trained
 
+    todo.sort(key=lambda run: _key(params, run))  # the order the partitions are saved (and so trained) in
     return {_key(params, run): job(run, i + 1) for i, run in enumerate(todo)}
 
 
