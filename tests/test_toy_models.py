@@ -15,7 +15,7 @@ from conftest import project_params
 from ioi_anti.pipelines.toy_models.nodes import make_toy_prompts
 from ioi_anti.toy import measure, train
 from ioi_anti.toy.language import BOS, ToyLanguage, encode, mixture
-from ioi_anti.toy.roles import learned, model_roles, over_seeds
+from ioi_anti.toy.roles import categorise_learned, learned, model_roles, over_seeds
 
 PARAMS = project_params("parameters_toy_models.yml")["toy_models"]
 TRAINING = {**PARAMS["training"], "steps": 1200}  # enough for a model trained on one kind of sequence
@@ -149,7 +149,9 @@ def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
     gaps = learned(baselines, 200, 0).set_index(["model", "task"])["learned"]
     assert gaps[(run.model_id, "toy_ioi")] and gaps[(trained[0.0][0].model_id, "toy_anti")]
     assert not gaps[(trained[0.0][0].model_id, "toy_ioi")], "λ = 0 never trains IOI: no IOI gap"
-    roles = model_roles(per_head, gaps.reset_index(), 0.05).set_index("mix")
+    heads = categorise_learned(per_head, gaps.reset_index(), 0.05)
+    assert not (heads["strong_toy_ioi"] & ~heads["learned_toy_ioi"]).any(), "an unlearned task has no strong head"
+    roles = model_roles(heads).set_index("mix")
     assert np.isnan(roles.at[0.0, "n_strong_toy_ioi"]) and np.isnan(roles.at[0.0, "pearson"])
     assert roles.at[1.0, "n_strong_toy_ioi"] >= 1
     summary = over_seeds(pd.concat([roles.reset_index(), roles.reset_index().assign(seed=1)]))

@@ -114,7 +114,8 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
         markdown_table(roles),
         "",
         "Tables: `toy_roles` (this one, with every interval), `toy_model_roles` (one row per model), "
-        "`toy_per_head`, `toy_accuracy`, `toy_learned`, `toy_losses`.",
+        "`toy_head_categories` (every head's category at τ), `toy_per_head`, `toy_accuracy`, `toy_learned`, "
+        "`toy_losses`.",
         "",
         "## Figures",
         "",

@@ -45,10 +45,10 @@ def categorise_learned(per_head: pd.DataFrame, gaps: pd.DataFrame, tau: float) -
     return heads
 
 
-def model_roles(per_head: pd.DataFrame, gaps: pd.DataFrame, tau: float) -> pd.DataFrame:
-    """One row per toy model: strong heads per learned task, shared heads and their share of the strong
-    heads, and the Pearson r of Δ_toy_ioi with Δ_toy_anti over all heads (NaN where a task is not learned)."""
-    heads = categorise_learned(per_head, gaps, tau)
+def model_roles(heads: pd.DataFrame) -> pd.DataFrame:
+    """One row per toy model (``heads``: :func:`categorise_learned`): strong heads per learned task, shared
+    heads and their share of the strong heads, and the Pearson r of Δ_toy_ioi with Δ_toy_anti over all
+    heads (NaN where a task is not learned)."""
     rows = []
     for model, frame in heads.groupby("model", sort=False):
         learned_ioi, learned_anti = bool(frame["learned_toy_ioi"].iloc[0]), bool(frame["learned_toy_anti"].iloc[0])
@@ -64,7 +64,7 @@ def model_roles(per_head: pd.DataFrame, gaps: pd.DataFrame, tau: float) -> pd.Da
                      "n_strong_toy_anti": n_anti if learned_anti else np.nan,
                      "n_shared": n_shared if both else np.nan,
                      "shared_fraction": n_shared / n_any if both and n_any else np.nan,
-                     "pearson": float(r) if both else np.nan, "tau": tau})
+                     "pearson": float(r) if both else np.nan, "tau": first["tau"]})
     return pd.DataFrame(rows)
 
 

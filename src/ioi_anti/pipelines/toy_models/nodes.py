@@ -102,11 +102,13 @@ def measure_toy_models(trained: dict[str, Callable[[], bytes]], tokens: pd.DataF
 
 
 def summarise_toy_roles(per_head: pd.DataFrame, baseline: pd.DataFrame, params: dict[str, Any],
-                        seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Whether each model learned each task, its roles at τ, and the roles per size and mix over seeds."""
+                        seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Whether each model learned each task, every head's category at τ (as ``head_categories`` of the real
+    models, on the toy pair), each model's roles, and the roles per size and mix over seeds."""
     gaps = roles.learned(baseline, int(params["measure"]["n_boot"]), seed)
-    per_model = roles.model_roles(per_head, gaps, float(params["tau"]))
-    return gaps, per_model, roles.over_seeds(per_model)
+    heads = roles.categorise_learned(per_head, gaps, float(params["tau"]))
+    per_model = roles.model_roles(heads)
+    return gaps, heads, per_model, roles.over_seeds(per_model)
 
 
 def _style(params: dict[str, Any]) -> plotting.FigureStyle:
@@ -118,12 +120,10 @@ def plot_toy_roles(summary: pd.DataFrame, accuracy: pd.DataFrame, style: dict[st
     return toy_plots.roles_against_mix(summary, accuracy, _style(style))
 
 
-def plot_toy_phase_space(per_head: pd.DataFrame, gaps: pd.DataFrame, params: dict[str, Any],
-                         style: dict[str, Any]) -> Figure:
+def plot_toy_phase_space(heads: pd.DataFrame, params: dict[str, Any], style: dict[str, Any]) -> Figure:
     """The phase space of the first seed's models: a row per size, a panel per mix."""
-    first = per_head[per_head["seed"] == min(params["grid"]["seeds"])]
-    heads = roles.categorise_learned(first, gaps, float(params["tau"]))
-    return toy_plots.phase_space(heads, float(params["tau"]), _style(style))
+    first = heads[heads["seed"] == min(params["grid"]["seeds"])]
+    return toy_plots.phase_space(first, float(params["tau"]), _style(style))
 
 
 def plot_toy_training(losses: pd.DataFrame, style: dict[str, Any]) -> Figure:
