@@ -109,7 +109,7 @@ def test_a_pair_names_its_categories_and_keeps_their_colours_apart(examples_on_p
     assert pair.categories == ("induction-only", "IOI-only", "shared", "weak")
     assert pair.colours == {"induction-only": "#CC79A7", "IOI-only": "#0072B2", "shared": SHARED_COLOUR,
                             "weak": WEAK_COLOUR}
-    assert pair.short_category("IOI-only") == "IOI" and pair.only("induction") == "induction-only"
+    assert pair.short_category("IOI-only") == "IOI" and pair.short_category("shared") == "shared"
     green = dataclasses.replace(load_task("agreement_task:agreement"), colour=SHARED_COLOUR)
     also_green = dataclasses.replace(load_task("factual"), name="other", short="other", colour=SHARED_COLOUR)
     colours = list(Pair(green, also_green).colours.values())

@@ -84,10 +84,6 @@ class Pair:
         """The per-head columns the pair's categories are made of: each task's Δ and its interval."""
         return tuple(f"delta_{name}{suffix}" for name in self.names for suffix in ("", "_low", "_high"))
 
-    def only(self, task: str) -> str:
-        """The category of heads strong for ``task`` alone (``"IOI-only"`` for ``"ioi"``)."""
-        return self.categories[self.names.index(task)]
-
     def short_category(self, category: str) -> str:
         """A category's name in tight labels: the task's short label for its "-only" heads."""
         return {self.categories[0]: self.x.short, self.categories[1]: self.y.short}.get(category, category)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
-from ioi_anti.toy.language import ToyLanguage, encode, mixture
+from ioi_anti.toy.language import KINDS, ToyLanguage, encode, mixture
 
 MAX_POSITIONS = 64  # longer than any sequence of the language
 
@@ -88,7 +88,7 @@ def train(run: ToyRun, language: ToyLanguage, tokenizer: PreTrainedTokenizerFast
         optimiser.step()
         schedule.step()
         by_kind, detached = {}, losses.detach()
-        for kind in ("ioi", "list", "copy"):
+        for kind in KINDS:
             rows_of_kind = torch.tensor([k == kind for k in kinds])
             picked = detached[rows_of_kind][mask[rows_of_kind]]
             by_kind[f"loss_{kind}"] = float(picked.mean()) if picked.numel() else float("nan")
