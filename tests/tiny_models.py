@@ -66,12 +66,16 @@ def tiny_config(family: str, vocab_size: int):
 
 
 def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
-               dtype: torch.dtype = torch.float32, precision: str = "float32") -> LoadedModel:
+               dtype: torch.dtype = torch.float32, precision: str = "float32",
+               initializer_range: float | None = None) -> LoadedModel:
     """A random tiny model of ``family`` wrapped by the project's loader (``float64`` where a test's
     effects are so small that float32 rounding would be a visible share of them; ``precision``: the
-    mixed precision of ``runtime.dtype``)."""
+    mixed precision of ``runtime.dtype``; ``initializer_range``: the weights' standard deviation
+    instead of the config's 0.02, where a test needs effects far above bfloat16's rounding)."""
     torch.manual_seed(seed)
     cfg = tiny_config(family, len(tokenizer))
+    if initializer_range is not None:
+        cfg.initializer_range = initializer_range
     hf_model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").to(dtype)
     if family == "qwen2":
         with torch.no_grad():  # initialised to zero, which would leave the q/k/v biases untested
