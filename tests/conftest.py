@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(root: Path) -> Path:
+    """A copy of the project's conf, notebooks, sources and shipped raw data (the published tables) with
+    nothing else in its data folder."""
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copytree(PROJECT / "notebooks", root / "notebooks")
+    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(PROJECT / "data" / "01_raw" / "published", root / "data" / "01_raw" / "published")
+    return root
 
 
 def project_params(name: str) -> dict[str, Any]:

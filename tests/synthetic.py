@@ -253,3 +253,29 @@ def make_hero_studies(
                          **_interval(rng, delta), "model": model}))
     return {name: pd.concat(frames, ignore_index=True)[STUDY_COLUMNS[name]] if frames
             else pd.DataFrame(columns=STUDY_COLUMNS[name]) for name, frames in tables.items()}
+
+
+def published_format(per_head: pd.DataFrame, top_k: int, tau: float = 0.05,
+                     x: str = "delta_ioi", y: str = "delta_anti") -> dict[str, pd.DataFrame]:
+    """The tables the published scripts would write from ``per_head`` (SOURCE.md): the top-k most negative
+    heads of each task joined with 0.0 fill, the Pearson r over that join, its category counts and the
+    strongest head of each model in both lists as its hero, named as the published CSVs name their columns."""
+    from ioi_anti.published import join_top_k
+
+    joined = join_top_k(per_head, top_k, x, y).rename(columns={x: "delta_ioi", y: "delta_anti"})
+    joined = joined.merge(per_head[["model", "family"]].drop_duplicates(), on="model")
+    correlations, counts, heroes = [], [], []
+    for model, rows in joined.groupby("model", sort=False):
+        ioi, anti = rows["delta_ioi"].abs() >= tau, rows["delta_anti"].abs() >= tau
+        correlations.append({"family": rows["family"].iloc[0], "model": model, "params_m": 0.0,
+                             "corr": pearsonr(rows["delta_ioi"], rows["delta_anti"]).statistic})
+        counts.append({"family": rows["family"].iloc[0], "model": model, "n_anti_only": (anti & ~ioi).sum(),
+                       "n_ioi_only": (ioi & ~anti).sum(), "n_shared": (ioi & anti).sum(),
+                       "n_weak": (~ioi & ~anti).sum()})
+        both = rows[(rows["delta_ioi"] != 0.0) & (rows["delta_anti"] != 0.0)]  # heroes are in both lists
+        strongest = both.loc[(both["delta_ioi"].abs() + both["delta_anti"].abs()).idxmax()]
+        heroes.append({"family": strongest["family"], "model": model, "category": "shared",
+                       **{c: strongest[c] for c in ("layer", "head", "delta_ioi", "delta_anti")}})
+    return {"per_head": joined[["family", "model", "layer", "head", "delta_ioi", "delta_anti"]],
+            "correlations": pd.DataFrame(correlations), "categories": pd.DataFrame(counts),
+            "heroes": pd.DataFrame(heroes)}

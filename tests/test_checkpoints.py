@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import PROJECT
+from conftest import copy_project
 from tiny_models import tiny_config
 from transformers import AutoModelForCausalLM
 
@@ -118,15 +117,11 @@ SMALL = ",".join([
 
 @pytest.mark.integration
 def test_a_run_over_checkpoints_draws_roles_across_training(hub_cache: Path, tmp_path: Path) -> None:
-    root = tmp_path / "project"
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
+    root = copy_project(tmp_path / "project")
     (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({
         "models": [f"tiny-neox@{r}" for r in REVISIONS],
         "model_registry": {"tiny-neox": ENTRY},
     }))
-    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     done = subprocess.run([sys.executable, "-m", "kedro", "run", "--params", SMALL], cwd=root,
                           env=_offline_env(hub_cache), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import PROJECT
+from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
 
 from ioi_anti.execution import usable_cores
@@ -62,16 +62,6 @@ def kedro(
 
 def latest(root: Path, pattern: str) -> Path:
     return sorted(root.glob(pattern))[-1]
-
-
-def copy_project(root: Path) -> Path:
-    """A copy of the project's conf, notebooks and sources with an empty data folder."""
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks")
-    shutil.copy(PROJECT / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -530,3 +520,39 @@ def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: P
     log = second.stdout + second.stderr
     assert "toy-small-mix0.00-seed0 is damaged" in log and "1 of 2 already trained" in log
     assert log.count("Training toy model") == 1
+
+
+PAPER_PROTOCOL = ",".join(["models=[smollm2-135m]", *(f"data_generation.{task}.{key}={value}"
+                                                      for task in ("paper_ioi", "paper_anti")
+                                                      for key, value in (("n_prompts", 6),
+                                                                         ("mean_pool_per_template", 1)))])
+
+
+def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> None:
+    """`--env paper_protocol` on SmolLM2: the published prompt forms as tasks, zero ablation, Δ the raw mean
+    change of the logit difference (the sweep's own per-prompt effects, not divided by the gap), τ on raw
+    values; the report states the protocol, and the published tables' audit is in it."""
+    root = copy_project(tmp_path / "paper_protocol")
+    kedro(root, "--env", "paper_protocol", params=PAPER_PROTOCOL)
+    per_head = pd.read_parquet(latest(root, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    assert len(per_head) == 30 * 9 and set(per_head["ablation"]) == {"zero"} and set(per_head["delta_unit"]) == {"raw"}
+    effects = pd.concat(pd.read_parquet(p) for p in (root / SWEEP).glob("*/layer_*.parquet"))
+    for task in ("paper_ioi", "paper_anti"):
+        exact = effects[(effects["task"] == task) & (effects["method"] == "exact")]
+        mean = exact.groupby(["layer", "head"])["effect"].mean()
+        np.testing.assert_allclose(per_head.set_index(["layer", "head"]).loc[mean.index, f"delta_{task}"], mean,
+                                   rtol=1e-6, atol=1e-9)
+        assert (per_head[f"gap_{task}"] != 1.0).all(), "the gap is still measured and reported"
+    prompts = pd.read_parquet(latest(root, "data/03_primary/prompts.parquet/*/prompts.parquet"))
+    clean = prompts[prompts["role"] == "clean"].groupby("task")["text"].first()
+    assert clean["paper_ioi"].startswith("When ") and clean["paper_ioi"].endswith(" gave a gift to")
+    assert clean["paper_anti"].startswith(" ") and " met " in clean["paper_anti"]
+    report = latest(root, "data/08_reporting/report.md/*/report.md").read_text()
+    assert "- Δ: the mean change of the task metric in logits (raw" in report and "- Ablation: zero" in report
+    assert "## The published tables, audited" in report and "No model of this run is one the study published" in report
+    shortcut = pd.read_parquet(latest(root, "data/07_model_output/published_comparison.parquet/*/*.parquet"))
+    assert shortcut["model"].tolist() == ["smollm2-135m"] and shortcut["top_k"].tolist() == [20]
+    assert f"| smollm2-135m | {shortcut['r'].iloc[0]:.3f} [" in report
+    audit = pd.read_parquet(latest(root, "data/07_model_output/published_audit.parquet/*/*.parquet"))
+    published = pd.read_csv(root / "data/01_raw/published/joint_ioi_anti_repeat_all.csv")
+    assert set(published["model"]) <= set(audit["model"]) and "impossible_heads" in set(audit["check"])

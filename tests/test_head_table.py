@@ -45,6 +45,21 @@ def test_delta_is_mean_effect_over_mean_gap_with_an_interval() -> None:
         assert table[f"gap_{task}"].iloc[0] == pytest.approx(gap)
 
 
+def test_raw_delta_is_the_mean_effect_itself_with_the_gap_still_reported() -> None:
+    """``head_ablation.delta: raw`` (the published protocol): Δ in logits, not divided by the gap."""
+    long, baseline = _inputs()
+    normalised = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
+    raw = model_head_table(long, baseline, PAIR, PARAMS | {"delta": "raw"}, seed=0)
+    assert set(raw["delta_unit"]) == {"raw"} and set(normalised["delta_unit"]) == {"normalised"}
+    for task in ("ioi", "anti"):
+        exact = long[(long["task"] == task) & (long["method"] == "exact")]
+        np.testing.assert_allclose(raw[f"delta_{task}"], exact.groupby(["layer", "head"])["effect"].mean(), rtol=1e-9)
+        np.testing.assert_allclose(raw[f"delta_{task}"], normalised[f"delta_{task}"] * raw[f"gap_{task}"], rtol=1e-9)
+        assert (raw[f"delta_{task}_low"] <= raw[f"delta_{task}"]).all()
+        assert (raw[f"delta_{task}"] <= raw[f"delta_{task}_high"]).all()
+        assert (raw[f"gap_{task}"] == normalised[f"gap_{task}"]).all() and (raw[f"gap_{task}"] != 1.0).all()
+
+
 def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:
     long, baseline = _inputs()
     baseline.loc[baseline["task"] == "anti", "m_ref"] = baseline["m_clean"] + 1.0

@@ -204,6 +204,13 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
         assert "`runtime.keep_loaded_gb`" in problem and "a number of GB >= 0" in problem
     (problem,) = settings_problems(_with(base, "runtime.dtype", "float64"), schema)
     assert "`runtime.dtype` = 'float64'" in problem and "one of float32, bfloat16, float16" in problem
+    (problem,) = settings_problems(_with(base, "head_ablation.delta", "logits"), schema)
+    assert "`head_ablation.delta` = 'logits'" in problem and "one of normalised, raw" in problem
+    (problem,) = settings_problems(_with(_with(base, "head_ablation.delta", "raw"), "head_ablation.mode", "screen"),
+                                   schema)
+    assert "needs `head_ablation.mode` = 'exact'" in problem
+    (problem,) = settings_problems(_with(base, "data_generation.paper_anti.min_names", 2), schema)
+    assert "`data_generation.paper_anti.min_names` = 2" in problem
     (problem,) = settings_problems(_with(base, "runtime.tf32", "yes"), schema)
     assert "`runtime.tf32` = 'yes'" in problem and "true or false" in problem
     if not torch.cuda.is_available():

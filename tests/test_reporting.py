@@ -33,9 +33,10 @@ from synthetic import (
 )
 
 from ioi_anti import plotting
+from ioi_anti.against_published import HERO_COLUMNS, MODEL_COLUMNS
 from ioi_anti.categories import default_tau_rows, run_pair
 from ioi_anti.datasets import SavedFigure
-from ioi_anti.pipelines import categorisation, reporting
+from ioi_anti.pipelines import categorisation, published, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
     correlate_deltas,
@@ -56,7 +57,8 @@ from ioi_anti.report import (
 )
 from ioi_anti.routes import route_table
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+PROJECT = Path(__file__).resolve().parents[1]
+CONF = PROJECT / "conf"
 CAT_PARAMS = {"pair": ["ioi", "anti"], "tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100,
               "ci_level": 0.95, "n_depth_bins": 5}
 TASKS = ["ioi", "anti"]
@@ -65,6 +67,8 @@ FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
 RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED, "offline": OFFLINE_FOUR}
 HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention", "hero_routes")
 VERDICT = {"main_share": 0.5, "min_share": 0.2}
+PUBLISHED_AUDIT = pd.DataFrame([{"model": "all", "check": "duplicate_rows", "count": 0, "value": np.nan,
+                                 "published": np.nan, "examples": "", "finding": "No row is listed twice."}])
 
 
 def tables_for(models: tuple[SyntheticModel, ...], per_head: pd.DataFrame | None = None,
@@ -148,6 +152,8 @@ def report_pages_of(tables: dict[str, Any], run_metadata: dict[str, Any] | None 
         tables["attribution_agreement"], *(tables[name] for name in HERO_INPUTS),
         nodes.plot_interactive_phase_space(tables["head_categories"], tables["tasks"], tables["pair"]),
         signature_counts=tables["signature_counts"], task_correlations=tables["task_correlations"],
+        published_audit=PUBLISHED_AUDIT, published_comparison=pd.DataFrame(columns=MODEL_COLUMNS),
+        published_hero_comparison=pd.DataFrame(columns=HERO_COLUMNS),
         tasks=tables["tasks"], pair=tables["pair"], params=REP_PARAMS, **saved_figures(tables),
     )
 
@@ -298,6 +304,7 @@ def test_reporting_pipeline_assembles() -> None:
     assert pipeline.inputs() == {
         "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline", "run_metadata",
         "attribution_agreement", *HERO_INPUTS, "params:reporting", *(fig.dataset for fig in HERO_FIGURES),
+        "published_audit", "published_comparison", "published_hero_comparison",
         "hero_decomposition_plots", "signature_counts", "task_correlations", "params:tasks",
         "params:categorisation.pair",
     }
@@ -341,16 +348,20 @@ def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
 def _config() -> OmegaConfigLoader:
     return OmegaConfigLoader(
         str(CONF), base_env="base", default_run_env="local",
-        config_patterns={"catalog": ["catalog_reporting*"],
-                         "parameters": ["parameters_categorisation*", "parameters_reporting*"]},
+        config_patterns={"catalog": ["catalog_reporting*", "catalog_published*"],
+                         "parameters": ["parameters_categorisation*", "parameters_reporting*",
+                                        "parameters_published*"]},
     )
 
 
 def test_catalog_and_parameters_match_the_code() -> None:
     config = _config()
     catalog, params = config["catalog"], config["parameters"]
-    produced = categorisation.create_pipeline().all_outputs() | reporting.create_pipeline().all_outputs()
-    assert produced == set(catalog)
+    pipes = categorisation.create_pipeline() + published.create_pipeline() + reporting.create_pipeline()
+    shipped = {name for name, entry in catalog.items() if entry.get("filepath", "").startswith("data/01_raw/")}
+    assert shipped == {"published_per_head", "published_correlations", "published_category_counts", "published_heroes"}
+    assert pipes.all_outputs() | shipped == set(catalog)
+    assert all((PROJECT / catalog[name]["filepath"]).is_file() for name in shipped)
     for fig in FIGURES:
         assert catalog[fig.dataset]["filepath"] == f"{params['reporting']['output_dir']}/{fig.file_name}"
     assert catalog["layer_hists"]["path"] == f"{params['reporting']['output_dir']}/layer_hists"
@@ -368,7 +379,8 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     entries = {}
     for name, entry in (config["catalog"] | hero_entries).items():
         key = "path" if "path" in entry else "filepath"
-        entries[name] = {**entry, key: str(tmp_path / entry[key])}
+        shipped = entry[key].startswith("data/01_raw/")  # the published tables: read where the project ships them
+        entries[name] = {**entry, key: str((PROJECT if shipped else tmp_path) / entry[key])}
     catalog = DataCatalog.from_config(entries)
     tables = tables_for(FOUR_MODELS)
     for name in ("per_head", "baseline", "run_metadata", "attribution_agreement"):
@@ -385,11 +397,12 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     catalog["params:seed"] = 0
     catalog["params:tasks"] = ["ioi", "anti"]
     catalog["params:categorisation.pair"] = config["parameters"]["categorisation"]["pair"]
-    pipeline: Pipeline = categorisation.create_pipeline() + reporting.create_pipeline()
+    pipeline: Pipeline = categorisation.create_pipeline() + published.create_pipeline() + reporting.create_pipeline()
     SequentialRunner().run(pipeline, catalog)
     out = tmp_path / "data"
-    # 6 categorisation tables + hero_paths, hero_attention; every figure, task roles included
-    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 6 + 2
+    # 6 categorisation tables + hero_paths, hero_attention + the audit and two comparison tables; every
+    # figure, task roles included
+    assert len(list((out / "07_model_output").glob("*.parquet/*/*.parquet"))) == 6 + 2 + 3
     assert len(list((out / "08_reporting").glob("*.png/*/*.png"))) == len(FIGURES) + len(HERO_FIGURES) + 1
     assert next((out / "08_reporting").glob("report.html/*/report.html")).read_text().count("<img") == (
         len(FIGURES) + len(HERO_FIGURES) + tables["per_head"]["model"].nunique() + len(hero_models))
@@ -398,6 +411,11 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     }
     report = next((out / "08_reporting").glob("report.md/*/report.md")).read_text()
     assert report.startswith("# IOI and anti-repetition")
+    # the synthetic models carry the names of four published models: the run is set beside them
+    comparison = catalog.load("published_comparison")
+    assert sorted(comparison["model"]) == ["gpt2", "gpt2-medium", "opt-125m", "pythia-160m"]
+    assert "## Against the published results" in report and report.index("## Against") < report.index("## Run")
+    assert [line for line in report.splitlines() if line.startswith("## ")][-1] == "## The published tables, audited"
     heroes = tables["hero_heads_for_paper"]
     assert len(heroes) > 0 and all(f"| {r.model} | {r.hero} | {r.category} |" in report for r in heroes.itertuples())
     saved = catalog.load("head_categories")

@@ -16,6 +16,7 @@ from tiny_models import TINY_FAMILIES, tiny_model
 from ioi_anti import prompts as P
 from ioi_anti.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
 from ioi_anti.hero_plots import reader_colours, route_colours
+from ioi_anti.models import load_tokenizer
 from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import (
     BUILT_IN,
@@ -243,3 +244,25 @@ def test_attention_targets_point_at_the_words_each_task_names(smol_tokenizer) ->
             assert ids[targets["earlier occurrence"][0]] == ids[-1] == word[row.metric_words[k - 1]]
             assert targets["token after earlier"][0] == targets["earlier occurrence"][0] + 1
     assert load_task("factual").attention_targets is None
+
+
+@pytest.mark.parametrize("name", ["paper_ioi", "paper_anti"])
+def test_the_published_prompt_forms_are_tasks(name, smol_tokenizer, gemma_spec) -> None:
+    """`paper_ioi` and `paper_anti` make the published prompts (SOURCE.md): one template, answer B,
+    distractor A, two different names of the published list; the reference puts a third name for the
+    second A; names that are not single tokens in every tokenizer are dropped and logged."""
+    params = project_params("parameters_data_generation.yml")["data_generation"][name]
+    params = params | {"n_prompts": 12, "mean_pool_per_template": 2}
+    tokenizers = {"smol": smol_tokenizer, "gemma": load_tokenizer(gemma_spec)}
+    table, dropped = load_task(name).prompts(params, tokenizers, seed=0)
+    kept = set(params["names"]) - set(dropped["word"])
+    assert set(dropped["word"]) <= set(params["names"]) and len(kept) >= params["min_names"]
+    clean, ref = (table[table["role"] == role].set_index("pair_id").sort_index() for role in ("clean", "ref"))
+    assert len(clean) == 12 and (table["template_id"] == 0).all()
+    for pair_id, row in clean.iterrows():
+        b, a = row["metric_words"]
+        assert a != b and {a, b} <= kept and row["metric_weights"] == [1.0, -1.0]
+        assert row["text"] == params["template"].format(A=a, B=b)
+        c = (set(ref.at[pair_id, "context_words"]) - {a, b}).pop()
+        assert ref.at[pair_id, "text"] == params["template"].replace("{A}", "{C}", 2).replace("{C}", "{A}", 1).format(
+            A=a, B=b, C=c)

@@ -3,7 +3,9 @@
 A task metric is linear in the END-token logits of a few candidate tokens:
 ``m = sum_k weights_k * logits[tokens_k]`` (see :mod:`ioi_anti.prompts` for the weights of
 IOI and anti-repetition). A head's effect is ``Delta = mean_i(m_ablated_i - m_clean_i) / gap``
-with ``gap = mean_i(m_clean_i - m_reference_i)`` over paired prompts.
+with ``gap = mean_i(m_clean_i - m_reference_i)`` over paired prompts; with
+``head_ablation.delta: raw`` (the published study's protocol) the gap is left out and Δ is the mean
+change of the metric itself, in logits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,24 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+DELTA_UNITS = ("normalised", "raw")
+"""``head_ablation.delta``: Δ normalised by the task gap (the project's, comparable across models), or
+raw, the change of the metric in logits (the published study's)."""
+
+
+def delta_divisors(gaps: Float[np.ndarray, " n"], unit: str) -> Float[np.ndarray, " n"]:
+    """What a head's per-prompt effects are divided by (through their mean) to give Δ in ``unit``:
+    the prompts' gaps (normalised) or ones (raw)."""
+    if unit not in DELTA_UNITS:
+        raise ValueError(f"Unknown Δ unit {unit!r}; choose one of {DELTA_UNITS}.")
+    return gaps if unit == "normalised" else np.ones_like(gaps)
+
+
+def delta_unit_words(unit: str) -> str:
+    """How a report states Δ's unit."""
+    return ("the mean change of the task metric over the task gap (normalised)" if unit == "normalised" else
+            "the mean change of the task metric in logits (raw, not normalised by the gap, as published)")
 
 
 def task_metric(cand_logits: Float[Tensor, "n k"], weights: Float[Tensor, "n k"]) -> Float[Tensor, " n"]:

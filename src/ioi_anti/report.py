@@ -17,6 +17,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from ioi_anti.categories import PAPER_PAIR, WEAK, Pair, default_tau_rows, table_tasks
+from ioi_anti.metrics import delta_unit_words
 from ioi_anti.plotting import (
     FAMILY_ORDER,
     GAP_WARNING,
@@ -34,7 +35,7 @@ NOT_RECORDED = "not recorded"
 LAYER_HISTS_DIR = "layer_hists"
 TRAINING_DIR = "training"
 DECOMPOSITION_DIR = "hero_decomposition"
-KNOWN_METADATA = ("models", "seed", "ablation", "versions", "device",
+KNOWN_METADATA = ("models", "seed", "ablation", "delta", "versions", "device",
                   "model_config")  # model_config: shown in the Models line, from the per-head table
 
 
@@ -170,6 +171,7 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
           f"{facts.at[m, 'n_heads']} heads" for m in models),
         "- Clean prompts per task: " + ", ".join(f"{task} {_setting(metadata, f'n_prompts_{task}')}" for task in tasks),
         f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
+        f"- Δ: {delta_unit_words(str(metadata.get('delta', 'normalised')))}",
         f"- τ (strong head: |Δ| ≥ τ): {tau:g}; sensitivity τ: {', '.join(f'{t:g}' for t in taus)}",
         f"- Seed: {_setting(metadata, 'seed')}; device: {_setting(metadata, 'device')}",
         f"- Precision: {_precision(metadata)}",
@@ -528,16 +530,20 @@ def build_report(
     images: Mapping[str, str] | None = None,
     roles: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     pair: Pair = PAPER_PAIR,
+    published: tuple[str, str] = ("", ""),
 ) -> str:
     """The whole Markdown report (with the hero-heads section when its tables are given, the roles over
-    every task when ``roles`` (signature counts, task correlations) are, and the figures themselves
-    where ``images`` gives their sources); categories, correlations and heroes are those of ``pair``."""
+    every task when ``roles`` (signature counts, task correlations) are, the figures themselves where
+    ``images`` gives their sources, and ``published``: the run beside the published results, after the
+    comparison of models, and the audit of the published tables, last (:mod:`ioi_anti.against_published`,
+    :mod:`ioi_anti.published`)); categories, correlations and heroes are those of ``pair``."""
     heads, tau = default_tau_rows(head_categories)
     warnings = warnings_section(baseline, heads)
     sections = [
         f"# {pair.x.label} and {pair.y.label}: per-head ablation report",
         warnings,
         comparison_section(baseline, heads, correlations, tau, pair),
+        published[0],
         figures_section(model_order(heads), tau, ablation_label(heads), output_dir, images, pair),
         run_section(run_metadata, head_categories),
         baseline_section(baseline),
@@ -548,6 +554,7 @@ def build_report(
         task_roles_section(*roles, heads, images or {}) if roles is not None else "",
         attribution_section(attribution_agreement, model_order(heads)),
         hero_section(*hero, output_dir, images, pair) if hero is not None else "",
+        published[1],
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 

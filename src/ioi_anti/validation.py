@@ -21,6 +21,7 @@ from ioi_anti import execution
 from ioi_anti.ablation import ABLATIONS
 from ioi_anti.categories import pair_of, validate_tau
 from ioi_anti.hero import check_named_heads, parse_head
+from ioi_anti.metrics import DELTA_UNITS
 from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available, model_grid
 from ioi_anti.plotting import FigureStyle
 from ioi_anti.precision import PRECISIONS
@@ -29,7 +30,8 @@ from ioi_anti.tasks import Task, TaskError, load_tasks
 
 logger = logging.getLogger(__name__)
 
-FREE_FORM = {("model_registry",), ("hero_heads", "named"), ("data_generation", "anti", "categories")}
+FREE_FORM = {("model_registry",), ("hero_heads", "named"), ("data_generation", "anti", "categories"),
+             ("published", "names")}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -167,6 +169,7 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     for dotted in ("runtime.max_batch", "runtime.max_rows", "baseline.n_boot", "head_ablation.n_boot",
                    "categorisation.n_boot", "categorisation.n_depth_bins", "hero_heads.n_boot",
                    "hero_heads.max_prompts", "data_generation.ioi.n_prompts", "data_generation.anti.n_prompts",
+                   "data_generation.paper_ioi.n_prompts", "data_generation.paper_anti.n_prompts",
                    "data_generation.ioi.min_places", "data_generation.ioi.min_objects",
                    "data_generation.anti.min_categories"):
         _check(problems, params, dotted, _int_at_least(1), "an integer >= 1")
@@ -174,8 +177,9 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
                    "head_ablation.screen.top_k", "data_generation.ioi.mean_pool_per_template",
                    "data_generation.anti.mean_pool_per_template"):
         _check(problems, params, dotted, _int_at_least(0), "an integer >= 0")
-    _check(problems, params, "data_generation.ioi.min_names", _int_at_least(3),
-           "an integer >= 3 (an IOI prompt and its ABC reference need three different names)")
+    for task in ("ioi", "paper_ioi", "paper_anti"):
+        _check(problems, params, f"data_generation.{task}.min_names", _int_at_least(3),
+               "an integer >= 3 (a prompt and its reference need three different names)")
     _check(problems, params, "data_generation.anti.list_lengths",
            lambda v: bool(v) and all(_int_at_least(2)(n) for n in v), "a non-empty list of integers >= 2")
     _check(problems, params, "data_generation.anti.min_items_per_category",
@@ -184,6 +188,11 @@ def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> l
     _check(problems, params, "hero_heads.dose_steps", _int_at_least(2), "an integer >= 2 (clean and ablated)")
     _check(problems, params, "head_ablation.ablation", lambda v: v in ABLATIONS, f"one of {', '.join(ABLATIONS)}")
     _check(problems, params, "head_ablation.mode", lambda v: v in MODES, f"one of {', '.join(MODES)}")
+    _check(problems, params, "head_ablation.delta", lambda v: v in DELTA_UNITS, f"one of {', '.join(DELTA_UNITS)}")
+    sweep = params.get("head_ablation", {})
+    if sweep.get("delta") == "raw" and sweep.get("mode") == "screen":
+        problems.append("`head_ablation.delta` = 'raw' needs `head_ablation.mode` = 'exact': screening's margin "
+                        "and τ are fractions of the task gap")
     _check(problems, params, "head_ablation.screen.margin", lambda v: isinstance(v, int | float) and v >= 0,
            "a number >= 0")
     for dotted in ("head_ablation.ci", "categorisation.ci_level"):

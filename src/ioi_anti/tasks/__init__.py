@@ -19,7 +19,8 @@ A prompt generator returns a table with one row per prompt and at least the colu
   is tokenised); ``metric_words`` and ``metric_weights``: the candidates (each ``" " + word`` a single
   token in every tokenizer of the run) and their weights.
 
-Built in: ``ioi``, ``anti`` (the paper's pair), ``induction`` and ``factual``. A task of one's own is
+Built in: ``ioi``, ``anti`` (the paper's pair), ``induction``, ``factual``, and ``paper_ioi`` and
+``paper_anti``, the published study's own prompt forms (``--env paper_protocol``). A task of one's own is
 a :class:`Task` object named by import path, ``my_package.my_module:my_task`` (README, "Tasks").
 """
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # only for annotations: loading transformers takes seconds, a
 PROMPT_COLUMNS = ("prompt_id", "role", "pair_id", "template_id", "text", "context_words", "metric_words",
                   "metric_weights")
 ROLES = ("clean", "ref", "pool")
-BUILT_IN = ("ioi", "anti", "induction", "factual")
+BUILT_IN = ("ioi", "anti", "induction", "factual", "paper_ioi", "paper_anti")
 PAIR = ("ioi", "anti")  # the paper's pair: the default run's tasks and categorisation.pair
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 

@@ -14,7 +14,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from ioi_anti.checkpoints import parse_model_id
 from ioi_anti.execution import Job, Results, run_jobs
-from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
+from ioi_anti.metrics import bootstrap_delta, bootstrap_indices, delta_divisors
 from ioi_anti.models import resolve_device
 from ioi_anti.run_models import check_run_models, resolve_models
 from ioi_anti.sweep import (
@@ -211,9 +211,9 @@ def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: di
 def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str], params: dict[str, Any],
                      seed: int, exact_heads: Selection | None = None,
                      score_names: dict[str, str] | None = None) -> pd.DataFrame:
-    """Delta per head and task (``tasks``, in that order), normalised by the task gap, with a paired ratio
-    bootstrap; and, for a task with its own per-head score (``score_names``: task -> column), that score's
-    mean over the task's clean prompts.
+    """Delta per head and task (``tasks``, in that order), normalised by the task gap (or raw, with
+    ``params["delta"]`` = raw), with a paired ratio bootstrap; and, for a task with its own per-head score
+    (``score_names``: task -> column), that score's mean over the task's clean prompts.
 
     Where a head has no exact measurement for a task (a screening run), its Delta for that task is
     the attribution estimate with its interval, and ``measured_by_<task>`` says ``estimate``.
@@ -224,7 +224,7 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
     validate_grid(long, n_layers, n_heads, n_prompts, str(facts["model_id"]), exact_heads)
     grid = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
     out = pd.DataFrame(index=grid).reset_index()
-    gap_ok = True
+    gap_ok, unit = True, params.get("delta", "normalised")
     for task in tasks:
         task_base = baseline[baseline["task"] == task].sort_values("pair_id")
         gaps = (task_base["m_clean"] - task_base["m_ref"]).to_numpy()
@@ -233,7 +233,7 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
             frame = long[(long["task"] == task) & (long["method"] == method)]
             wide = frame.pivot_table(index=["layer", "head"], columns="pair_id", values="effect").reindex(
                 index=grid, columns=task_base["pair_id"].to_numpy()).to_numpy()
-            delta, low, high = bootstrap_delta(wide, gaps, idx, params["ci"])
+            delta, low, high = bootstrap_delta(wide, delta_divisors(gaps, unit), idx, params["ci"])
             out[column], out[f"{column}_low"], out[f"{column}_high"] = delta, low, high
         gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - params["ci"]) / 2)
         out[f"gap_{task}"], out[f"n_prompts_{task}"] = gaps.mean(), len(gaps)
@@ -253,7 +253,7 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
     return out.assign(model=facts["model_id"], base_model=checkpoint.base_model, checkpoint=checkpoint.label,
                       training_step=checkpoint.training_step, family=facts["family"],
                       tuning=facts["tuning"], n_params=int(facts["n_params"]), n_layers=n_layers, n_heads=n_heads,
-                      gap_ok=gap_ok)
+                      gap_ok=gap_ok, delta_unit=unit)
 
 
 def attribution_agreement(table: pd.DataFrame, tasks: list[str], taus: list[float],
@@ -299,7 +299,8 @@ def run_metadata(per_head: pd.DataFrame, tasks: list[str], models: list[str], ru
     return {
         "tasks": list(tasks), "models": list(models),
         "model_config": first[["family", "tuning", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
-        "ablation": params["ablation"], "mode": params.get("mode", "exact"), "n_boot": params["n_boot"],
+        "ablation": params["ablation"], "mode": params.get("mode", "exact"), "delta": params.get("delta", "normalised"),
+        "n_boot": params["n_boot"],
         "ci": params["ci"], "seed": seed,
         **{f"n_prompts_{task}": int(first[f"n_prompts_{task}"].max()) for task in tasks},
         "runtime": dict(runtime), "device": str(resolve_device(runtime["device"])),

@@ -17,7 +17,7 @@ from ioi_anti import hero, hero_plots, plotting, routes
 from ioi_anti.ablation import variant_metrics
 from ioi_anti.categories import WEAK, Pair, categorise, run_pair
 from ioi_anti.execution import Job, run_jobs
-from ioi_anti.metrics import bootstrap_indices, interval
+from ioi_anti.metrics import bootstrap_indices, delta_divisors, interval
 from ioi_anti.models import LoadedModel, ModelSpec, load_run_model
 from ioi_anti.report import decomposition_key
 from ioi_anti.run_models import resolve_models
@@ -115,6 +115,12 @@ def study_hero_heads(
     return dose, topk, paths, attention, decomposition
 
 
+def hero_divisor(model_heads: pd.DataFrame, task: str) -> float:
+    """What the hero studies divide a task's effects by: its gap, or 1 where the run's Δ is raw."""
+    unit = model_heads["delta_unit"].iloc[0] if "delta_unit" in model_heads else "normalised"
+    return float(delta_divisors(model_heads[f"gap_{task}"].to_numpy(float)[:1], unit)[0])
+
+
 def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.DataFrame, tokens: pd.DataFrame,
                 runtime: dict[str, Any], ablation_params: dict[str, Any], params: dict[str, Any],
                 seed: int, pair: Pair) -> dict[str, pd.DataFrame]:
@@ -122,7 +128,7 @@ def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.Dat
     lm = load_run_model(spec, runtime)
     tasks = {task.name: hero.prepare_hero_task(
         lm, tokens, task.name, task.ablation_roles, ablation_params["ablation"], int(ablation_params["seed"]),
-        float(model_heads[f"gap_{task.name}"].iloc[0]), params["max_prompts"], runtime["max_batch"])
+        hero_divisor(model_heads, task.name), params["max_prompts"], runtime["max_batch"])
         for task in pair.tasks}
     study = _ModelStudy(lm, tasks, params, seed, pair)
     model = {"model": spec.model_id}

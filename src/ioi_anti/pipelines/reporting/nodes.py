@@ -13,8 +13,10 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
 from ioi_anti import interactive, plotting, task_plots
+from ioi_anti.against_published import side_by_side_words
 from ioi_anti.categories import default_tau_rows, run_pair
 from ioi_anti.datasets import SavedFigure
+from ioi_anti.published import audit_words
 from ioi_anti.report import (
     DECOMPOSITION_DIR,
     LAYER_HISTS_DIR,
@@ -143,13 +145,17 @@ def write_report(
     hero_decomposition_plots: dict[str, Callable[[], SavedFigure]],
     signature_counts: pd.DataFrame,
     task_correlations: pd.DataFrame,
+    published_audit: pd.DataFrame,
+    published_comparison: pd.DataFrame,
+    published_hero_comparison: pd.DataFrame,
     tasks: list[str],
     pair: list[str],
     params: dict[str, Any],
     **figures: SavedFigure,
 ) -> tuple[str, str]:
-    """The report of the run, hero-head case studies included: Markdown whose images link the
-    saved figures, and one self-contained HTML page with every figure embedded."""
+    """The report of the run, hero-head case studies, the run beside the published results (for the
+    models the study published) and the audit of the published tables included: Markdown whose images
+    link the saved figures, and one self-contained HTML page with every figure embedded."""
     saved = dict(figures) | {f"{LAYER_HISTS_DIR}/{key}": load() for key, load in layer_hists.items()}
     saved |= {f"{TRAINING_DIR}/{key}": load() for key, load in training_plots.items()}
     saved |= {f"{DECOMPOSITION_DIR}/{key}": load() for key, load in hero_decomposition_plots.items()}
@@ -157,8 +163,12 @@ def write_report(
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
     roles, run = (signature_counts, task_correlations), run_pair(tasks, pair)
+    tau = default_tau_rows(head_categories)[1]
+    published = (side_by_side_words(published_comparison, published_hero_comparison, run_metadata, run, tau),
+                 audit_words(published_audit))
     markdown = build_report(*tables, images={k: relative_link(f.path, output_dir) for k, f in saved.items()},
-                            roles=roles, pair=run)
-    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles, pair=run)
+                            roles=roles, pair=run, published=published)
+    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles, pair=run,
+                            published=published)
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")
     return markdown, html_report(embedded, page)

@@ -23,7 +23,8 @@ PARAMS, TASKS, PAIR = "params:reporting", "params:tasks", "params:categorisation
 REPORT_INPUTS = {
     name: name for name in ("baseline", "run_metadata", "head_categories", "strong_head_counts", "correlations",
                             "attribution_agreement", "hero_paths", "hero_attention", "hero_routes", "layer_hists",
-                            "training_plots", "hero_decomposition_plots", "signature_counts", "task_correlations")
+                            "training_plots", "hero_decomposition_plots", "signature_counts", "task_correlations",
+                            "published_audit", "published_comparison", "published_hero_comparison")
 } | {"hero_heads": "hero_heads_for_paper", "interactive_phase_space": "all_heads_phase_space_interactive",
      "tasks": TASKS, "pair": PAIR, "params": PARAMS} | {
     fig.dataset: fig.dataset for fig in (*FIGURES, *HERO_FIGURES, TASK_ROLES_FIGURE)}

@@ -1,0 +1,180 @@
+"""The run's own results side by side with the published ones, for the models of the run that the study
+published (data/01_raw/published).
+
+Per model: the project's r(Δ_x, Δ_y) over every head with its bootstrap interval beside the published r;
+the same r computed the published way from the project's own table (the top-k heads of each task joined
+with 0.0 for a head missing from one list, k = the number of heads the published table lists for that
+task), which shows what the shortcut alone does; the category counts at the published τ over every
+head, beside the published counts (over the listed rows only); and the Pearson correlation between the
+project's and the published Δ over the heads the published table lists, per task. Per published hero
+head: its published Δ and category beside its Δ and category in the run.
+
+The comparison is of like with like only under the published protocol (``--env paper_protocol``: the
+published prompt forms, zero ablation, raw Δ); :func:`protocol_words` says which protocol the run used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ioi_anti.categories import Pair, categorise
+from ioi_anti.published import join_top_k, pearson
+from ioi_anti.report import markdown_table
+
+COUNTS = ("x_only", "y_only", "shared", "weak")
+PUBLISHED_COUNTS = ("n_ioi_only", "n_anti_only", "n_shared", "n_weak")
+"""The published summary's count columns, in the order of a pair's categories (x-only, y-only, shared,
+weak): the published tables' pair is (IOI, anti-repeat)."""
+
+MODEL_COLUMNS = ["model", "published_model", "n_heads", "r", "r_low", "r_high", "r_published", "top_k",
+                 "r_top_k_zero_fill",
+                 "n_listed_x", "n_listed_y", "listed_pearson_x", "listed_pearson_y",
+                 *(f"{kind}_{count}" for count in COUNTS for kind in ("n", "n_published"))]
+HERO_COLUMNS = ["model", "published_model", "layer", "head", "published_category", "published_delta_x",
+                "published_delta_y", "delta_x", "delta_y", "category"]
+
+
+def published_model(model_id: str, names: Mapping[str, str]) -> str | None:
+    """The published name of a run's model (``names``: ``published.names``, registry id -> published name);
+    a checkpoint ``id@step`` is not the published model."""
+    return None if "@" in model_id else names.get(model_id)
+
+
+def _listed_pearson(own: pd.DataFrame, listed: pd.DataFrame, column: str, published_column: str) -> tuple[int, float]:
+    """How many heads the published table lists with a nonzero ``published_column`` (zero fill is not a
+    measurement), and Pearson r of the run's and the published Δ over them."""
+    rows = listed[listed[published_column] != 0.0].merge(own, on=["layer", "head"], suffixes=("_published", ""))
+    return len(rows), pearson(rows[column].to_numpy(float), rows[f"{published_column}_published"].to_numpy(float))
+
+
+def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
+                   published_correlations: pd.DataFrame, published_categories: pd.DataFrame, pair: Pair,
+                   tau: float, names: Mapping[str, str], top_k: int) -> pd.DataFrame:
+    """One row per model of the run (columns :data:`MODEL_COLUMNS`): its r and the r the published shortcut
+    gives on its own table, and, for a model the study published, the published numbers beside them (NaN
+    for the others). The shortcut keeps as many heads per task as the published table lists for the
+    model, else ``top_k`` (the published scans' top-k)."""
+    x, y = (f"delta_{name}" for name in pair.names)
+    published_r = published_correlations.set_index("model")["corr"]
+    summary = published_categories.set_index("model")
+    rows = []
+    for model, own in per_head.groupby("model", sort=True):
+        name = published_model(str(model), names)
+        name = name if name in set(published_per_head["model"]) else None
+        listed = published_per_head[published_per_head["model"] == name]
+        corr = correlations.set_index("model").loc[model]
+        n_x, r_x = _listed_pearson(own, listed, x, "delta_ioi")
+        n_y, r_y = _listed_pearson(own, listed, y, "delta_anti")
+        k = max(n_x, n_y) if name is not None else top_k
+        shortcut = join_top_k(own, k, x, y)
+        categories = categorise(own, tau, pair)["category"].value_counts()
+        row = {"model": model, "published_model": name, "n_heads": len(own), "r": corr["pearson"],
+               "r_low": corr["pearson_low"], "r_high": corr["pearson_high"],
+               "r_published": published_r.get(name, np.nan), "top_k": k,
+               "r_top_k_zero_fill": pearson(shortcut[x].to_numpy(float), shortcut[y].to_numpy(float)),
+               "n_listed_x": n_x, "n_listed_y": n_y, "listed_pearson_x": r_x, "listed_pearson_y": r_y}
+        for count, category, column in zip(COUNTS, pair.categories, PUBLISHED_COUNTS, strict=True):
+            row[f"n_{count}"] = int(categories.get(category, 0))
+            row[f"n_published_{count}"] = float(summary.at[name, column]) if name in summary.index else np.nan
+        if name is None:
+            row |= {"n_listed_x": np.nan, "n_listed_y": np.nan}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+def compare_heroes(per_head: pd.DataFrame, published_heroes: pd.DataFrame, pair: Pair, tau: float,
+                   names: Mapping[str, str]) -> pd.DataFrame:
+    """Each published hero head of a run's model: its published Δ and category beside its Δ and category at
+    ``tau`` in the run (NaN and "not in the model" for a head outside the model's grid)."""
+    x, y = (f"delta_{name}" for name in pair.names)
+    rows = []
+    for model, own in per_head.groupby("model", sort=True):
+        name = published_model(str(model), names)
+        heroes = published_heroes[published_heroes["model"] == name] if name is not None else published_heroes.iloc[:0]
+        if heroes.empty:
+            continue
+        mine = categorise(own, tau, pair).set_index(["layer", "head"])
+        for hero in heroes.itertuples(index=False):
+            found = (hero.layer, hero.head) in mine.index
+            row = mine.loc[(hero.layer, hero.head)] if found else None
+            rows.append({"model": model, "published_model": name, "layer": hero.layer, "head": hero.head,
+                         "published_category": hero.category, "published_delta_x": hero.delta_ioi,
+                         "published_delta_y": hero.delta_anti,
+                         "delta_x": row[x] if found else np.nan, "delta_y": row[y] if found else np.nan,
+                         "category": row["category"] if found else "not in the model"})
+    return pd.DataFrame(rows, columns=HERO_COLUMNS)
+
+
+def published_protocol(metadata: Mapping[str, object], pair: Pair) -> bool:
+    """Whether the run measured the way the published tables were made (``--env paper_protocol``)."""
+    return (pair.names == ("paper_ioi", "paper_anti") and metadata.get("ablation") == "zero"
+            and metadata.get("delta") == "raw")
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def side_by_side_words(models: pd.DataFrame, heroes: pd.DataFrame, metadata: Mapping[str, object], pair: Pair,
+                       tau: float) -> str:
+    """The report's section "Against the published results": what the published top-k shortcut does to
+    every model's r, then, for the models the study published, the published numbers beside the run's."""
+    if models.empty:
+        return ""
+    shortcut = pd.DataFrame({
+        "model": models["model"],
+        "r over every head [CI]": [f"{_number(r.r)} [{_number(r.r_low, 2)}, {_number(r.r_high, 2)}]"
+                                   for r in models.itertuples()],
+        "k": models["top_k"].astype(int),
+        "r over the top-k union, zero-filled": models["r_top_k_zero_fill"].map(_number),
+    })
+    lines = [
+        "## Against the published results", "",
+        "The published correlations are over the union of each task's top-k heads (most negative Δ), with 0.0 "
+        "written for a head missing from one list; this project measures every head for both tasks. The same "
+        "shortcut on this run's own table shows what it alone does to r (k: as many heads per task as the "
+        "published table lists for the model, else the published scans' top-k):", "",
+        markdown_table(shortcut),
+    ]
+    published = models[models["published_model"].notna()]
+    if published.empty:
+        lines += ["", "No model of this run is one the study published (`published.names`); the published "
+                  "numbers themselves are compared in a run of the paper's models, with the Hub "
+                  "(`kedro run --env paper_protocol --config conf/paper_protocol/hub_models.yml`)."]
+        return "\n".join(lines)
+    protocol = ("This run used the published protocol (the published prompt forms, zero ablation, raw Δ), so "
+                "its numbers and the published ones measure the same thing." if published_protocol(metadata, pair)
+                else f"This run did not use the published protocol (its pair is {pair.x.label} and {pair.y.label}, "
+                     f"{metadata.get('ablation', '?')} ablation, {metadata.get('delta', 'normalised')} Δ): the "
+                     "correlations and counts are comparable in kind, the Δ values only under "
+                     "`--env paper_protocol`.")
+    table = pd.DataFrame({
+        "model": published["model"],
+        "r over every head": published["r"].map(_number),
+        "r published": published["r_published"].map(_number),
+        "r, published shortcut on this run": published["r_top_k_zero_fill"].map(_number),
+        f"Δ vs published Δ, {pair.x.short} (heads)": [f"{_number(r.listed_pearson_x)} ({r.n_listed_x:.0f})"
+                                                      for r in published.itertuples()],
+        f"Δ vs published Δ, {pair.y.short} (heads)": [f"{_number(r.listed_pearson_y)} ({r.n_listed_y:.0f})"
+                                                      for r in published.itertuples()],
+    })
+    counts = pd.DataFrame({"model": published["model"], **{
+        category: [f"{getattr(r, f'n_{key}')} / {_number(getattr(r, f'n_published_{key}'), 0)}"
+                   for r in published.itertuples()] for key, category in zip(COUNTS, pair.categories, strict=True)}})
+    lines += [
+        "", protocol, "",
+        "The models the study published: this run's r beside the published r and the shortcut's, and Pearson r "
+        "between this run's Δ and the published Δ over the heads the published table lists with a measured "
+        "(nonzero) value.", "", markdown_table(table), "",
+        f"Heads per category at τ = {tau:g}: this run (every head) / published (listed heads only).", "",
+        markdown_table(counts),
+    ]
+    if not heroes.empty:
+        shown = heroes.assign(head=[f"L{r.layer}H{r.head}" for r in heroes.itertuples()])
+        shown = shown[["model", "head", "published_category", "published_delta_x", "published_delta_y",
+                       "category", "delta_x", "delta_y"]]
+        lines += ["", "The published hero heads in this run:", "", markdown_table(shown)]
+    return "\n".join(lines)

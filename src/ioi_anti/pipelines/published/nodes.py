@@ -1,0 +1,30 @@
+"""Node functions of the published pipeline: thin wrappers over :mod:`ioi_anti.published` (the audit) and
+:mod:`ioi_anti.against_published` (the run beside the published results)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ioi_anti.against_published import compare_heroes, compare_models
+from ioi_anti.categories import run_pair
+from ioi_anti.published import audit_published
+
+
+def audit_published_tables(per_head: pd.DataFrame, correlations: pd.DataFrame, categories: pd.DataFrame,
+                           params: dict[str, Any]) -> pd.DataFrame:
+    """One row per finding of the audit of the published tables, at the published τ."""
+    return audit_published(per_head, correlations, categories, tau=float(params["tau"]))
+
+
+def compare_with_published(per_head: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
+                           published_correlations: pd.DataFrame, published_categories: pd.DataFrame,
+                           published_heroes: pd.DataFrame, tasks: list[str], categorisation: dict[str, Any],
+                           params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model's r over all heads and under the published top-k shortcut, with the published numbers
+    beside them for the models the study published; and the published hero heads in the run."""
+    pair, tau, names = run_pair(tasks, categorisation["pair"]), float(categorisation["tau"]), params["names"]
+    models = compare_models(per_head, correlations, published_per_head, published_correlations,
+                            published_categories, pair, tau, names, int(params["top_k"]))
+    return models, compare_heroes(per_head, published_heroes, pair, tau, names)

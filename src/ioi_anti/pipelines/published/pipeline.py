@@ -1,0 +1,24 @@
+"""Published pipeline: the study's published tables (data/01_raw/published) -> published_audit, and with
+the run's per-head table -> published_comparison, published_hero_comparison.
+
+The audit needs only the shipped CSVs and the models' public architectures, so it runs in the default
+run on any machine; the comparison has rows only for the run's models that the study published."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from ioi_anti.pipelines.published.nodes import audit_published_tables, compare_with_published
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Build the published pipeline."""
+    return Pipeline([
+        Node(audit_published_tables, ["published_per_head", "published_correlations", "published_category_counts",
+                                      "params:published"], "published_audit", name="audit_published_tables"),
+        Node(compare_with_published,
+             ["per_head", "correlations", "published_per_head", "published_correlations",
+              "published_category_counts", "published_heroes", "params:tasks", "params:categorisation",
+              "params:published"],
+             ["published_comparison", "published_hero_comparison"], name="compare_with_published"),
+    ])
