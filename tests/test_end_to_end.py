@@ -23,8 +23,10 @@ import torch
 import yaml
 from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
+from synthetic import published_format
 
 from ioi_anti.execution import usable_cores
+from ioi_anti.pipelines.published.nodes import compare_with_published
 from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import PAIR
 
@@ -553,6 +555,23 @@ def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> N
     shortcut = pd.read_parquet(latest(root, "data/07_model_output/published_comparison.parquet/*/*.parquet"))
     assert shortcut["model"].tolist() == ["smollm2-135m"] and shortcut["top_k"].tolist() == [20]
     assert f"| smollm2-135m | {shortcut['r'].iloc[0]:.3f} [" in report
+    # the run's own heads in the published format (the published top-k join): the side by side agrees
+    # exactly; with one published column shuffled, it shows the disagreement
+    correlations = pd.read_parquet(latest(root, "data/07_model_output/correlations.parquet/*/*.parquet"))
+    x, y = "delta_paper_ioi", "delta_paper_anti"
+    made = published_format(per_head, 20, x=x, y=y)
+    categorisation = {"pair": ["paper_ioi", "paper_anti"], "tau": 0.05}
+    settings = {"names": {"smollm2-135m": "smollm2-135m"}, "top_k": 20}
+    compare = lambda tables: compare_with_published(  # noqa: E731
+        per_head, correlations, tables["per_head"], tables["correlations"], tables["categories"], tables["heroes"],
+        ["paper_ioi", "paper_anti"], categorisation, settings)
+    (models, heroes) = compare(made)
+    assert models["listed_pearson_x"].iloc[0] == pytest.approx(1.0) == models["listed_pearson_y"].iloc[0]
+    assert models["r_top_k_zero_fill"].iloc[0] == pytest.approx(models["r_published"].iloc[0], abs=1e-12)
+    assert heroes["delta_x"].tolist() == pytest.approx(heroes["published_delta_x"].tolist())
+    made["per_head"]["delta_ioi"] = np.random.default_rng(0).permutation(made["per_head"]["delta_ioi"].to_numpy())
+    (models, _) = compare(made)
+    assert models["listed_pearson_x"].iloc[0] < 0.9 and models["listed_pearson_y"].iloc[0] == pytest.approx(1.0)
     audit = pd.read_parquet(latest(root, "data/07_model_output/published_audit.parquet/*/*.parquet"))
     published = pd.read_csv(root / "data/01_raw/published/joint_ioi_anti_repeat_all.csv")
     assert set(published["model"]) <= set(audit["model"]) and "impossible_heads" in set(audit["check"])

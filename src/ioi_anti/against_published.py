@@ -46,8 +46,10 @@ def published_model(model_id: str, names: Mapping[str, str]) -> str | None:
 def _listed_pearson(own: pd.DataFrame, listed: pd.DataFrame, column: str, published_column: str) -> tuple[int, float]:
     """How many heads the published table lists with a nonzero ``published_column`` (zero fill is not a
     measurement), and Pearson r of the run's and the published Δ over them."""
-    rows = listed[listed[published_column] != 0.0].merge(own, on=["layer", "head"], suffixes=("_published", ""))
-    return len(rows), pearson(rows[column].to_numpy(float), rows[f"{published_column}_published"].to_numpy(float))
+    measured = listed.loc[listed[published_column] != 0.0, ["layer", "head", published_column]]
+    rows = measured.rename(columns={published_column: "published"}).merge(own[["layer", "head", column]],
+                                                                          on=["layer", "head"])
+    return len(rows), pearson(rows[column].to_numpy(float), rows["published"].to_numpy(float))
 
 
 def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,

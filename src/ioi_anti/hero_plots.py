@@ -23,7 +23,7 @@ from ioi_anti.categories import PAPER_PAIR, Pair
 from ioi_anti.plotting import FigureStyle, new_figure, styled
 from ioi_anti.routes import DIRECT, MLPS, REMAINDER, head_route, route_names
 
-DELTA_LABEL = "Δ (fraction of task gap)"
+DELTA_LABEL = "Δ (fraction of task gap; logits in a raw-Δ run)"
 NO_HEROES = "no hero heads in this run\n(no head's interval clears τ)"
 FIXED_PATHS = ("total", "direct", "all paths")
 PATH_ROW_IN = 0.17  # height of one path (two bars) in the path-patching panels

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ioi_anti.categories import PAPER_PAIR, Pair, pair_roles
-from ioi_anti.plotting import ablation_label, meaningful_rows, ordered_families
+from ioi_anti.plotting import ablation_label, delta_unit, meaningful_rows, ordered_families, unit_words
 from ioi_anti.tasks import Task
 
 # Plotly marker symbols in the spirit of the static figure's family markers (matplotlib names differ).
@@ -70,9 +70,10 @@ def _view(shown: pd.DataFrame, pair: Pair, tau: float) -> dict[str, Any]:
                              "symbol": _symbol(family, roles.loc[index, "borderline"]), "family": family}
     counts = roles["category"].value_counts()
     legend = [(f"{category} ({int(counts.get(category, 0))})", colour) for category, colour in pair.colours.items()]
-    axes = {"xaxis": {"title": {"text": f"{pair.delta_name(x)} (fraction of {pair.x.label} gap; < 0: head supports "
+    unit = delta_unit(shown)
+    axes = {"xaxis": {"title": {"text": f"{pair.delta_name(x)} ({unit_words(pair, x, unit)}; < 0: head supports "
                                         "it)"}, "range": [-limit, limit]},
-            "yaxis": {"title": {"text": f"{pair.delta_name(y)} (fraction of {pair.y.label} gap; < 0: supports)"},
+            "yaxis": {"title": {"text": f"{pair.delta_name(y)} ({unit_words(pair, y, unit)}; < 0: supports)"},
                       "range": [-limit, limit]}}
     return {"models": models, "legend": legend, "axes": axes, "hover": _hover(pair)}
 

@@ -44,11 +44,21 @@ def math_delta(pair: Pair, task: str) -> str:
     return rf"$\Delta_{{\mathrm{{{pair.delta_name(task)[2:].replace(' ', chr(92) + ' ')}}}}}$"
 
 
-def delta_label(pair: Pair, task: str, hint: bool = True) -> str:
-    """Axis label of one of the pair's Δ, e.g. ``Δ_IOI (fraction of IOI gap; < 0: head supports it)``."""
+def delta_unit(heads: pd.DataFrame) -> str:
+    """The unit of a per-head table's Δ (``head_ablation.delta``): normalised, or raw in a published-protocol
+    run (tables without the column predate raw Δ and are normalised)."""
+    return str(heads["delta_unit"].iloc[0]) if "delta_unit" in heads.columns else "normalised"
+
+
+def unit_words(pair: Pair, task: str, unit: str) -> str:
+    """What one of the pair's Δ is measured in: a fraction of the task's gap, or logits."""
     label = pair.tasks[pair.names.index(task)].label
-    return rf"{math_delta(pair, task)} (fraction of {label} gap" + (
-        "; < 0: head supports it)" if hint else ")")
+    return f"fraction of {label} gap" if unit == "normalised" else f"{label} logit difference, raw"
+
+
+def delta_label(pair: Pair, task: str, hint: bool = True, unit: str = "normalised") -> str:
+    """Axis label of one of the pair's Δ, e.g. ``Δ_IOI (fraction of IOI gap; < 0: head supports it)``."""
+    return rf"{math_delta(pair, task)} ({unit_words(pair, task, unit)}" + ("; < 0: head supports it)" if hint else ")")
 
 
 @dataclass(frozen=True)
@@ -399,8 +409,8 @@ def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | 
         x, y = pair.names
         ax.set_xlim(-_symmetric_limit(shown[f"delta_{x}"], tau), _symmetric_limit(shown[f"delta_{x}"], tau))
         ax.set_ylim(-_symmetric_limit(shown[f"delta_{y}"], tau), _symmetric_limit(shown[f"delta_{y}"], tau))
-        ax.set_xlabel(delta_label(pair, x))
-        ax.set_ylabel(delta_label(pair, y))
+        ax.set_xlabel(delta_label(pair, x, unit=delta_unit(shown)))
+        ax.set_ylabel(delta_label(pair, y, unit=delta_unit(shown)))
         family_handles = [
             Line2D([], [], marker=family_marker(f), linestyle="none", color="#444444", label=f) for f in families
         ]
@@ -481,8 +491,8 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
                 ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
             family = heads.loc[heads["model"] == models[0], "family"].iloc[0]
             axes[r, 0].set_ylabel(family, fontweight="bold", color=family_colour(family))
-        fig.supxlabel(delta_label(pair, pair.x.name, hint=False))
-        fig.supylabel(delta_label(pair, pair.y.name, hint=False))
+        fig.supxlabel(delta_label(pair, pair.x.name, hint=False, unit=delta_unit(heads)))
+        fig.supylabel(delta_label(pair, pair.y.name, hint=False, unit=delta_unit(heads)))
         handles = _category_handles(pair) + _robust_handles()
         if free:
             free[0].legend(handles=handles, loc="center")

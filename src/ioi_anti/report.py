@@ -24,6 +24,7 @@ from ioi_anti.plotting import (
     INSTRUCT,
     TUNING_WORDS,
     ablation_label,
+    delta_unit,
     flagged_models,
     format_params,
 )
@@ -246,7 +247,9 @@ def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.Dat
     lines = [
         "## Models compared",
         "",
-        f"By family and size, at τ = {tau:g}: the task gaps (the unit of every Δ) with 95 % intervals over "
+        f"By family and size, at τ = {tau:g}: the task gaps ("
+        f"{'the unit of every Δ' if delta_unit(heads) == 'normalised' else 'measured; Δ is raw, in logits'}) "
+        "with 95 % intervals over "
         f"prompts, Pearson r of {words['dx']} with {words['dy']} over all heads with its 95 % interval over heads, "
         "strong heads "
         "per category, all strong heads (share of the model's heads) and their median depth (fraction of the "

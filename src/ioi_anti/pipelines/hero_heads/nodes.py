@@ -117,8 +117,8 @@ def study_hero_heads(
 
 def hero_divisor(model_heads: pd.DataFrame, task: str) -> float:
     """What the hero studies divide a task's effects by: its gap, or 1 where the run's Δ is raw."""
-    unit = model_heads["delta_unit"].iloc[0] if "delta_unit" in model_heads else "normalised"
-    return float(delta_divisors(model_heads[f"gap_{task}"].to_numpy(float)[:1], unit)[0])
+    gap, unit = model_heads[f"gap_{task}"].to_numpy(float)[:1], str(model_heads["delta_unit"].iloc[0])
+    return float(delta_divisors(gap, unit)[0])
 
 
 def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.DataFrame, tokens: pd.DataFrame,
