@@ -58,6 +58,9 @@ def test_raw_delta_is_the_mean_effect_itself_with_the_gap_still_reported() -> No
         assert (raw[f"delta_{task}_low"] <= raw[f"delta_{task}"]).all()
         assert (raw[f"delta_{task}"] <= raw[f"delta_{task}_high"]).all()
         assert (raw[f"gap_{task}"] == normalised[f"gap_{task}"]).all() and (raw[f"gap_{task}"] != 1.0).all()
+    baseline.loc[baseline["task"] == "anti", "m_ref"] = baseline["m_clean"] + 1.0  # a negative gap
+    assert model_head_table(long, baseline, PAIR, PARAMS | {"delta": "raw"}, seed=0)["gap_ok"].all()
+    assert not model_head_table(long, baseline, PAIR, PARAMS, seed=0)["gap_ok"].any()
 
 
 def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:

@@ -1,16 +1,15 @@
-"""The run's own results side by side with the published ones, for the models of the run that the study
-published (data/01_raw/published).
+"""The run's own results beside the published ones (data/01_raw/published).
 
-Per model: the project's r(Δ_x, Δ_y) over every head with its bootstrap interval beside the published r;
-the same r computed the published way from the project's own table (the top-k heads of each task joined
-with 0.0 for a head missing from one list, k = the number of heads the published table lists for that
-task), which shows what the shortcut alone does; the category counts at the published τ over every
-head, beside the published counts (over the listed rows only); and the Pearson correlation between the
-project's and the published Δ over the heads the published table lists, per task. Per published hero
-head: its published Δ and category beside its Δ and category in the run.
+Per model of the run: its r(Δ_x, Δ_y) over every head with its bootstrap interval, and the r the
+published shortcut gives on its own table (the top-k heads of each task joined with 0.0 for a head
+missing from one list), which shows what the shortcut alone does. For a model the study published,
+beside those: the published r; the category counts at the run's τ over every head beside the published
+counts (over the listed rows only); and Pearson r between the run's and the published Δ over the heads
+the published table lists, per task. Per published hero head: its published Δ and category beside its Δ
+and category in the run.
 
 The comparison is of like with like only under the published protocol (``--env paper_protocol``: the
-published prompt forms, zero ablation, raw Δ); :func:`protocol_words` says which protocol the run used.
+published prompt forms, zero ablation, raw Δ); :func:`published_protocol` tells whether a run used it.
 """
 
 from __future__ import annotations

@@ -420,8 +420,8 @@ def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | 
         fig.legend(handles=family_handles, loc="outside right center", title="Family")
         fig.legend(handles=_robust_handles(), loc="outside right lower", title="Interval")
         n_models = shown["model"].nunique()
-        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): effect on {pair.x.label} vs {pair.y.label}\n"
-                       f"{ablation_label(heads)} ablation, τ = {tau:g}", flagged, flag_verb=verb)
+        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): {ablation_label(heads)} ablation, τ = {tau:g}\n"
+                       f"effect on {pair.x.label} vs {pair.y.label}", flagged, flag_verb=verb)
     return fig
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ioi_anti.tasks import Task
 from ioi_anti.tasks.paper_ioi import name_choice_prompts
 
-TASK = Task(name="paper_anti", label="anti-repeat (published form)", short="anti", colour="#D55E00",
+TASK = Task(name="paper_anti", label="published anti-repeat", short="anti", colour="#D55E00",
             make_prompts=name_choice_prompts, ablation_roles=("ref", "pool"),
             description="the published anti-repeat form 'A met B. A talked to': logit(B) − logit(A), a "
                         "name choice; reference: a third name for the second A")

@@ -52,7 +52,7 @@ def name_choice_prompts(params: Mapping[str, Any], tokenizers: Tokenizers,
     return numbered(rows), dropped
 
 
-TASK = Task(name="paper_ioi", label="IOI (published form)", short="IOI", colour="#0072B2",
+TASK = Task(name="paper_ioi", label="published IOI", short="IOI", colour="#0072B2",
             make_prompts=name_choice_prompts, ablation_roles=("ref", "pool"),
             description="the published IOI form 'When A and B went to the store, A gave a gift to': "
                         "logit(B) − logit(A); reference: a third name for the second A")

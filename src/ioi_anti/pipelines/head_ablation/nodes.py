@@ -216,7 +216,8 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
     (``score_names``: task -> column), that score's mean over the task's clean prompts.
 
     Where a head has no exact measurement for a task (a screening run), its Delta for that task is
-    the attribution estimate with its interval, and ``measured_by_<task>`` says ``estimate``.
+    the attribution estimate with its interval, and ``measured_by_<task>`` says ``estimate``. ``gap_ok``
+    flags a model whose gap is not clearly positive, which makes normalised Δ meaningless (raw Δ not).
     """
     facts = baseline.iloc[0]
     n_layers, n_heads = int(facts["n_layers"]), int(facts["n_heads"])
@@ -237,7 +238,7 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
             out[column], out[f"{column}_low"], out[f"{column}_high"] = delta, low, high
         gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - params["ci"]) / 2)
         out[f"gap_{task}"], out[f"n_prompts_{task}"] = gaps.mean(), len(gaps)
-        gap_ok = gap_ok and bool(gap_low > 0)
+        gap_ok = gap_ok and (unit == "raw" or bool(gap_low > 0))  # raw Δ does not divide by the gap
     for task in tasks:
         exact = out[f"delta_{task}"].notna()
         for suffix in ("", "_low", "_high"):
