@@ -9,7 +9,7 @@ import pytest
 from synthetic import FOUR_MODELS, SINGLE_MODEL, make_per_head, published_format
 
 from ioi_anti.against_published import compare_heroes, compare_models, side_by_side_words
-from ioi_anti.categories import run_pair
+from ioi_anti.categories import categorise, run_pair
 from ioi_anti.pipelines.categorisation.nodes import correlate_deltas
 from ioi_anti.published import zero_fill_correlation
 
@@ -28,9 +28,10 @@ def run() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _compare(run, published: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_head, correlations = run
-    models = compare_models(per_head, correlations, published["per_head"], published["correlations"],
-                            published["categories"], PAIR, 0.05, NAMES, TOP_K)
-    return models, compare_heroes(per_head, published["heroes"], PAIR, 0.05, NAMES)
+    heads = categorise(per_head, 0.05, PAIR)
+    models = compare_models(heads, correlations, published["per_head"], published["correlations"],
+                            published["categories"], PAIR, NAMES, TOP_K)
+    return models, compare_heroes(heads, published["heroes"], PAIR, NAMES)
 
 
 def test_tables_made_from_the_runs_own_heads_agree_exactly(run) -> None:
@@ -49,6 +50,9 @@ def test_tables_made_from_the_runs_own_heads_agree_exactly(run) -> None:
     assert (models["n_listed_x"] <= TOP_K).all() and (models["n_listed_x"] > 0).all()
     counts = published["categories"].set_index("model").loc[models["model"]]
     np.testing.assert_array_equal(models["n_published_shared"], counts["n_shared"])
+    own = categorise(per_head, 0.05, PAIR).groupby("model")["category"].value_counts().unstack(fill_value=0)
+    np.testing.assert_array_equal(models["n_shared"], own.loc[models["model"], "shared"])
+    np.testing.assert_array_equal(models["n_weak"], own.loc[models["model"], "weak"])
     assert len(heroes) == len(NAMES)
     np.testing.assert_allclose(heroes["delta_x"], heroes["published_delta_x"])
     np.testing.assert_allclose(heroes["delta_y"], heroes["published_delta_y"])
@@ -93,8 +97,8 @@ def test_a_model_the_study_did_not_publish_gets_the_shortcut_on_its_own_table_on
     offline = make_per_head(SINGLE_MODEL, scale=0.05)
     correlations = correlate_deltas(offline, ["ioi", "anti"], {"pair": ["ioi", "anti"], "n_boot": 50,
                                                                "ci_level": 0.95}, seed=0)
-    models = compare_models(offline, correlations, published["per_head"], published["correlations"],
-                            published["categories"], PAIR, 0.05, NAMES, 7)
+    models = compare_models(categorise(offline, 0.05, PAIR), correlations, published["per_head"],
+                            published["correlations"], published["categories"], PAIR, NAMES, 7)
     (row,) = models.itertuples()
     assert pd.isna(row.published_model) and pd.isna(row.r_published) and pd.isna(row.listed_pearson_x)
     expected = zero_fill_correlation(offline, 7).iloc[0]
@@ -111,7 +115,8 @@ def test_a_checkpoint_or_an_unlisted_model_is_not_compared(run) -> None:
     renamed = per_head.assign(model=per_head["model"].where(per_head["model"] != "gpt2", "gpt2@step1000"))
     renamed_corr = correlations.assign(model=correlations["model"].where(correlations["model"] != "gpt2",
                                                                          "gpt2@step1000"))
-    models = compare_models(renamed, renamed_corr, published["per_head"], published["correlations"],
-                            published["categories"], PAIR, 0.05, NAMES | {"gpt2@step1000": "gpt2"}, TOP_K)
+    models = compare_models(categorise(renamed, 0.05, PAIR), renamed_corr, published["per_head"],
+                            published["correlations"], published["categories"], PAIR,
+                            NAMES | {"gpt2@step1000": "gpt2"}, TOP_K)
     assert models.set_index("model")["published_model"].isna().to_dict() == {
         "gpt2@step1000": True, "gpt2-medium": False, "opt-125m": False, "pythia-160m": False}

@@ -560,11 +560,11 @@ def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> N
     correlations = pd.read_parquet(latest(root, "data/07_model_output/correlations.parquet/*/*.parquet"))
     x, y = "delta_paper_ioi", "delta_paper_anti"
     made = published_format(per_head, 20, x=x, y=y)
-    categorisation = {"pair": ["paper_ioi", "paper_anti"], "tau": 0.05}
+    head_categories = pd.read_parquet(latest(root, "data/07_model_output/head_categories.parquet/*/*.parquet"))
     settings = {"names": {"smollm2-135m": "smollm2-135m"}, "top_k": 20}
     compare = lambda tables: compare_with_published(  # noqa: E731
-        per_head, correlations, tables["per_head"], tables["correlations"], tables["categories"], tables["heroes"],
-        ["paper_ioi", "paper_anti"], categorisation, settings)
+        head_categories, correlations, tables["per_head"], tables["correlations"], tables["categories"],
+        tables["heroes"], ["paper_ioi", "paper_anti"], ["paper_ioi", "paper_anti"], settings)
     (models, heroes) = compare(made)
     assert models["listed_pearson_x"].iloc[0] == pytest.approx(1.0) == models["listed_pearson_y"].iloc[0]
     assert models["r_top_k_zero_fill"].iloc[0] == pytest.approx(models["r_published"].iloc[0], abs=1e-12)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import Pair, categorise
+from ioi_anti.categories import Pair
 from ioi_anti.published import join_top_k, pearson
 from ioi_anti.report import markdown_table
 
@@ -51,10 +51,11 @@ def _listed_pearson(own: pd.DataFrame, listed: pd.DataFrame, column: str, publis
     return len(rows), pearson(rows[column].to_numpy(float), rows["published"].to_numpy(float))
 
 
-def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
+def compare_models(heads: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
                    published_correlations: pd.DataFrame, published_categories: pd.DataFrame, pair: Pair,
-                   tau: float, names: Mapping[str, str], top_k: int) -> pd.DataFrame:
-    """One row per model of the run (columns :data:`MODEL_COLUMNS`): its r and the r the published shortcut
+                   names: Mapping[str, str], top_k: int) -> pd.DataFrame:
+    """One row per model of the run (``heads``: its categorised heads at one τ, as the categorisation
+    pipeline made them; columns :data:`MODEL_COLUMNS`): its r and the r the published shortcut
     gives on its own table, and, for a model the study published, the published numbers beside them (NaN
     for the others). The shortcut keeps as many heads per task as the published table lists for the
     model, else ``top_k`` (the published scans' top-k)."""
@@ -62,7 +63,7 @@ def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published
     published_r = published_correlations.set_index("model")["corr"]
     summary = published_categories.set_index("model")
     rows = []
-    for model, own in per_head.groupby("model", sort=True):
+    for model, own in heads.groupby("model", sort=True):
         name = published_model(str(model), names)
         name = name if name in set(published_per_head["model"]) else None
         listed = published_per_head[published_per_head["model"] == name]
@@ -71,7 +72,7 @@ def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published
         n_y, r_y = _listed_pearson(own, listed, y, "delta_anti")
         k = max(n_x, n_y) if name is not None else top_k
         shortcut = join_top_k(own, k, x, y)
-        categories = categorise(own, tau, pair)["category"].value_counts()
+        categories = own["category"].value_counts()
         row = {"model": model, "published_model": name, "n_heads": len(own), "r": corr["pearson"],
                "r_low": corr["pearson_low"], "r_high": corr["pearson_high"],
                "r_published": published_r.get(name, np.nan), "top_k": k,
@@ -86,18 +87,18 @@ def compare_models(per_head: pd.DataFrame, correlations: pd.DataFrame, published
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
-def compare_heroes(per_head: pd.DataFrame, published_heroes: pd.DataFrame, pair: Pair, tau: float,
+def compare_heroes(heads: pd.DataFrame, published_heroes: pd.DataFrame, pair: Pair,
                    names: Mapping[str, str]) -> pd.DataFrame:
     """Each published hero head of a run's model: its published Δ and category beside its Δ and category at
-    ``tau`` in the run (NaN and "not in the model" for a head outside the model's grid)."""
+    the run's τ (``heads``: categorised at it; NaN and "not in the model" for a head outside the grid)."""
     x, y = (f"delta_{name}" for name in pair.names)
     rows = []
-    for model, own in per_head.groupby("model", sort=True):
+    for model, own in heads.groupby("model", sort=True):
         name = published_model(str(model), names)
         heroes = published_heroes[published_heroes["model"] == name] if name is not None else published_heroes.iloc[:0]
         if heroes.empty:
             continue
-        mine = categorise(own, tau, pair).set_index(["layer", "head"])
+        mine = own.set_index(["layer", "head"])
         for hero in heroes.itertuples(index=False):
             found = (hero.layer, hero.head) in mine.index
             row = mine.loc[(hero.layer, hero.head)] if found else None

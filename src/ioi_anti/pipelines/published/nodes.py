@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from ioi_anti.against_published import compare_heroes, compare_models
-from ioi_anti.categories import run_pair
+from ioi_anti.categories import default_tau_rows, run_pair
 from ioi_anti.published import audit_published
 
 
@@ -18,13 +18,14 @@ def audit_published_tables(per_head: pd.DataFrame, correlations: pd.DataFrame, c
     return audit_published(per_head, correlations, categories, tau=float(params["tau"]))
 
 
-def compare_with_published(per_head: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
+def compare_with_published(head_categories: pd.DataFrame, correlations: pd.DataFrame, published_per_head: pd.DataFrame,
                            published_correlations: pd.DataFrame, published_categories: pd.DataFrame,
-                           published_heroes: pd.DataFrame, tasks: list[str], categorisation: dict[str, Any],
+                           published_heroes: pd.DataFrame, tasks: list[str], pair: list[str],
                            params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every model's r over all heads and under the published top-k shortcut, with the published numbers
     beside them for the models the study published; and the published hero heads in the run."""
-    pair, tau, names = run_pair(tasks, categorisation["pair"]), float(categorisation["tau"]), params["names"]
-    models = compare_models(per_head, correlations, published_per_head, published_correlations,
-                            published_categories, pair, tau, names, int(params["top_k"]))
-    return models, compare_heroes(per_head, published_heroes, pair, tau, names)
+    run, names = run_pair(tasks, pair), params["names"]
+    heads = default_tau_rows(head_categories)[0]  # the categories the run already made, at its τ
+    models = compare_models(heads, correlations, published_per_head, published_correlations,
+                            published_categories, run, names, int(params["top_k"]))
+    return models, compare_heroes(heads, published_heroes, run, names)
