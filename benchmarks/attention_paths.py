@@ -23,11 +23,12 @@ import torch
 import yaml
 from torch import Tensor
 
-from ioi_anti.ablation import PromptGroup, z_hook_name
-from ioi_anti.hero import parse_head
-from ioi_anti.metrics import task_metric
-from ioi_anti.models import LoadedModel, ModelSpec
-from ioi_anti.sweep import ModelSweep
+from ioi_anti.hero.effects import parse_head
+from ioi_anti.measure.ablation import PromptGroup, z_hook_name
+from ioi_anti.measure.metrics import task_metric
+from ioi_anti.measure.sweep import ModelSweep
+from ioi_anti.models.loading import LoadedModel
+from ioi_anti.models.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -26,10 +26,11 @@ from bench_precision import measure
 from bench_screen import _conf, default_prompts
 from compare_runs import flips
 
-from ioi_anti import prompts as P
-from ioi_anti.models import ModelSpec, load_tokenizer, release_models
-from ioi_anti.report import markdown_table
+from ioi_anti.models.loading import load_tokenizer, release_models
+from ioi_anti.models.spec import ModelSpec
+from ioi_anti.report.markdown import markdown_table
 from ioi_anti.tasks import PAIR as TASKS
+from ioi_anti.tasks import prompts as P
 
 KERNELS = {"AMX": None, "AVX-512 BF16": "AVX512_CORE_BF16"}
 """Each kernel family and the ``ONEDNN_MAX_CPU_ISA`` that selects it (None: oneDNN's own choice)."""

@@ -37,9 +37,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoConfig, GPTNeoXConfig, OPTConfig
 
-from ioi_anti.ablation import ablated_layer_metrics, clean_pass, reference_layer_metrics
-from ioi_anti.models import LoadedModel, ModelSpec, load_tokenizer, resolve_device, wrap_model
-from ioi_anti.sweep import ModelSweep
+from ioi_anti.measure.ablation import ablated_layer_metrics, clean_pass, reference_layer_metrics
+from ioi_anti.measure.sweep import ModelSweep
+from ioi_anti.models.loading import LoadedModel, load_tokenizer, resolve_device, wrap_model
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.tasks import PAIR as TASKS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def extrapolate(per_layer: dict[int, float], n_layers: int) -> float:
 
 def check_against_naive(lm: LoadedModel, tokens: pd.DataFrame) -> float:
     """Largest |fast - naive| over every layer, both tasks, the first 4 prompts of each task."""
-    from ioi_anti.ablation import AblationValues, make_groups
+    from ioi_anti.measure.ablation import AblationValues, make_groups
     from ioi_anti.tasks import load_task
 
     worst = 0.0

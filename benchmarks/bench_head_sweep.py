@@ -22,18 +22,19 @@ import yaml
 from scipy.stats import spearmanr
 from transformer_lens import patching
 
-from ioi_anti import prompts as P
-from ioi_anti.ablation import (
+from ioi_anti.measure.ablation import (
     AblationValues,
     ablated_layer_metrics,
     attribution_metrics,
     clean_pass,
     make_groups,
-    task_metric,
     z_hook_name,
 )
-from ioi_anti.models import ModelSpec, load_model
+from ioi_anti.measure.metrics import task_metric
+from ioi_anti.models.loading import load_model
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.tasks import PAIR, load_task, make_task_prompts
+from ioi_anti.tasks import prompts as P
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 

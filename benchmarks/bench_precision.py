@@ -25,13 +25,14 @@ import torch
 from bench_screen import _conf, default_prompts, replay_share
 from compare_runs import flips
 
-from ioi_anti import prompts as P
-from ioi_anti.categories import bootstrap_correlations, categorise
-from ioi_anti.metrics import bootstrap_delta, bootstrap_indices
-from ioi_anti.models import ModelSpec, load_model, load_tokenizer, release_models
-from ioi_anti.report import markdown_table
-from ioi_anti.sweep import ModelSweep, baseline_table
+from ioi_anti.analysis.categories import bootstrap_correlations, categorise
+from ioi_anti.measure.metrics import bootstrap_delta, bootstrap_indices
+from ioi_anti.measure.sweep import ModelSweep, baseline_table
+from ioi_anti.models.loading import load_model, load_tokenizer, release_models
+from ioi_anti.models.spec import ModelSpec
+from ioi_anti.report.markdown import markdown_table
 from ioi_anti.tasks import PAIR as TASKS
+from ioi_anti.tasks import prompts as P
 
 
 def measure(spec: ModelSpec, tokens: pd.DataFrame, runtime: dict, precision: str, layers: list[int] | None,

@@ -30,11 +30,12 @@ import torch
 import yaml
 from scipy.stats import pearsonr, spearmanr
 
-from ioi_anti import prompts as P
-from ioi_anti.models import ModelSpec, load_model, load_tokenizer
-from ioi_anti.sweep import ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
+from ioi_anti.measure.sweep import ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
+from ioi_anti.models.loading import load_model, load_tokenizer
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.tasks import PAIR as TASKS
 from ioi_anti.tasks import make_task_prompts
+from ioi_anti.tasks import prompts as P
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 

@@ -14,8 +14,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import categorise
-from ioi_anti.report import markdown_table
+from ioi_anti.analysis.categories import categorise
+from ioi_anti.report.markdown import markdown_table
 from ioi_anti.tasks import PAIR as TASKS
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ioi_anti.sweep import Screen, screen_selection
+from ioi_anti.measure.sweep import Screen, screen_selection
 from ioi_anti.tasks import PAIR as TASKS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.prompts import filter_words, numbered
 from ioi_anti.tasks import Task, Tokenizers
+from ioi_anti.tasks.prompts import filter_words, numbered
 
 NOUNS = {"key": "keys", "dog": "dogs", "book": "books", "car": "cars", "tree": "trees", "bird": "birds",
          "house": "houses", "friend": "friends", "girl": "girls", "boy": "boys", "door": "doors", "cup": "cups"}

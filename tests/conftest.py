@@ -12,10 +12,11 @@ import pytest
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from ioi_anti import prompts as P
-from ioi_anti.ablation import AblationValues, PromptGroup, make_groups
-from ioi_anti.models import LoadedModel, ModelSpec, load_model, load_tokenizer
+from ioi_anti.measure.ablation import AblationValues, PromptGroup, make_groups
+from ioi_anti.models.loading import LoadedModel, load_model, load_tokenizer
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.tasks import PAIR, load_task, make_task_prompts
+from ioi_anti.tasks import prompts as P
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

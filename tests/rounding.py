@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ioi_anti.models import LoadedModel
-from ioi_anti.precision import MATRIX_LAYERS
+from ioi_anti.models.loading import LoadedModel
+from ioi_anti.models.precision import MATRIX_LAYERS
 
 ROUNDINGS = 2
 """Two paths compared, each carrying its own rounding of about the measured floor."""

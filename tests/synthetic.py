@@ -172,7 +172,7 @@ def make_heroes(per_head: pd.DataFrame, n_auto: dict[str, int] | None = None, ta
     Models of ``per_head`` not in ``n_auto`` (default :data:`HERO_MODELS`) get no hero, as when no
     head's interval clears τ.
     """
-    from ioi_anti.categories import categorise
+    from ioi_anti.analysis.categories import categorise
 
     heads = categorise(per_head, tau)
     rows = []
@@ -203,7 +203,7 @@ def make_hero_studies(
 
     Like the pipeline, models without heroes have no rows and an empty study keeps its columns.
     """
-    from ioi_anti.categories import categorise
+    from ioi_anti.analysis.categories import categorise
 
     rng = np.random.default_rng(seed)
     heads = categorise(per_head, tau)
@@ -260,7 +260,7 @@ def published_format(per_head: pd.DataFrame, top_k: int, tau: float = 0.05,
     """The tables the published scripts would write from ``per_head`` (SOURCE.md): the top-k most negative
     heads of each task joined with 0.0 fill, the Pearson r over that join, its category counts and the
     strongest head of each model in both lists as its hero, named as the published CSVs name their columns."""
-    from ioi_anti.published import join_top_k
+    from ioi_anti.analysis.published import join_top_k
 
     joined = join_top_k(per_head, top_k, x, y).rename(columns={x: "delta_ioi", y: "delta_anti"})
     joined = joined.merge(per_head[["model", "family"]].drop_duplicates(), on="model")

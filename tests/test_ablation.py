@@ -9,7 +9,7 @@ from rounding import assert_measurable, assert_within_rounding, rounding_floor
 from tiny_models import TINY_FAMILIES, tiny_model
 from transformers.pytorch_utils import Conv1D
 
-from ioi_anti.ablation import (
+from ioi_anti.measure.ablation import (
     ABLATIONS,
     AblationValues,
     ablated_layer_metrics,
@@ -18,7 +18,7 @@ from ioi_anti.ablation import (
     make_groups,
     reference_layer_metrics,
 )
-from ioi_anti.sweep import baseline_table, task_gaps
+from ioi_anti.measure.sweep import baseline_table, task_gaps
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

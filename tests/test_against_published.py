@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from synthetic import FOUR_MODELS, SINGLE_MODEL, make_per_head, published_format
 
-from ioi_anti.against_published import compare_heroes, compare_models, side_by_side_words
-from ioi_anti.categories import categorise, run_pair
+from ioi_anti.analysis.against_published import compare_heroes, compare_models
+from ioi_anti.analysis.categories import categorise, run_pair
+from ioi_anti.analysis.published import zero_fill_correlation
 from ioi_anti.pipelines.categorisation.nodes import correlate_deltas
-from ioi_anti.published import zero_fill_correlation
+from ioi_anti.report.published import side_by_side_words
 
 PAIR = run_pair(["ioi", "anti"], ["ioi", "anti"])
 NAMES = {model.model: model.model for model in FOUR_MODELS}

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from synthetic import FOUR_MODELS, SINGLE_MODEL, SyntheticModel, make_per_head
 
-from ioi_anti import categories
+from ioi_anti.analysis import categories
 from ioi_anti.pipelines.categorisation import create_pipeline
 from ioi_anti.pipelines.categorisation.nodes import categorise_heads, correlate_deltas, count_heads_by_layer
 

@@ -24,8 +24,8 @@ from conftest import copy_project
 from tiny_models import tiny_config
 from transformers import AutoModelForCausalLM
 
-from ioi_anti.checkpoints import parse_model_id
-from ioi_anti.models import ModelConfigError, ModelSpec
+from ioi_anti.models.checkpoints import parse_model_id
+from ioi_anti.models.spec import ModelConfigError, ModelSpec
 
 REPO = "test-org/tiny-neox"
 REVISIONS = ("step1", "step2", "step4")
@@ -75,7 +75,7 @@ def _offline_env(cache: Path) -> dict[str, str]:
 
 LOAD = """
 import json, sys, torch
-from ioi_anti.models import ModelSpec, check_available, load_model
+from ioi_anti.models.loading import ModelSpec, check_available, load_model
 spec = ModelSpec.from_registry(sys.argv[1], {"tiny-neox": json.loads(sys.argv[2])})
 check_available(spec)
 lm = load_model(spec, "cpu", "float32")

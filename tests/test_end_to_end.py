@@ -26,8 +26,8 @@ from nbclient import NotebookClient
 from synthetic import published_format
 
 from ioi_anti.execution import usable_cores
+from ioi_anti.measure.sweep import ModelSweep
 from ioi_anti.pipelines.published.nodes import compare_with_published
-from ioi_anti.sweep import ModelSweep
 from ioi_anti.tasks import PAIR
 
 pytestmark = pytest.mark.integration

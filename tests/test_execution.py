@@ -21,7 +21,6 @@ from kedro.io.core import DatasetError
 from test_reliability import _base_params, _with
 
 from ioi_anti import execution
-from ioi_anti.datasets import ResumablePartitionedDataset
 from ioi_anti.execution import (
     ClusterJobError,
     ClusterResults,
@@ -31,8 +30,9 @@ from ioi_anti.execution import (
     resident,
     worker_environments,
 )
-from ioi_anti.hooks import base_schema
-from ioi_anti.validation import settings_problems
+from ioi_anti.run.datasets import ResumablePartitionedDataset
+from ioi_anti.run.hooks import base_schema
+from ioi_anti.run.validation import settings_problems
 
 CALLS: list[str] = []
 

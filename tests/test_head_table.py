@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ioi_anti.pipelines.head_ablation.nodes import attribution_agreement, model_head_table
-from ioi_anti.sweep import Screen, screen_selection
+from ioi_anti.measure.head_table import attribution_agreement, model_head_table
+from ioi_anti.measure.sweep import Screen, screen_selection
 from ioi_anti.tasks import PAIR
 
 N_LAYERS, N_HEADS, N_PROMPTS = 2, 3, 6
@@ -141,9 +141,10 @@ def test_screen_selection_takes_heads_near_tau_and_the_top_k_per_task() -> None:
 
 def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -> None:
     """Baselines saved before ``tuning`` was recorded keep their partition keys and are reused."""
+    from ioi_anti.measure.partitions import baseline_key, fingerprint, partition_prefix
+    from ioi_anti.measure.plan import partition_settings
     from ioi_anti.pipelines.data_generation.nodes import summarise_baselines
-    from ioi_anti.pipelines.head_ablation.nodes import _settings, summarise_heads
-    from ioi_anti.sweep import baseline_key, fingerprint, partition_prefix
+    from ioi_anti.pipelines.head_ablation.nodes import summarise_heads
 
     long, baseline = _inputs()
     old = baseline.drop(columns="tuning").assign(correct_clean=True)
@@ -156,7 +157,7 @@ def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -
     for task in ("ioi", "anti"):
         rows = tokens[tokens["task"] == task]
         baselines[baseline_key("tiny", rows, runtime)] = lambda task=task: old[old["task"] == task]
-        prefix = partition_prefix("tiny", task, fingerprint("tiny", rows, _settings(runtime, PARAMS, None)))
+        prefix = partition_prefix("tiny", task, fingerprint("tiny", rows, partition_settings(runtime, PARAMS, None)))
         effects[f"{prefix}/layer_000"] = lambda task=task: long[long["task"] == task]
     summary = summarise_baselines(baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime, seed=0, n_boot=50)
     assert set(summary["tuning"]) == {"instruct"}

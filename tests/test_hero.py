@@ -8,9 +8,10 @@ import torch
 from conftest import setup_task as _setup
 from tiny_models import TINY_FAMILIES, tiny_model
 
-from ioi_anti import hero, routes
-from ioi_anti.ablation import ablated_layer_metrics, clean_pass
-from ioi_anti.metrics import bootstrap_indices
+from ioi_anti.hero import effects as hero
+from ioi_anti.hero import routes
+from ioi_anti.measure.ablation import ablated_layer_metrics, clean_pass
+from ioi_anti.measure.metrics import bootstrap_indices
 
 
 def _hero_setup(family, smol_tokenizer, tokens, task="ioi", dtype=torch.float32):

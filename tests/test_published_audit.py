@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ioi_anti.published import (
+from ioi_anti.analysis.published import (
     ARCHITECTURES,
-    CHECK_KINDS,
     COLUMNS,
     COPY,
     LIST,
@@ -20,13 +19,13 @@ from ioi_anti.published import (
     PUBLISHED_ANTI_TEMPLATE,
     PUBLISHED_IOI_TEMPLATE,
     audit_published,
-    audit_words,
     classify_task,
     fitting_architectures,
     join_top_k,
     zero_fill_correlation,
     zero_fill_share,
 )
+from ioi_anti.report.published import CHECK_KINDS, audit_words
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "01_raw" / "published"
 TOY = {"toy": (2, 2), "twin": (2, 2)}

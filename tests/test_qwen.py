@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from test_ablation import _check_fast_against_naive
 
-from ioi_anti.sweep import baseline_table
+from ioi_anti.measure.sweep import baseline_table
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ from conftest import PROJECT
 from kedro.io.core import DatasetError
 from kedro_datasets.pandas import ParquetDataset
 
-from ioi_anti import run_settings
-from ioi_anti.ablation import AblationValues
-from ioi_anti.datasets import ResumablePartitionedDataset
-from ioi_anti.sweep import baseline_problem, partition_problem
+from ioi_anti.measure.ablation import AblationValues
+from ioi_anti.measure.partitions import baseline_problem, partition_problem
+from ioi_anti.run import stages as run_settings
+from ioi_anti.run.datasets import ResumablePartitionedDataset
 
 N_HEADS, LAYERS = 3, 4
 PAIRS = {"ioi": np.array([0, 1, 2]), "anti": np.array([5, 6])}
@@ -121,8 +121,8 @@ def test_a_settings_id_survives_a_csv_round_trip() -> None:
 
 def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_params) -> None:
     """data_generation.seed draws the prompts; head_ablation.seed the resample ablation; seed the bootstrap."""
+    from ioi_anti.measure.head_table import model_head_table
     from ioi_anti.pipelines.data_generation.nodes import make_prompts
-    from ioi_anti.pipelines.head_ablation.nodes import model_head_table
 
     registry = _base_params()["model_registry"]
     prompts, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params)
@@ -164,7 +164,7 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
 def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_tokenizer, tokens_by_task) -> None:
     from tiny_models import tiny_model
 
-    from ioi_anti.ablation import make_groups
+    from ioi_anti.measure.ablation import make_groups
     from ioi_anti.tasks import load_task
 
     lm = tiny_model("gpt2", smol_tokenizer)
@@ -179,8 +179,8 @@ def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_to
 
 
 def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
-    from ioi_anti.hooks import base_schema
-    from ioi_anti.validation import SettingsError, settings_problems, validate_settings
+    from ioi_anti.run.hooks import base_schema
+    from ioi_anti.run.validation import SettingsError, settings_problems, validate_settings
 
     schema, base = base_schema(PROJECT / "conf"), _base_params()
     assert settings_problems(base, schema) == []
@@ -219,8 +219,8 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
 
 
 def test_named_heroes_of_a_model_outside_the_run_are_warned_loudly(caplog) -> None:
-    from ioi_anti.hooks import base_schema
-    from ioi_anti.validation import settings_problems
+    from ioi_anti.run.hooks import base_schema
+    from ioi_anti.run.validation import settings_problems
 
     params = _with(_base_params(), "hero_heads.named", {"gpt2": ["L9H9"]})
     with caplog.at_level(logging.WARNING):
@@ -229,7 +229,7 @@ def test_named_heroes_of_a_model_outside_the_run_are_warned_loudly(caplog) -> No
 
 
 def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path: Path, caplog) -> None:
-    from ioi_anti.hooks import RunLock, RunLockedError
+    from ioi_anti.run.hooks import RunLock, RunLockedError
 
     lock = RunLock(tmp_path)
     lock.acquire()
@@ -247,7 +247,7 @@ def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path: Path, ca
 def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp_path: Path) -> None:
     from matplotlib.figure import Figure
 
-    from ioi_anti.hooks import RunGuard, SettingsMismatchError
+    from ioi_anti.run.hooks import RunGuard, SettingsMismatchError
 
     guard = RunGuard()
     guard.project = tmp_path
@@ -282,8 +282,8 @@ def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp
 def test_a_named_hero_head_outside_the_grid_fails_before_any_model_loads() -> None:
     """The grid comes from the model's config (here the embedded SmolLM2's GGUF header), so a bad head
     fails when the run starts; heads named for models outside the run are not read."""
-    from ioi_anti.hero import check_named_heads
-    from ioi_anti.validation import check_named_hero_grids
+    from ioi_anti.hero.effects import check_named_heads
+    from ioi_anti.run.validation import check_named_hero_grids
 
     check_named_heads({"m": ["L29H8"], "other": ["L99H0"]}, {"m": (30, 9)})
     with pytest.raises(ValueError, match=r"L2H9 is outside m's grid \(30 layers x 9 heads\)"):

@@ -32,10 +32,11 @@ from synthetic import (
     make_run_metadata,
 )
 
-from ioi_anti import plotting
-from ioi_anti.against_published import HERO_COLUMNS, MODEL_COLUMNS
-from ioi_anti.categories import default_tau_rows, run_pair
-from ioi_anti.datasets import SavedFigure
+from ioi_anti.analysis.against_published import HERO_COLUMNS, MODEL_COLUMNS
+from ioi_anti.analysis.categories import default_tau_rows, run_pair
+from ioi_anti.figures import style as plotting
+from ioi_anti.figures.style import GAP_WARNING
+from ioi_anti.hero.routes import route_table
 from ioi_anti.pipelines import categorisation, published, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
@@ -46,16 +47,9 @@ from ioi_anti.pipelines.categorisation.nodes import (
     count_strong_heads,
 )
 from ioi_anti.pipelines.reporting import nodes
-from ioi_anti.report import (
-    FIGURES,
-    GAP_WARNING,
-    HERO_FIGURES,
-    TASK_ROLES_FIGURE,
-    decomposition_key,
-    markdown_table,
-    screening_section,
-)
-from ioi_anti.routes import route_table
+from ioi_anti.report.markdown import markdown_table
+from ioi_anti.report.registry import FIGURES, HERO_FIGURES, TASK_ROLES_FIGURE, SavedFigure, decomposition_key
+from ioi_anti.report.sections import screening_section
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONF = PROJECT / "conf"
@@ -289,7 +283,7 @@ def test_markdown_table_formats_and_escapes() -> None:
 
 
 def test_family_order_matches_the_model_registry() -> None:
-    from ioi_anti.models import FAMILIES
+    from ioi_anti.models.spec import FAMILIES
 
     assert plotting.FAMILY_ORDER == FAMILIES
 

@@ -13,11 +13,10 @@ import torch
 from conftest import PROJECT, project_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
-from ioi_anti import prompts as P
-from ioi_anti.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
-from ioi_anti.hero_plots import reader_colours, route_colours
-from ioi_anti.models import load_tokenizer
-from ioi_anti.sweep import ModelSweep
+from ioi_anti.analysis.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
+from ioi_anti.figures.hero import reader_colours, route_colours
+from ioi_anti.measure.sweep import ModelSweep
+from ioi_anti.models.loading import load_tokenizer
 from ioi_anti.tasks import (
     BUILT_IN,
     PAIR,
@@ -28,6 +27,7 @@ from ioi_anti.tasks import (
     load_tasks,
     make_task_prompts,
 )
+from ioi_anti.tasks import prompts as P
 from ioi_anti.tasks.induction import induction_scores
 
 EXAMPLES = PROJECT / "examples"
@@ -83,7 +83,7 @@ def test_a_task_definition_is_checked() -> None:
 def test_settings_name_bad_tasks_before_anything_runs(examples_on_path) -> None:
     from test_reliability import _base_params, _with
 
-    from ioi_anti.validation import settings_problems
+    from ioi_anti.run.validation import settings_problems
 
     base = _base_params()
     problems = settings_problems(_with(base, "tasks", ["ioi", "anti", "nope"]), base)

@@ -15,7 +15,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
+from ioi_anti.models.loading import LoadedModel, wrap_model
+from ioi_anti.models.spec import ModelSpec
 
 TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 

@@ -289,7 +289,7 @@ def usable_cores() -> int:
 def _worker_facts(device: str) -> dict[str, str]:
     """What a worker computes on, and the versions its numbers depend on."""
     import ioi_anti
-    from ioi_anti.models import resolve_device
+    from ioi_anti.models.loading import resolve_device
 
     def installed(name: str) -> str:
         try:

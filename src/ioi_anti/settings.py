@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from ioi_anti.hooks import ClusterLifetime, RunGuard
+from ioi_anti.run.hooks import ClusterLifetime, RunGuard
 
 # Settings checked before any work, one run at a time, and no run's results mixed with another's;
 # a Dask cluster the run started is closed when it ends.

@@ -4,12 +4,12 @@ A task is everything the measurement needs to know about a behaviour, and nothin
 package names a task: its name (the ``task`` column of every table, the ``delta_<name>`` columns of
 the per-head table), how it is called in figures and text, its prompt generator, and which prompts
 give its ablation values. The metric is common to all: a weighted sum of candidate logits at the
-last token (:mod:`ioi_anti.metrics`), so a task states its candidates and weights per prompt.
+last token (:mod:`ioi_anti.measure.metrics`), so a task states its candidates and weights per prompt.
 
 A prompt generator returns a table with one row per prompt and at least the columns of
 :data:`PROMPT_COLUMNS` (``task`` is added from the task's name):
 
-* ``prompt_id``: 0..n-1 (:func:`ioi_anti.prompts.numbered` numbers a list of rows);
+* ``prompt_id``: 0..n-1 (:func:`ioi_anti.tasks.prompts.numbered` numbers a list of rows);
 * ``role``: ``clean`` (the prompts whose heads are measured), ``ref`` (one per clean prompt, same
   ``pair_id``: the reference that defines the task's gap, ``gap = mean(m_clean - m_ref)``) or ``pool``
   (extra prompts used only for ablation values, ``pair_id`` -1);

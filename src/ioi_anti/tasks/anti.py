@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.prompts import filter_words, numbered, require_words
 from ioi_anti.tasks import Task, Tokenizers
+from ioi_anti.tasks.prompts import filter_words, numbered, require_words
 
 logger = logging.getLogger(__name__)
 

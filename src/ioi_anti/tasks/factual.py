@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.prompts import filter_words, numbered, require_words
 from ioi_anti.tasks import Task, Tokenizers, seed_for
+from ioi_anti.tasks.prompts import filter_words, numbered, require_words
 
 
 def known_facts(params: Mapping[str, Any], tokenizers: Tokenizers) -> tuple[dict[str, str], pd.DataFrame]:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.ablation import attention_patterns, make_groups
-from ioi_anti.prompts import clean_and_pool, numbered, word_lists
+from ioi_anti.measure.ablation import attention_patterns, make_groups
 from ioi_anti.tasks import Task, TaskError, Tokenizers, seed_for
+from ioi_anti.tasks.prompts import clean_and_pool, numbered, word_lists
 
 
 def _text(prefix: str, words: Sequence[str]) -> str:

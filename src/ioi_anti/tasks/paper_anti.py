@@ -4,7 +4,7 @@ talked to" -> " {B}", correct B, distractor A, names from the published list.
 Measured as published so that the published numbers can be reproduced, and named for what it is: both
 candidates are names already in the prompt, so it is a name-choice task of the IOI kind, not the list
 task design.md defines as anti-repetition (the audit of the published tables says so from the form
-itself, :func:`ioi_anti.published.classify_task`). Prompts, reference and pool as in
+itself, :func:`ioi_anti.analysis.published.classify_task`). Prompts, reference and pool as in
 :func:`ioi_anti.tasks.paper_ioi.name_choice_prompts`.
 """
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.prompts import clean_and_pool, numbered, word_lists
 from ioi_anti.tasks import Task, Tokenizers
+from ioi_anti.tasks.prompts import clean_and_pool, numbered, word_lists
 
 SLOT = re.compile(r"\{([ABC])\}")
 

@@ -97,7 +97,7 @@ class ToyLanguage:
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, pad_token=PAD, unk_token=UNK,
                                             name_or_path="toy-language")
         # Prompts carry their BOS explicitly; saying so keeps TransformerLens from re-loading the tokenizer
-        # by name from the Hub to make it add one (as for checkpoints, ioi_anti.models.wrap_model).
+        # by name from the Hub to make it add one (as for checkpoints, ioi_anti.models.loading.wrap_model).
         tokenizer.init_kwargs["add_bos_token"] = True
         return tokenizer
 

@@ -7,17 +7,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ioi_anti.plotting import (
-    FigureStyle,
-    _category_handles,
-    _robust_handles,
-    _scatter_heads,
-    _symmetric_limit,
-    _tau_guides,
-    delta_label,
-    new_figure,
-    styled,
-)
+from ioi_anti.figures.study import category_handles, robust_handles, scatter_heads, symmetric_limit, tau_guides
+from ioi_anti.figures.style import FigureStyle, delta_label, new_figure, styled
 from ioi_anti.toy.roles import TOY_PAIR
 
 SIZE_COLOURS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7")
@@ -83,7 +74,7 @@ def phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle) -> Figure:
     sizes = list(dict.fromkeys(heads["size"]))
     mixes = sorted(heads["mix"].unique())
     x, y = TOY_PAIR.names
-    limits = tuple(_symmetric_limit(heads[f"delta_{name}"].clip(-2, 2), tau) for name in (x, y))
+    limits = tuple(symmetric_limit(heads[f"delta_{name}"].clip(-2, 2), tau) for name in (x, y))
     with styled(style):
         panel = min((style.width_in - 1.0) / len(mixes), style.panel_height_in)
         fig = new_figure(style.width_in, len(sizes) * (panel + 0.5) + 1.4)
@@ -91,8 +82,8 @@ def phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle) -> Figure:
         for r, size in enumerate(sizes):
             for c, mix in enumerate(mixes):
                 ax, rows = axes[r, c], heads[(heads["size"] == size) & (heads["mix"] == mix)]
-                _tau_guides(ax, tau)
-                _scatter_heads(ax, rows.assign(family=size), lambda _family: "o", 10, TOY_PAIR)
+                tau_guides(ax, tau)
+                scatter_heads(ax, rows.assign(family=size), lambda _family: "o", 10, TOY_PAIR)
                 ax.set_xlim(-limits[0], limits[0])
                 ax.set_ylim(-limits[1], limits[1])
                 missing = [t.short for t in TOY_PAIR.tasks if not bool(rows[f"learned_{t.name}"].iloc[0])]
@@ -100,7 +91,7 @@ def phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle) -> Figure:
                 ax.set_title(f"{size}, λ = {mix:g}{note}", fontsize="small")
         fig.supxlabel(delta_label(TOY_PAIR, x, hint=False))
         fig.supylabel(delta_label(TOY_PAIR, y, hint=False))
-        fig.legend(handles=_category_handles(TOY_PAIR) + _robust_handles(), loc="outside right center")
+        fig.legend(handles=category_handles(TOY_PAIR) + robust_handles(), loc="outside right center")
         fig.suptitle(f"Toy models (seed {int(heads['seed'].iloc[0])}): every head, τ = {tau:g}; axes clipped at ±2")
     return fig
 

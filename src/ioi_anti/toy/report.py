@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ioi_anti.report import markdown_table, with_interval
+from ioi_anti.report.markdown import markdown_table, with_interval
 
 FIGURES = (
     ("toy_roles_plot", "toy_roles.png", "held-out accuracy, strong heads per learned task, the shared share of "

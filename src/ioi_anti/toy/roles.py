@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ioi_anti.categories import Pair, categorise, pair_roles, rowwise_pearson
-from ioi_anti.metrics import bootstrap_indices
+from ioi_anti.analysis.categories import Pair, categorise, pair_roles, rowwise_pearson
+from ioi_anti.measure.metrics import bootstrap_indices
 from ioi_anti.toy.tasks import TOY_ANTI, TOY_IOI
 
 TOY_PAIR = Pair(TOY_IOI, TOY_ANTI)

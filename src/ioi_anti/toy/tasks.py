@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.prompts import numbered
 from ioi_anti.tasks import Task, Tokenizers, seed_for
 from ioi_anti.tasks.anti import attention_targets as list_targets
 from ioi_anti.tasks.ioi import attention_targets as ioi_targets
+from ioi_anti.tasks.prompts import check_template_lengths, numbered, tokenise_prompts
 from ioi_anti.toy.language import COPY_PHRASE, IOI_TEMPLATES, LIST_PHRASE, ToyLanguage
 
 NO_DROPS = pd.DataFrame(columns=["list", "word", "tokenizer"])  # every toy word is one token by construction
@@ -70,3 +70,14 @@ TOY_ANTI = Task(name="toy_anti", label="toy anti-repetition", short="toy anti", 
                 description="toy anti-repetition: mean logit of new items − mean logit of listed items; "
                             "reference: copy prompts (held-out lists)")
 TOY_TASKS = (TOY_IOI, TOY_ANTI)
+
+
+def toy_prompts(params: dict[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both toy tasks' prompts (held-out combinations only) and their tokens in the language's tokenizer."""
+    language = ToyLanguage.from_params(params["language"])
+    tokenizer = language.tokenizer()
+    prompts = pd.concat([task.prompts(params, {"toy": tokenizer}, seed)[0] for task in TOY_TASKS], ignore_index=True)
+    tokens = tokenise_prompts(prompts, tokenizer, prepend_bos=True)
+    for task in TOY_TASKS:
+        check_template_lengths(tokens, task.name, task.ablation_roles, "toy")
+    return prompts, tokens

@@ -1,7 +1,7 @@
 """Training toy GPT-2 models from scratch on the toy language, deterministically by seed.
 
 A toy model is a Hugging Face ``GPT2LMHeadModel`` (an architecture the study already measures), so a
-trained one is wrapped by :func:`ioi_anti.models.wrap_model` and measured by the same code as the
+trained one is wrapped by :func:`ioi_anti.models.loading.wrap_model` and measured by the same code as the
 pretrained models. Training is next-token cross-entropy at the trained positions of each sequence
 (:class:`ioi_anti.toy.language.TrainingSequence`), AdamW with a linear warm-up and decay; the loss
 of every step is kept for the loss curve.
@@ -9,8 +9,11 @@ of every step is kept for the loss curve.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Mapping
+import json
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +23,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from ioi_anti.models import LoadedModel, ModelSpec, wrap_model
+from ioi_anti.models.loading import LoadedModel, wrap_model
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.toy.language import KINDS, ToyLanguage, encode, mixture
+
+logger = logging.getLogger(__name__)
 
 MAX_POSITIONS = 64  # longer than any sequence of the language
 
@@ -116,3 +122,47 @@ def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFa
     """A trained toy model wrapped like any model of the study (family gpt2, prompts with BOS)."""
     spec = ModelSpec(model_id=run.model_id, family="gpt2", source="hub", hf_name="gpt2", prepend_bos=True)
     return wrap_model(spec, model, tokenizer, torch.device("cpu"))
+
+
+def settings_fingerprint(params: dict[str, Any]) -> str:
+    """What a trained model depends on besides its size, mix and seed: the language and the training."""
+    settings = json.dumps({"language": params["language"], "training": params["training"]}, sort_keys=True)
+    return "t" + hashlib.sha256(settings.encode()).hexdigest()[:11]
+
+
+def partition_key(params: dict[str, Any], run: ToyRun) -> str:
+    """The partition a trained model is saved under: the settings' fingerprint, then the model id."""
+    return f"{settings_fingerprint(params)}/{run.model_id}"
+
+
+def is_intact(load: Callable[[], bytes], key: str) -> bool:
+    """Whether a saved model can be read back (a damaged file is logged and trained again)."""
+    try:
+        from_bytes(load())
+    except Exception as error:  # noqa: BLE001 - any unreadable file is retrained, whatever the reader raises
+        logger.warning("Trained toy model %s is damaged (%s): it is trained again.", key, error)
+        return False
+    return True
+
+
+def training_jobs(done: dict[str, Callable[[], bytes]], params: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+    """One partition per model of the grid not trained yet with these settings, each trained when it is
+    saved (so an interrupted grid keeps every finished model, and a re-run trains only the rest)."""
+    language = ToyLanguage.from_params(params["language"])
+    tokenizer = language.tokenizer()
+    keys = {run: partition_key(params, run) for run in grid(params["grid"])}
+    todo = [run for run, key in keys.items() if key not in done or not is_intact(done[key], key)]
+    total = len(keys)
+    if len(todo) < total:
+        logger.info("Toy models: %d of %d already trained with these settings; training %d.", total - len(todo),
+                    total, len(todo))
+
+    def job(run: ToyRun, number: int) -> Callable[[], bytes]:
+        def trained() -> bytes:
+            logger.info("Training toy model %d of %d: %s.", number, len(todo), run.model_id)
+            model, losses = train(run, language, tokenizer, params["training"])
+            return to_bytes(model, losses)
+        return trained
+
+    todo.sort(key=keys.__getitem__)  # the order the partitions are saved (and so trained) in
+    return {keys[run]: job(run, i + 1) for i, run in enumerate(todo)}

@@ -1,4 +1,4 @@
-"""Node functions of the categorisation pipeline: thin wrappers over :mod:`ioi_anti.categories`."""
+"""Node functions of the categorisation pipeline: thin wrappers over :mod:`ioi_anti.analysis.categories`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from ioi_anti import categories
+from ioi_anti.analysis import categories
 
 
 def categorise_heads(per_head: pd.DataFrame, tasks: list[str], params: dict[str, Any]) -> pd.DataFrame:

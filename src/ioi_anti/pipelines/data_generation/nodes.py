@@ -8,14 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from ioi_anti import prompts
-from ioi_anti.checkpoints import parse_model_id
 from ioi_anti.execution import Job, Results, run_jobs
-from ioi_anti.metrics import bootstrap_indices, bootstrap_mean
-from ioi_anti.models import load_tokenizer
-from ioi_anti.run_models import check_run_models, resolve_models
-from ioi_anti.sweep import (
-    baseline_job,
+from ioi_anti.measure.baseline import baseline_row
+from ioi_anti.measure.partitions import (
     baseline_key,
     baseline_problem,
     clean_pair_ids,
@@ -24,7 +19,11 @@ from ioi_anti.sweep import (
     task_tokens,
     tasks_of,
 )
-from ioi_anti.tasks import load_tasks, make_task_prompts
+from ioi_anti.measure.sweep import baseline_job
+from ioi_anti.models.loading import load_tokenizer
+from ioi_anti.models.sources import check_run_models
+from ioi_anti.models.spec import resolve_models
+from ioi_anti.tasks import load_tasks, make_task_prompts, prompts
 
 logger = logging.getLogger(__name__)
 
@@ -109,27 +108,3 @@ def summarise_baselines(
             row.model, row.task, row.gap, row.gap_low, row.gap_high,
         )
     return result
-
-
-def baseline_row(frame: pd.DataFrame, task: str, seed: int, n_boot: int) -> dict[str, Any]:
-    """One baseline row: means with percentile bootstrap intervals over paired prompts."""
-    idx = bootstrap_indices(len(frame), n_boot, seed)
-    first = frame.iloc[0]
-    checkpoint = parse_model_id(str(first["model_id"]))
-    row: dict[str, Any] = {"model": first["model_id"], "checkpoint": checkpoint.label,
-                           "training_step": checkpoint.training_step, "family": first["family"],
-                           "tuning": first["tuning"], "n_params": int(first["n_params"]), "task": task,
-                           "n_prompts": len(frame)}
-    series = {
-        "clean": frame["m_clean"].to_numpy(), "ref": frame["m_ref"].to_numpy(),
-        "gap": (frame["m_clean"] - frame["m_ref"]).to_numpy(), "accuracy": frame["correct_clean"].to_numpy(float),
-    }
-    for name, values in series.items():
-        mean, low, high = bootstrap_mean(values, idx)
-        prefix = {"clean": "clean_metric", "ref": "ref_metric"}.get(name, name)
-        row[prefix] = mean
-        base = prefix.removesuffix("_metric")
-        row[f"{base}_low"], row[f"{base}_high"] = low, high
-    row["gap_ok"] = bool(row["gap_low"] > 0)
-    row["n_wrong"] = int(len(frame) - frame["correct_clean"].sum())
-    return row

@@ -1,5 +1,5 @@
-"""Node functions of the published pipeline: thin wrappers over :mod:`ioi_anti.published` (the audit) and
-:mod:`ioi_anti.against_published` (the run beside the published results)."""
+"""Node functions of the published pipeline: thin wrappers over :mod:`ioi_anti.analysis.published` (the audit) and
+:mod:`ioi_anti.analysis.against_published` (the run beside the published results)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from ioi_anti.against_published import compare_heroes, compare_models
-from ioi_anti.categories import default_tau_rows, run_pair
-from ioi_anti.published import audit_published
+from ioi_anti.analysis.against_published import compare_heroes, compare_models
+from ioi_anti.analysis.categories import default_tau_rows, run_pair
+from ioi_anti.analysis.published import audit_published
 
 
 def audit_published_tables(per_head: pd.DataFrame, correlations: pd.DataFrame, categories: pd.DataFrame,

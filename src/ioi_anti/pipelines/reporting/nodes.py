@@ -2,46 +2,30 @@
 
 from __future__ import annotations
 
-import base64
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from ioi_anti import interactive, plotting, task_plots
-from ioi_anti.against_published import side_by_side_words
-from ioi_anti.categories import default_tau_rows, run_pair
-from ioi_anti.datasets import SavedFigure
-from ioi_anti.published import audit_words
-from ioi_anti.report import (
-    DECOMPOSITION_DIR,
-    LAYER_HISTS_DIR,
-    TRAINING_DIR,
-    build_report,
-    html_report,
-    layer_hist_key,
-    model_order,
-)
+from ioi_anti.analysis.categories import default_tau_rows, run_pair
+from ioi_anti.figures import interactive
+from ioi_anti.figures import study as study_figures
+from ioi_anti.figures import tasks as task_plots
+from ioi_anti.figures.style import FigureStyle, model_order
+from ioi_anti.figures.training import final_checkpoints, series, training_dynamics
+from ioi_anti.report.markdown import data_uri, html_report, relative_link
+from ioi_anti.report.published import audit_words, side_by_side_words
+from ioi_anti.report.registry import DECOMPOSITION_DIR, LAYER_HISTS_DIR, TRAINING_DIR, SavedFigure, layer_hist_key
+from ioi_anti.report.sections import build_report
 from ioi_anti.tasks import load_tasks
-from ioi_anti.training_plots import final_checkpoints, series, training_dynamics
 
 CORR_TABLE_COLUMNS = (
     "model", "family", "tuning", "n_params", "n_layers", "n_heads", "task_x", "task_y",
     "pearson", "pearson_low", "pearson_high",
     "spearman", "spearman_low", "spearman_high", "n_boot", "level", "ablation", "gap_ok",
 )
-
-
-def _style(params: dict[str, Any]) -> plotting.FigureStyle:
-    return plotting.FigureStyle(
-        width_in=float(params["fig_width_in"]),
-        font_size=float(params["font_size"]),
-        panel_height_in=float(params["panel_height_in"]),
-    )
 
 
 def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
@@ -54,14 +38,16 @@ def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
 def plot_corr_vs_scale(correlations: pd.DataFrame, tasks: list[str], pair: list[str],
                        params: dict[str, Any]) -> Figure:
     """Correlation of the pair's Δ against parameter count, per family (last checkpoint of each model)."""
-    return plotting.corr_vs_scale_cross_family(final_checkpoints(correlations), _style(params), run_pair(tasks, pair))
+    style = FigureStyle.from_params(params)
+    return study_figures.corr_vs_scale_cross_family(final_checkpoints(correlations), style, run_pair(tasks, pair))
 
 
 def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, tasks: list[str], pair: list[str],
                              params: dict[str, Any]) -> Figure:
     """Strong-head counts by category against parameter count, at the default τ (last checkpoints)."""
     counts, tau = default_tau_rows(strong_head_counts)
-    return plotting.strong_head_scaling(final_checkpoints(counts), tau, _style(params), run_pair(tasks, pair))
+    style = FigureStyle.from_params(params)
+    return study_figures.strong_head_scaling(final_checkpoints(counts), tau, style, run_pair(tasks, pair))
 
 
 def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.DataFrame,
@@ -72,7 +58,8 @@ def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.Da
         return {}
     counts, tau = default_tau_rows(strong_head_counts)
     heads, _tau = default_tau_rows(head_categories)
-    return {"training_dynamics": training_dynamics(correlations, counts, heads, hero_heads, tau, _style(params),
+    style = FigureStyle.from_params(params)
+    return {"training_dynamics": training_dynamics(correlations, counts, heads, hero_heads, tau, style,
                                                    run_pair(tasks, pair))}
 
 
@@ -80,23 +67,23 @@ def plot_all_heads_phase_space(head_categories: pd.DataFrame, tasks: list[str], 
                                params: dict[str, Any]) -> Figure:
     """The pair's Δ (Δ_IOI vs Δ_anti by default) of every head, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
-    return plotting.all_heads_phase_space(heads, tau, _style(params), run_pair(tasks, pair))
+    return study_figures.all_heads_phase_space(heads, tau, FigureStyle.from_params(params), run_pair(tasks, pair))
 
 
 def plot_family_grid(head_categories: pd.DataFrame, tasks: list[str], pair: list[str],
                      params: dict[str, Any]) -> Figure:
     """Per-model phase-space panels grouped by family, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
-    return plotting.family_grid(heads, tau, _style(params), run_pair(tasks, pair))
+    return study_figures.family_grid(heads, tau, FigureStyle.from_params(params), run_pair(tasks, pair))
 
 
 def plot_layer_hists(layer_counts: pd.DataFrame, tasks: list[str], pair: list[str],
                      params: dict[str, Any]) -> dict[str, Figure]:
     """One stacked per-layer category histogram per model, keyed ``layer_hist_<model>``."""
     counts, tau = default_tau_rows(layer_counts)
-    style, run = _style(params), run_pair(tasks, pair)
+    style, run = FigureStyle.from_params(params), run_pair(tasks, pair)
     return {
-        layer_hist_key(str(model)): plotting.layer_hist(rows, tau, style, run)
+        layer_hist_key(str(model)): study_figures.layer_hist(rows, tau, style, run)
         for model, rows in counts.groupby("model", sort=True)
     }
 
@@ -107,7 +94,7 @@ def plot_task_roles(signature_counts: pd.DataFrame, task_correlations: pd.DataFr
     counts, tau = default_tau_rows(signature_counts)
     run = load_tasks(tasks)
     return task_plots.task_roles(counts, task_correlations, tau, {t.name: t.colour for t in run},
-                                 {t.name: t.label for t in run}, _style(params))
+                                 {t.name: t.label for t in run}, FigureStyle.from_params(params))
 
 
 def plot_interactive_phase_space(head_categories: pd.DataFrame, tasks: list[str], pair: list[str]) -> go.Figure:
@@ -118,14 +105,8 @@ def plot_interactive_phase_space(head_categories: pd.DataFrame, tasks: list[str]
     return interactive.phase_space(heads, tau, interactive.all_pairs(load_tasks(tasks), run))
 
 
-def relative_link(path: str, output_dir: str) -> str:
-    """Link to a saved figure from the report's own folder, ``<output_dir>/report.md/<version>/``."""
-    relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(output_dir)))
-    return "../../" + relative.as_posix()
 
 
-def _data_uri(figure: SavedFigure) -> str:
-    return "data:image/png;base64," + base64.b64encode(figure.png).decode("ascii")
 
 
 def write_report(
@@ -168,7 +149,7 @@ def write_report(
                  audit_words(published_audit))
     markdown = build_report(*tables, images={k: relative_link(f.path, output_dir) for k, f in saved.items()},
                             roles=roles, pair=run, published=published)
-    embedded = build_report(*tables, images={k: _data_uri(f) for k, f in saved.items()}, roles=roles, pair=run,
+    embedded = build_report(*tables, images={k: data_uri(f) for k, f in saved.items()}, roles=roles, pair=run,
                             published=published)
     page = interactive_phase_space.to_html(full_html=False, include_plotlyjs=True, default_width="100%")
     return markdown, html_report(embedded, page)

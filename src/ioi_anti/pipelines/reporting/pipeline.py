@@ -16,7 +16,7 @@ from ioi_anti.pipelines.reporting.nodes import (
     plot_training_dynamics,
     write_report,
 )
-from ioi_anti.report import FIGURES, HERO_FIGURES, TASK_ROLES_FIGURE
+from ioi_anti.report.registry import FIGURES, HERO_FIGURES, TASK_ROLES_FIGURE
 
 PARAMS, TASKS, PAIR = "params:reporting", "params:tasks", "params:categorisation.pair"
 # Tables by argument name, then every figure (kept under its dataset name) for the report to show.

@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable
 from copy import deepcopy
-from dataclasses import dataclass
 from typing import Any
 
 from kedro.io.core import get_filepath_str
@@ -14,6 +13,7 @@ from kedro_datasets.matplotlib import MatplotlibDataset
 from kedro_datasets.partitions import PartitionedDataset
 
 from ioi_anti.execution import Results
+from ioi_anti.report.registry import SavedFigure
 
 PARTIAL = ".partial-"
 logger = logging.getLogger(__name__)
@@ -66,12 +66,6 @@ class ResumablePartitionedDataset(PartitionedDataset):
             self._invalidate_caches()
 
 
-@dataclass(frozen=True)
-class SavedFigure:
-    """A figure as saved: where its PNG lies (the loaded version) and the PNG itself."""
-
-    path: str
-    png: bytes
 
 
 class FigureDataset(MatplotlibDataset):

@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from ioi_anti.categories import PAPER_PAIR, Pair, pair_roles
-from ioi_anti.plotting import ablation_label, delta_unit, meaningful_rows, ordered_families, unit_words
+from ioi_anti.analysis.categories import PAPER_PAIR, Pair, pair_roles
+from ioi_anti.figures.study import meaningful_rows
+from ioi_anti.figures.style import ablation_label, delta_unit, ordered_families, unit_words
 from ioi_anti.tasks import Task
 
 # Plotly marker symbols in the spirit of the static figure's family markers (matplotlib names differ).

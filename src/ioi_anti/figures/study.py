@@ -1,217 +1,53 @@
-"""Figure builders for the report: tables in, matplotlib Figures out (no I/O, no pyplot state).
-
-Figures are built on the object-oriented API with an Agg canvas, so they render headless and are
-untouched by ``plt.close("all")`` (which kedro's MatplotlibDataset calls after every save).
-Colours are Okabe–Ito (colour-blind safe); family is also encoded by marker shape. On the scale
-figures a line joins the sizes of a family, and a family with one size is a lone marker.
+"""The study's figures: tables in, matplotlib Figures out (no I/O, no pyplot state): the
+correlation and strong-head counts against scale, the phase space of every head, the family grid
+and the per-layer histograms.
 """
-
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import MaxNLocator
 
-from ioi_anti.categories import PAPER_PAIR, WEAK, Pair
+from ioi_anti.analysis.categories import PAPER_PAIR, WEAK, Pair
+from ioi_anti.figures.style import (
+    FLAG_COLOUR,
+    GAP_WARNING,
+    INSTRUCT,
+    TUNING_WORDS,
+    FigureStyle,
+    ablation_label,
+    bottom_legend,
+    delta_label,
+    delta_unit,
+    dodged_x,
+    family_colour,
+    family_handles,
+    family_line,
+    family_marker,
+    family_sizes,
+    figure_title,
+    flag_handle,
+    flag_points,
+    flagged_models,
+    format_params,
+    has_instruct,
+    log_params_axis,
+    math_delta,
+    new_figure,
+    ordered_families,
+    styled,
+    tuning_handles,
+)
 
-# Same order as ioi_anti.models.FAMILIES, which is not imported here because that module loads torch.
-FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
-FAMILY_COLOURS = {"gpt2": "#0072B2", "gpt-neo": "#E69F00", "opt": "#009E73", "pythia": "#CC79A7", "llama": "#D55E00",
-                  "gemma": "#56B4E9", "qwen2": "#000000"}
-FAMILY_MARKERS = {"gpt2": "o", "gpt-neo": "s", "opt": "^", "pythia": "D", "llama": "v", "gemma": "X", "qwen2": "p"}
-UNKNOWN_COLOUR, UNKNOWN_MARKER = "#999999", "P"
-INSTRUCT = "instruct"  # ModelSpec.tuning of an instruction-tuned model ("base": pretrained only)
-TUNING_WORDS = {"base": "base", INSTRUCT: "instruction-tuned"}
-FLAG_COLOUR = "#B00000"
-GAP_WARNING = "gap ≤ 0: Δ not meaningful"
-DODGE_STEP = 1.04  # multiplicative x offset between families on log axes (a few % of a model's size)
-GRID_MARGIN_IN, GRID_LEGEND_WIDTH_IN = 0.9, 1.9  # room for the family/Δ labels, and for a side legend
 SCALING_ROWS = ((False, "Strong heads (count)"), (True, "Strong heads (% of all)"))
 
-
-def math_delta(pair: Pair, task: str) -> str:
-    """``Δ_<short>`` of one of the pair's tasks in mathtext (spaces kept: "toy IOI")."""
-    return rf"$\Delta_{{\mathrm{{{pair.delta_name(task)[2:].replace(' ', chr(92) + ' ')}}}}}$"
-
-
-def delta_unit(heads: pd.DataFrame) -> str:
-    """The unit of a per-head table's Δ (``head_ablation.delta``): normalised, or raw in a published-protocol
-    run (tables without the column predate raw Δ and are normalised)."""
-    return str(heads["delta_unit"].iloc[0]) if "delta_unit" in heads.columns else "normalised"
-
-
-def unit_words(pair: Pair, task: str, unit: str) -> str:
-    """What one of the pair's Δ is measured in: a fraction of the task's gap, or logits."""
-    label = pair.tasks[pair.names.index(task)].label
-    return f"fraction of {label} gap" if unit == "normalised" else f"{label} logit difference, raw"
-
-
-def delta_label(pair: Pair, task: str, hint: bool = True, unit: str = "normalised") -> str:
-    """Axis label of one of the pair's Δ, e.g. ``Δ_IOI (fraction of IOI gap; < 0: head supports it)``."""
-    return rf"{math_delta(pair, task)} ({unit_words(pair, task, unit)}" + ("; < 0: head supports it)" if hint else ")")
-
-
-@dataclass(frozen=True)
-class FigureStyle:
-    """Paper-size layout: figure width, base font size (>= 8 pt) and height of one panel row."""
-
-    width_in: float = 7.0
-    font_size: float = 8.0
-    panel_height_in: float = 2.2
-
-    def __post_init__(self) -> None:
-        if self.font_size < 8:
-            raise ValueError(f"font_size must be >= 8 pt to stay readable at paper size; got {self.font_size}.")
-        if self.width_in <= 0 or self.panel_height_in <= 0:
-            raise ValueError("figure width and panel height must be positive.")
-
-
-def format_params(n_params: float) -> str:
-    """Parameter count as a short label: 124M, 1.0B."""
-    if n_params >= 1e9:
-        return f"{n_params / 1e9:.1f}B"
-    if n_params >= 1e6:
-        return f"{n_params / 1e6:.0f}M"
-    return f"{n_params / 1e3:.0f}K"
-
-
-def ablation_label(table: pd.DataFrame) -> str:
-    """The ablation type(s) recorded in a table, e.g. "mean"."""
-    return "/".join(sorted(map(str, table["ablation"].unique())))
-
-
-def family_colour(family: str) -> str:
-    """Okabe–Ito colour of a model family (grey for an unknown family)."""
-    return FAMILY_COLOURS.get(family, UNKNOWN_COLOUR)
-
-
-def family_marker(family: str) -> str:
-    """Marker of a model family."""
-    return FAMILY_MARKERS.get(family, UNKNOWN_MARKER)
-
-
-def ordered_families(families: pd.Series) -> list[str]:
-    """Families present, in the canonical order, unknown ones last."""
-    present = set(families)
-    return [f for f in FAMILY_ORDER if f in present] + sorted(present - set(FAMILY_ORDER))
-
-
-def flagged_models(table: pd.DataFrame) -> list[str]:
-    """Models whose task gap is not clearly positive (``gap_ok`` False)."""
-    return sorted(table.loc[~table["gap_ok"].astype(bool), "model"].unique())
-
-
-@contextmanager
-def styled(style: FigureStyle) -> Iterator[None]:
-    """Font sizes and spines of ``style`` for every artist created inside the block."""
-    rc = {
-        "font.size": style.font_size, "axes.titlesize": style.font_size + 1, "axes.labelsize": style.font_size,
-        "xtick.labelsize": style.font_size, "ytick.labelsize": style.font_size, "legend.fontsize": style.font_size,
-        "legend.title_fontsize": style.font_size, "figure.titlesize": style.font_size + 2,
-        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-    }
-    with matplotlib.rc_context(rc):
-        yield
-
-
-def new_figure(width_in: float, height_in: float) -> Figure:
-    """A constrained-layout Figure on an Agg canvas."""
-    fig = Figure(figsize=(width_in, height_in), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _suptitle(fig: Figure, title: str, flagged: list[str], flag_verb: str = "flagged") -> None:
-    """Figure title, plus a warning line naming models whose Δ are not meaningful."""
-    if flagged:
-        title += f"\n{flag_verb} ({GAP_WARNING}): {', '.join(flagged)}"
-    fig.suptitle(title, color=FLAG_COLOUR if flagged else "black")
-
-
-def _log_params_axis(ax: Axes, n_params: pd.Series) -> None:
-    """Log x axis for parameter counts, padded so a single model still has a readable range."""
-    ax.set_xscale("log")
-    ax.set_xlim(n_params.min() / 1.6, n_params.max() * 1.6)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: format_params(value)))
-    ax.set_xlabel("Parameters (log scale)")
-
-
-def _flag_points(ax: Axes, x: pd.Series, y: pd.Series) -> None:
-    """Overlay a cross on points of models whose gap is not positive."""
-    ax.scatter(x, y, marker="x", s=60, color=FLAG_COLOUR, linewidths=1.5, zorder=5)
-
-
-def _dodged(rows: pd.DataFrame, families: list[str]) -> pd.Series:
-    """Parameter counts shifted by a few % per family, so families of equal size do not overlap."""
-    index = rows["family"].map({family: i for i, family in enumerate(families)}).astype(float)
-    return rows["n_params"] * DODGE_STEP ** (index - (len(families) - 1) / 2)
-
-
-def _flag_handle() -> Line2D:
-    return Line2D([], [], marker="x", color=FLAG_COLOUR, linestyle="none", markersize=7, label=GAP_WARNING)
-
-
-def family_line(n_sizes: int, line: str = "-") -> str:
-    """Line style of a family on a scale figure: ``line`` through two or more sizes, none for one size."""
-    return line if n_sizes >= 2 else "none"
-
-
-def _sizes(rows: pd.DataFrame) -> dict[str, int]:
-    """Number of models (sizes) of each family in ``rows``."""
-    return rows.groupby("family")["model"].nunique().to_dict()
-
-
-def _has_instruct(table: pd.DataFrame) -> bool:
-    """Whether any model of ``table`` is instruction-tuned."""
-    return bool((table["tuning"] == INSTRUCT).any())
-
-
-def _tuning_note(rows: pd.DataFrame) -> str:
-    """A family's tuning for its legend label: one word, or each size's when its models differ."""
-    models = rows.groupby("model")[["n_params", "tuning"]].first().sort_values("n_params")
-    if models["tuning"].nunique() == 1:
-        return str(models["tuning"].iloc[0])
-    return ", ".join(f"{format_params(n)} {t}" for n, t in models.itertuples(index=False))
-
-
-def _family_handles(rows: pd.DataFrame, families: list[str], with_tuning: bool = False) -> list[Line2D]:
-    """Legend entries: a line for a family of several sizes, a lone marker for one size; with
-    ``with_tuning`` each label also says whether the family's models are base or instruction-tuned."""
-    sizes = _sizes(rows)
-    handles = []
-    for f in families:
-        label = f"{f} · {sizes[f]} size{'s' if sizes[f] > 1 else ''}"
-        if with_tuning:
-            label += f" · {_tuning_note(rows[rows['family'] == f])}"
-        handles.append(Line2D([], [], color=family_colour(f), marker=family_marker(f), linestyle=family_line(sizes[f]),
-                              label=label))
-    return handles
-
-
-def _tuning_handles() -> list[Line2D]:
-    return [Line2D([], [], marker="o", linestyle="none", color="#777777", markerfacecolor=face, label=label)
-            for face, label in (("#777777", "filled: base"), ("white", "hollow: instruction-tuned"))]
-
-
-def _bottom_legend(fig: Figure, handles: list[Line2D], style: FigureStyle) -> None:
-    """The family legend under the panels: as many entries a row as fit the figure, read row by row."""
-    entry_in = max(len(h.get_label()) for h in handles) * 0.5 * style.font_size / 72 + 0.55
-    ncols = max(1, min(len(handles), int(style.width_in // entry_in)))
-    by_column = [h for j in range(ncols) for h in handles[j::ncols]]  # matplotlib fills a legend column by column
-    fig.legend(handles=by_column, loc="outside lower center", ncols=ncols,
-               title="Model family: a line joins the sizes of a family; a lone marker is a family of one size")
+GRID_MARGIN_IN, GRID_LEGEND_WIDTH_IN = 0.9, 1.9  # room for the family/Δ labels, and for a side legend
 
 
 def _correlation_limits(corr: pd.DataFrame) -> tuple[float, float]:
@@ -232,7 +68,7 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
     style = style or FigureStyle()
     flagged = flagged_models(corr)
     families = ordered_families(corr["family"])
-    sizes = _sizes(corr)
+    sizes = family_sizes(corr)
     level = float(corr["level"].iloc[0])
     with styled(style):
         fig = new_figure(style.width_in, style.panel_height_in * 1.5 + 0.9)
@@ -242,7 +78,7 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
             for family in families:
                 rows = corr[corr["family"] == family].sort_values("n_params")
                 yerr = np.vstack([rows[stat] - rows[f"{stat}_low"], rows[f"{stat}_high"] - rows[stat]])
-                x, colour = _dodged(rows, families), family_colour(family)
+                x, colour = dodged_x(rows, families), family_colour(family)
                 ax.errorbar(x, rows[stat], yerr=np.clip(yerr, 0, None), color=colour, capsize=2.5, linewidth=1.2,
                             linestyle=family_line(sizes[family]), label=family)
                 for tuning, points in rows.groupby("tuning"):
@@ -250,16 +86,16 @@ def corr_vs_scale_cross_family(corr: pd.DataFrame, style: FigureStyle | None = N
                             marker=family_marker(family), markersize=5.5, markeredgewidth=1.2, zorder=3,
                             markerfacecolor="white" if tuning == INSTRUCT else colour, label=f"{family} {tuning}")
             bad = corr[corr["model"].isin(flagged)]
-            _flag_points(ax, _dodged(bad, families), bad[stat])
-            _log_params_axis(ax, corr["n_params"])
+            flag_points(ax, dodged_x(bad, families), bad[stat])
+            log_params_axis(ax, corr["n_params"])
             ax.set_title(name)
         x, y = (math_delta(pair, name) for name in pair.names)
         axes[0].set_ylabel(f"Correlation of {x} and {y} over heads")
         axes[0].set_ylim(*_correlation_limits(corr))
-        handles = (_family_handles(corr, families) + (_tuning_handles() if _has_instruct(corr) else [])
-                   + ([_flag_handle()] if flagged else []))
-        _bottom_legend(fig, handles, style)
-        _suptitle(
+        handles = (family_handles(corr, families) + (tuning_handles() if has_instruct(corr) else [])
+                   + ([flag_handle()] if flagged else []))
+        bottom_legend(fig, handles, style)
+        figure_title(
             fig,
             f"Head effects on {pair.x.label} vs {pair.y.label}: correlation over all heads by model size\n"
             f"{ablation_label(corr)} ablation · no τ threshold · {level:.0%} bootstrap CI over heads",
@@ -279,7 +115,7 @@ def _scaling_panel(ax: Axes, rows: pd.DataFrame, families: list[str], percent: b
     for family in families:
         fam = rows[rows["family"] == family].sort_values("n_params")
         colour, marker = family_colour(family), family_marker(family)
-        x, n_sizes = _dodged(fam, families), fam["model"].nunique()
+        x, n_sizes = dodged_x(fam, families), fam["model"].nunique()
         ax.plot(x, _head_counts(fam, "count", percent), color=colour, marker=marker, markersize=5, linewidth=1.2,
                 linestyle=family_line(n_sizes), label=family)
         ax.plot(x, _head_counts(fam, "n_robust", percent), color=colour, marker=marker, markersize=5,
@@ -320,8 +156,8 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
             for row, (percent, label) in enumerate(SCALING_ROWS):
                 ax = axes[row, col]
                 _scaling_panel(ax, rows, families, percent)
-                _flag_points(ax, _dodged(bad, families), _head_counts(bad, "count", percent))
-                _log_params_axis(ax, shown["n_params"])
+                flag_points(ax, dodged_x(bad, families), _head_counts(bad, "count", percent))
+                log_params_axis(ax, shown["n_params"])
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
                 if col == 0:
                     ax.set_ylabel(label)
@@ -331,10 +167,10 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
         strong = shown[shown["category"].isin(pair.strong_categories)]
         for row, (percent, _label) in enumerate(SCALING_ROWS):
             axes[row, 0].set_ylim(0, max(1.0, 1.1 * float(_head_counts(strong, "count", percent).max())))
-        handles = _family_handles(shown, families, _has_instruct(shown)) + (
-            [_flag_handle()] if verb == "flagged" else [])
-        _bottom_legend(fig, handles, style)
-        _suptitle(
+        handles = family_handles(shown, families, has_instruct(shown)) + (
+            [flag_handle()] if verb == "flagged" else [])
+        bottom_legend(fig, handles, style)
+        figure_title(
             fig,
             f"Strong heads by category vs model size ({ablation_label(counts)} ablation, τ = {tau:g})\n"
             "filled: all strong heads (|Δ| ≥ τ); hollow (dotted): robust subset (95% CI beyond τ)",
@@ -344,7 +180,7 @@ def strong_head_scaling(counts: pd.DataFrame, tau: float, style: FigureStyle | N
     return fig
 
 
-def _tau_guides(ax: Axes, tau: float) -> None:
+def tau_guides(ax: Axes, tau: float) -> None:
     """Shaded weak box |Δ| < τ on both tasks, dashed lines at ±τ and thin zero lines."""
     ax.add_patch(Rectangle((-tau, -tau), 2 * tau, 2 * tau, facecolor="#EEEEEE", edgecolor="none", zorder=0))
     for value in (-tau, tau):
@@ -354,7 +190,7 @@ def _tau_guides(ax: Axes, tau: float) -> None:
     ax.axhline(0.0, color="#BBBBBB", linewidth=0.5, zorder=1)
 
 
-def _scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str], size: float, pair: Pair) -> None:
+def scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str], size: float, pair: Pair) -> None:
     """Heads coloured by category; strong ones filled if robust, hollow if borderline."""
     x, y = (f"delta_{name}" for name in pair.names)
     weak = heads[heads["category"] == WEAK]
@@ -368,12 +204,12 @@ def _scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str
                    facecolors="none" if borderline else colour, edgecolors=colour, linewidths=0.9, zorder=3)
 
 
-def _symmetric_limit(values: pd.Series, tau: float) -> float:
+def symmetric_limit(values: pd.Series, tau: float) -> float:
     """Half-width of a symmetric axis range holding every value and the ±τ guides."""
     return 1.08 * max(float(np.abs(values).max()) if len(values) else 0.0, 2 * tau)
 
 
-def _category_handles(pair: Pair, heads: pd.DataFrame | None = None) -> list[Line2D]:
+def category_handles(pair: Pair, heads: pd.DataFrame | None = None) -> list[Line2D]:
     """Category legend entries, with head counts when ``heads`` is given."""
     counts = heads["category"].value_counts() if heads is not None else None
     return [
@@ -383,7 +219,8 @@ def _category_handles(pair: Pair, heads: pd.DataFrame | None = None) -> list[Lin
     ]
 
 
-def _robust_handles() -> list[Line2D]:
+def robust_handles() -> list[Line2D]:
+    """Legend entries for the two interval markers (robust: the interval clears τ; borderline: it does not)."""
     return [
         Line2D([], [], marker="o", linestyle="none", color="#444444", label="robust (95% CI beyond τ)"),
         Line2D([], [], marker="o", linestyle="none", color="#444444", markerfacecolor="none",
@@ -404,24 +241,24 @@ def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | 
     with styled(style):
         fig = new_figure(style.width_in, style.width_in * 0.68)
         ax = fig.subplots()
-        _tau_guides(ax, tau)
-        _scatter_heads(ax, shown, family_marker, 22, pair)
+        tau_guides(ax, tau)
+        scatter_heads(ax, shown, family_marker, 22, pair)
         x, y = pair.names
-        ax.set_xlim(-_symmetric_limit(shown[f"delta_{x}"], tau), _symmetric_limit(shown[f"delta_{x}"], tau))
-        ax.set_ylim(-_symmetric_limit(shown[f"delta_{y}"], tau), _symmetric_limit(shown[f"delta_{y}"], tau))
+        ax.set_xlim(-symmetric_limit(shown[f"delta_{x}"], tau), symmetric_limit(shown[f"delta_{x}"], tau))
+        ax.set_ylim(-symmetric_limit(shown[f"delta_{y}"], tau), symmetric_limit(shown[f"delta_{y}"], tau))
         ax.set_xlabel(delta_label(pair, x, unit=delta_unit(shown)))
         ax.set_ylabel(delta_label(pair, y, unit=delta_unit(shown)))
-        family_handles = [
+        markers = [
             Line2D([], [], marker=family_marker(f), linestyle="none", color="#444444", label=f) for f in families
         ]
         weak_box = Patch(facecolor="#EEEEEE", edgecolor="#888888", linestyle="--", label=f"weak box (|Δ| < {tau:g})")
-        fig.legend(handles=_category_handles(pair, shown) + [weak_box], loc="outside right upper",
+        fig.legend(handles=category_handles(pair, shown) + [weak_box], loc="outside right upper",
                    title="Category (heads)")
-        fig.legend(handles=family_handles, loc="outside right center", title="Family")
-        fig.legend(handles=_robust_handles(), loc="outside right lower", title="Interval")
+        fig.legend(handles=markers, loc="outside right center", title="Family")
+        fig.legend(handles=robust_handles(), loc="outside right lower", title="Interval")
         n_models = shown["model"].nunique()
-        _suptitle(fig, f"All {len(shown)} heads of {n_models} model(s): {ablation_label(heads)} ablation, τ = {tau:g}\n"
-                       f"effect on {pair.x.label} vs {pair.y.label}", flagged, flag_verb=verb)
+        figure_title(fig, f"All {len(shown)} heads of {n_models} model(s): {ablation_label(heads)} ablation, "
+                          f"τ = {tau:g}\neffect on {pair.x.label} vs {pair.y.label}", flagged, flag_verb=verb)
     return fig
 
 
@@ -437,8 +274,8 @@ def _grid_layout(heads: pd.DataFrame) -> list[list[str]]:
 def _grid_panel(ax: Axes, rows: pd.DataFrame, tau: float, flagged: bool, limits: tuple[float, float],
                 pair: Pair) -> None:
     """One model's phase-space panel; a flagged model gets a red warning title."""
-    _tau_guides(ax, tau)
-    _scatter_heads(ax, rows, lambda _family: "o", 10, pair)
+    tau_guides(ax, tau)
+    scatter_heads(ax, rows, lambda _family: "o", 10, pair)
     first = rows.iloc[0]
     instruct = ", instruct" if first["tuning"] == INSTRUCT else ""
     title = f"{first['model']} ({format_params(first['n_params'])}{instruct})"
@@ -471,7 +308,7 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
     flagged = flagged_models(heads)
     reference = heads[~heads["model"].isin(flagged)]
     reference = heads if reference.empty else reference
-    limits = tuple(_symmetric_limit(reference[f"delta_{name}"], tau) for name in pair.names)
+    limits = tuple(symmetric_limit(reference[f"delta_{name}"], tau) for name in pair.names)
     width, height = _grid_size(layout, style)
     with styled(style):
         fig = new_figure(width, height)
@@ -493,12 +330,12 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
             axes[r, 0].set_ylabel(family, fontweight="bold", color=family_colour(family))
         fig.supxlabel(delta_label(pair, pair.x.name, hint=False, unit=delta_unit(heads)))
         fig.supylabel(delta_label(pair, pair.y.name, hint=False, unit=delta_unit(heads)))
-        handles = _category_handles(pair) + _robust_handles()
+        handles = category_handles(pair) + robust_handles()
         if free:
             free[0].legend(handles=handles, loc="center")
         else:
             fig.legend(handles=handles, loc="outside right center")
-        _suptitle(fig, f"Heads per model, by family ({ablation_label(heads)} ablation, τ = {tau:g})", flagged)
+        figure_title(fig, f"Heads per model, by family ({ablation_label(heads)} ablation, τ = {tau:g})", flagged)
     return fig
 
 

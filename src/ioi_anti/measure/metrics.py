@@ -1,7 +1,7 @@
 """The task metric, accuracy and bootstrap intervals: the one place they are defined.
 
 A task metric is linear in the END-token logits of a few candidate tokens:
-``m = sum_k weights_k * logits[tokens_k]`` (see :mod:`ioi_anti.prompts` for the weights of
+``m = sum_k weights_k * logits[tokens_k]`` (see :mod:`ioi_anti.tasks.prompts` for the weights of
 IOI and anti-repetition). A head's effect is ``Delta = mean_i(m_ablated_i - m_clean_i) / gap``
 with ``gap = mean_i(m_clean_i - m_reference_i)`` over paired prompts; with
 ``head_ablation.delta: raw`` (the published study's protocol) the gap is left out and Δ is the mean

@@ -15,16 +15,16 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ioi_anti.plotting import (
+from ioi_anti.figures.style import (
     GAP_WARNING,
     FigureStyle,
-    _suptitle,
     ablation_label,
+    figure_title,
     flagged_models,
+    model_order,
     new_figure,
     styled,
 )
-from ioi_anti.report import model_order
 
 MULTI_TASK_COLOUR = "#009E73"  # as "shared" heads of the pair
 ABSENT = "#DDDDDD"
@@ -104,6 +104,6 @@ def task_roles(counts: pd.DataFrame, correlations: pd.DataFrame, tau: float, col
             bars.set_title(f"{model} ({weak} heads strong on no task){flag}", loc="left")
             _matrix(fig.add_subplot(outer[i, 1]), correlations[correlations["model"] == model], tasks, labels,
                     style.font_size)
-        _suptitle(fig, f"Head roles over {len(tasks)} tasks ({ablation_label(counts)} ablation, τ = {tau:g}; solid: "
+        figure_title(fig, f"Head roles over {len(tasks)} tasks ({ablation_label(counts)} ablation, τ = {tau:g}; solid: "
                   "robust on every task of the signature)", flagged_models(counts))
     return fig

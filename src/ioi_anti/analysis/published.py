@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import rowwise_pearson
-from ioi_anti.report import markdown_table
+from ioi_anti.analysis.categories import rowwise_pearson
 
 X, Y = "delta_ioi", "delta_anti"
 KEY = ["layer", "head"]
@@ -127,7 +126,8 @@ def _num(value: float) -> str:
     return "0.0" if value == 0 else f"{value:.3g}"
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
+    """A share as a whole percentage (``–`` where it is not a number), as the audit writes it."""
     return "–" if np.isnan(value) else f"{value:.0%}"
 
 
@@ -145,7 +145,7 @@ def _row(model: str, check: str, count: int, finding: str, value: float = np.nan
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r of two equal-length arrays (:func:`ioi_anti.categories.rowwise_pearson`, the project's one
+    """Pearson r of two equal-length arrays (:func:`ioi_anti.analysis.categories.rowwise_pearson`, the project's one
     correlation); NaN with fewer than 3 points or a constant array."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     return float(rowwise_pearson(x, y)) if len(x) >= 3 else np.nan
@@ -248,7 +248,7 @@ def _zero_fill_checks(model: str, rows: pd.DataFrame) -> list[dict]:
                     value=r_measured))
     share = zero_fill_share(rows)
     out.append(_row(model, "zero_fill_covariance_share", filled.sum(),
-                    f"The {filled.sum()} zero-filled rows of {model} contribute {_percent(share)} of the covariance "
+                    f"The {filled.sum()} zero-filled rows of {model} contribute {percent(share)} of the covariance "
                     "sum Σ(x−x̄)(y−ȳ) of delta_ioi and delta_anti over all its rows (means over all rows).",
                     value=share))
     return out
@@ -400,155 +400,3 @@ def audit_published(per_head: pd.DataFrame, correlations: pd.DataFrame, categori
     out += _repeated_value_checks(per_head, models, architectures)
     out += _task_checks()
     return pd.DataFrame(out, columns=COLUMNS)
-
-
-def _kind(check: str) -> str:
-    return check.split(":")[0]
-
-
-def _listing(rows: pd.DataFrame) -> str:
-    return ", ".join(f"{r.model} {r.count}" for r in rows.itertuples(index=False)) or "none"
-
-
-def _nonzero(rows: pd.DataFrame) -> pd.Series:
-    return rows["count"] > 0
-
-
-def _every(rows: pd.DataFrame) -> pd.Series:
-    return pd.Series(True, index=rows.index)
-
-
-def _overall_or_nonzero(rows: pd.DataFrame) -> pd.Series:
-    return (rows["model"] == "all") | (rows["count"] > 0)
-
-
-def _unknown_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return f"Models without a known architecture (rows): {_listing(rows)}."
-
-
-def _impossible_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return f"Rows naming a head the model does not have: {rows['count'].sum()} ({_listing(rows[_nonzero(rows)])})."
-
-
-def _duplicate_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return (f"{rows['count'].sum()} extra rows repeat a listed (model, layer, head); {int(rows['value'].sum())} "
-            "repeated heads disagree in value.")
-
-
-def _listed_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return (f"Between {_percent(rows['value'].min())} and {_percent(rows['value'].max())} of a model's heads are "
-            "listed.")
-
-
-def _zero_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    n_rows = audit.loc[audit["check"] == "correlation_recomputed", "count"].sum()
-    return " ".join(f"{check.split(':')[1]} = 0.0 in {group['count'].sum()} of {n_rows} rows."
-                    for check, group in rows.groupby("check", sort=False))
-
-
-def _repeat_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return " ".join(f"{r.check.split(':')[1]}: {r.count} ({r.examples or 'none'})."
-                    for r in rows[rows["model"] == "all"].itertuples(index=False))
-
-
-def _recomputed_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    matches = (rows["value"] - rows["published"]).abs() <= MATCH_ATOL
-    return f"It equals the published r (within {MATCH_ATOL:g}) in {int(matches.sum())} of {len(rows)} models."
-
-
-def _without_fill_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    with_fill = audit[audit["check"] == "correlation_recomputed"].set_index("model")["value"]
-    flips = (np.sign(rows["value"]) * np.sign(rows["model"].map(with_fill)) < 0).sum()
-    return (f"It is computable in {int(rows['value'].notna().sum())} of {len(rows)} models, and its sign differs "
-            f"from that of the published-rows r in {int(flips)}.")
-
-
-def _share_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return f"It ranges from {_percent(rows['value'].min())} to {_percent(rows['value'].max())} across models."
-
-
-def _category_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return f"{int(_nonzero(rows).sum())} of {len(rows)} models have a count that differs."
-
-
-def _denominator_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    rows_only = int((rows["count"] == rows["value"]).sum())
-    return (f"The published total equals the number of listed rows in {rows_only} of {len(rows)} models"
-            + (", so there 'weak' leaves out every head that is not in a top-k list." if rows_only else "."))
-
-
-def _task_words(rows: pd.DataFrame, audit: pd.DataFrame) -> str:
-    return " ".join(rows["finding"])
-
-
-@dataclass(frozen=True)
-class CheckKind:
-    """How :func:`audit_words` writes one check kind: what it checks and why, the measured numbers in words
-    (from its rows and the whole audit), and which of its rows the table shows."""
-
-    intro: str
-    measured: Callable[[pd.DataFrame, pd.DataFrame], str]
-    shown: Callable[[pd.DataFrame], pd.Series]
-
-
-CHECK_KINDS: dict[str, CheckKind] = {
-    "architecture_unknown": CheckKind(
-        "Rows of a model with no known architecture cannot be checked against its layers and heads.",
-        _unknown_words, _every),
-    "impossible_heads": CheckKind(
-        "A row whose layer or head lies outside the model's public architecture cannot be a measurement of that "
-        "model.", _impossible_words, _nonzero),
-    "duplicate_rows": CheckKind(
-        "A (model, layer, head) listed twice counts one head twice in every figure and category.",
-        _duplicate_words, _nonzero),
-    "heads_listed": CheckKind(
-        "Distinct valid heads listed per model; the value is the fraction of all the model's heads.",
-        _listed_words, _every),
-    "zero_filled": CheckKind(
-        "A delta of exactly 0.0 is what the published join writes for a head missing from one task's top-k list, "
-        "not a measurement; the value is the share of the model's rows.", _zero_words, _nonzero),
-    "repeated_values": CheckKind(
-        "Measurements of different models are not expected to agree to the last bit; a nonzero value found in two "
-        "or more models points to values carried from one model's table into another's.",
-        _repeat_words, _overall_or_nonzero),
-    "repeated_column": CheckKind(
-        "A model whose whole sorted nonzero column equals another model's has no values of its own for that task.",
-        _repeat_words, _overall_or_nonzero),
-    "correlation_recomputed": CheckKind(
-        "Pearson r of delta_ioi and delta_anti recomputed over each model's published rows, zero fill included, "
-        "against the published correlation.", _recomputed_words, _every),
-    "correlation_without_zero_fill": CheckKind(
-        "The same r over the rows where both deltas are nonzero, that is without the join's zero fill.",
-        _without_fill_words, _every),
-    "zero_fill_covariance_share": CheckKind(
-        "The share of the correlation carried by zero-filled rows: their part of the covariance sum "
-        "Σ(x−x̄)(y−ȳ) over all rows, with the means of all rows (1 = they alone make it).",
-        _share_words, _every),
-    "categories_recomputed": CheckKind(
-        "Head categories (strong = |delta| ≥ τ) recomputed from the published rows against the published summary; "
-        "count = how many of the four counts differ, value/published = n_shared.", _category_words, _every),
-    "weak_denominator": CheckKind(
-        "What the four published counts add up to (count), against the listed rows (value) and the model's heads.",
-        _denominator_words, _every),
-    "task_definition": CheckKind(
-        "What each published prompt form measures, judged from where its two candidates occur, against "
-        "design.md's definitions.", _task_words, _every),
-}
-
-
-def audit_words(audit: pd.DataFrame) -> str:
-    """The audit as a Markdown section: per check kind, what it checks, the measured numbers, and a table of
-    the rows that show it."""
-    parts = ["## The published tables, audited", ""]
-    kinds = audit.assign(kind=audit["check"].map(_kind))
-    for name, spec in CHECK_KINDS.items():
-        rows = kinds[kinds["kind"] == name]
-        if rows.empty:
-            continue
-        parts += [f"**{name.replace('_', ' ').capitalize()}.** {spec.intro} {spec.measured(rows, audit)}", ""]
-        shown = rows[spec.shown(rows)]
-        if not shown.empty:
-            columns = ["model", *(["check"] if rows["check"].nunique() > 1 else []),
-                       "count", "value", "published", "examples"]
-            parts += [markdown_table(shown[columns], float_format="{:.3g}"), ""]
-    return "\n".join(parts)

@@ -34,19 +34,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ioi_anti.ablation import (
+from ioi_anti.measure.ablation import (
     AblationValues,
     CleanPass,
     clean_pass,
     end_candidates,
     make_groups,
     run_blocks,
-    task_metric,
     variant_metrics,
     z_hook_name,
 )
-from ioi_anti.models import LoadedModel
-from ioi_anti.precision import at_least_float32
+from ioi_anti.measure.metrics import task_metric
+from ioi_anti.models.loading import LoadedModel
+from ioi_anti.models.precision import at_least_float32
 
 QKV = ("q", "k", "v")
 

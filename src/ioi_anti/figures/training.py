@@ -1,7 +1,7 @@
 """Roles across training: figures for runs that hold several checkpoints of one model.
 
 A run names checkpoints as ``<registry id>@<revision>`` (``pythia-160m@step3000``); every table keys
-them by that model id, and :func:`ioi_anti.checkpoints.parse_model_id` recovers the registry entry
+them by that model id, and :func:`ioi_anti.models.checkpoints.parse_model_id` recovers the registry entry
 and the training step. A *series* is a registry entry with at least two checkpoints whose revision
 names a step; only series are drawn here, and a run without one draws nothing.
 """
@@ -13,9 +13,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ioi_anti.categories import PAPER_PAIR, Pair
-from ioi_anti.checkpoints import parse_model_id
-from ioi_anti.plotting import FigureStyle, ablation_label, new_figure, styled
+from ioi_anti.analysis.categories import PAPER_PAIR, Pair
+from ioi_anti.figures.style import FigureStyle, ablation_label, new_figure, styled
+from ioi_anti.models.checkpoints import parse_model_id
 
 SERIES_STYLES = ("-", "--", ":", "-.")
 

@@ -1,6 +1,6 @@
 """Every setting of a run checked before any model loads, with one message that lists every problem.
 
-Called by :class:`ioi_anti.hooks.RunGuard` before a pipeline runs, whichever pipeline it is, so a
+Called by :class:`ioi_anti.run.hooks.RunGuard` before a pipeline runs, whichever pipeline it is, so a
 mistake in τ or in a hero-head name costs seconds, not the hours of a sweep that precedes its use.
 The parameter files of ``conf/base`` are the schema: a key they do not have is a typo (the error
 names the nearest known key), except under the maps whose keys are the user's own (model ids,
@@ -18,14 +18,16 @@ from typing import Any
 import torch
 
 from ioi_anti import execution
-from ioi_anti.ablation import ABLATIONS
-from ioi_anti.categories import pair_of, validate_tau
-from ioi_anti.hero import check_named_heads, parse_head
-from ioi_anti.metrics import DELTA_UNITS
-from ioi_anti.models import ModelConfigError, ModelSpec, ModelUnavailableError, check_available, model_grid
-from ioi_anti.plotting import FigureStyle
-from ioi_anti.precision import PRECISIONS
-from ioi_anti.sweep import MODES
+from ioi_anti.analysis.categories import pair_of, validate_tau
+from ioi_anti.figures.style import FigureStyle
+from ioi_anti.hero.effects import check_named_heads, parse_head
+from ioi_anti.measure.ablation import ABLATIONS
+from ioi_anti.measure.metrics import DELTA_UNITS
+from ioi_anti.measure.partitions import MODES
+from ioi_anti.models.loading import model_grid
+from ioi_anti.models.precision import PRECISIONS
+from ioi_anti.models.sources import check_available
+from ioi_anti.models.spec import ModelConfigError, ModelSpec, ModelUnavailableError
 from ioi_anti.tasks import Task, TaskError, load_tasks
 
 logger = logging.getLogger(__name__)

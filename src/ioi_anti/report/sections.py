@@ -1,25 +1,15 @@
-"""The Markdown report: the models compared, figures, run settings, baseline, strong-head and correlation
-tables, warnings.
-
-Tables are written by :func:`markdown_table` rather than ``DataFrame.to_markdown``, which needs the
-optional ``tabulate`` package (not a project dependency); a pipe table needs no more than this.
+"""The report's sections: the models compared, figures, run settings, baseline, strong-head and
+correlation tables, task roles, attribution, training, screening, hero heads and warnings.
 """
-
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from markdown_it import MarkdownIt
 
-from ioi_anti.categories import PAPER_PAIR, WEAK, Pair, default_tau_rows, table_tasks
-from ioi_anti.metrics import delta_unit_words
-from ioi_anti.plotting import (
-    FAMILY_ORDER,
+from ioi_anti.analysis.categories import PAPER_PAIR, WEAK, Pair, default_tau_rows, table_tasks
+from ioi_anti.figures.style import (
     GAP_WARNING,
     INSTRUCT,
     TUNING_WORDS,
@@ -27,55 +17,24 @@ from ioi_anti.plotting import (
     delta_unit,
     flagged_models,
     format_params,
+    model_order,
 )
-from ioi_anti.precision import precision_words
-from ioi_anti.routes import REMAINDER, route_names, shared_hero_answers
-from ioi_anti.training_plots import series, with_steps
-
-NOT_RECORDED = "not recorded"
-LAYER_HISTS_DIR = "layer_hists"
-TRAINING_DIR = "training"
-DECOMPOSITION_DIR = "hero_decomposition"
-KNOWN_METADATA = ("models", "seed", "ablation", "delta", "versions", "device",
-                  "model_config")  # model_config: shown in the Models line, from the per-head table
-
-
-@dataclass(frozen=True)
-class FigureEntry:
-    """A figure dataset: its catalog name, file name under the reporting folder, and what it shows."""
-
-    dataset: str
-    file_name: str
-    caption: str
-
-
-FIGURES = (
-    FigureEntry(
-        "corr_vs_scale_cross_family_plot", "corr_vs_scale_cross_family.png",
-        "Pearson (left) and Spearman (right) correlation of {dx} with {dy} over all heads of each model "
-        "against parameter count, with bootstrap intervals over heads: a line joins the sizes of a family, a "
-        "family of one size is a lone marker, and hollow markers are instruction-tuned models (families are "
-        "offset by a few % on the log x axis so equal sizes do not overlap); the numbers are in "
-        "`corr_vs_scale_cross_family.csv`.",
-    ),
-    FigureEntry(
-        "strong_head_scaling_plot", "strong_head_scaling.png",
-        "Number (top) and share (bottom) of {x_only}, {y_only} and shared heads at the default τ against "
-        "parameter count, marker per family, a line through the sizes of a family (a lone marker for one size); "
-        "hollow markers on dotted lines count the robust subset whose 95% interval clears τ, and the legend "
-        "says which families are base or instruction-tuned when the run has instruction-tuned models.",
-    ),
-    FigureEntry(
-        "all_heads_phase_space_plot", "all_heads_phase_space.png",
-        "{dx} against {dy} for every head of every model with a positive gap, coloured by category at "
-        "the default τ, marker per family, with the ±τ lines and the shaded weak box; hollow markers are "
-        "borderline heads whose interval crosses τ.",
-    ),
-    FigureEntry(
-        "family_grid_plot", "family_grid.png",
-        "The same phase space with one panel per model, a row per family, on shared axes; instruction-tuned "
-        "models say `instruct` in their panel title.",
-    ),
+from ioi_anti.figures.training import series, with_steps
+from ioi_anti.hero.routes import REMAINDER, route_names, shared_hero_answers
+from ioi_anti.measure.metrics import delta_unit_words
+from ioi_anti.models.precision import precision_words
+from ioi_anti.report.markdown import INTERACTIVE_MARK, markdown_table, percent_text, with_interval
+from ioi_anti.report.registry import (
+    DECOMPOSITION_DIR,
+    FIGURES,
+    HERO_FIGURES,
+    KNOWN_METADATA,
+    LAYER_HISTS_DIR,
+    NOT_RECORDED,
+    TASK_ROLES_FIGURE,
+    TRAINING_DIR,
+    decomposition_key,
+    layer_hist_key,
 )
 
 
@@ -87,42 +46,6 @@ def pair_words(pair: Pair) -> dict[str, str]:
             "y_only": y_only, "x": pair.x.label, "y": pair.y.label}
 
 
-def layer_hist_key(model: str) -> str:
-    """Partition name (file stem) of a model's layer histogram, safe as a file name."""
-    return "layer_hist_" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-
-
-def decomposition_key(model: str) -> str:
-    """Partition name (file stem) of a model's hero-decomposition figure, safe as a file name."""
-    return "hero_decomposition_" + re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-
-
-def _cell(value: Any, float_format: str) -> str:
-    """A table cell: floats formatted, NaN as an en dash, pipes escaped."""
-    if isinstance(value, float | np.floating):
-        return "–" if np.isnan(value) else float_format.format(value)
-    return str(value).replace("|", r"\|")
-
-
-def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
-    """A GitHub-flavoured Markdown pipe table of ``frame`` (index dropped)."""
-    header = "| " + " | ".join(_cell(c, float_format) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(_cell(v, float_format) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
-
-
-def with_interval(value: float, low: float, high: float, float_format: str = "{:.3f}") -> str:
-    """``value [low, high]`` as text."""
-    return f"{_cell(value, float_format)} [{_cell(low, float_format)}, {_cell(high, float_format)}]"
-
-
-def model_order(table: pd.DataFrame) -> list[str]:
-    """Models by family (canonical order) and then size."""
-    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
-    models = table.groupby("model")[["family", "n_params"]].first()
-    models["rank"] = models["family"].map(rank).fillna(len(rank))
-    return list(models.sort_values(["rank", "n_params"]).index)
 
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
@@ -304,9 +227,6 @@ def baseline_section(baseline: pd.DataFrame) -> str:
     ])
 
 
-INTERACTIVE_MARK = "<!-- interactive phase space -->"
-
-
 def _image(images: Mapping[str, str], key: str, alt: str) -> list[str]:
     """A Markdown image line for ``key`` when its source is known (nothing otherwise)."""
     return [f"![{alt}]({images[key]})", ""] if key in images else []
@@ -379,13 +299,6 @@ def correlation_section(corr: pd.DataFrame, pair: Pair = PAPER_PAIR) -> str:
         "",
         markdown_table(table),
     ])
-
-
-TASK_ROLES_FIGURE = FigureEntry(
-    "task_roles_plot", "task_roles.png",
-    "Per model: strong heads per role signature at the default τ (UpSet-style: each bar a set of tasks, the "
-    "dots below name them; solid: heads robust on every task of the set), and the Pearson correlation of Δ "
-    "between every pair of tasks over all heads, with bootstrap intervals.")
 
 
 def _score_lines(heads: pd.DataFrame, score: str) -> list[str]:
@@ -538,8 +451,8 @@ def build_report(
     """The whole Markdown report (with the hero-heads section when its tables are given, the roles over
     every task when ``roles`` (signature counts, task correlations) are, the figures themselves where
     ``images`` gives their sources, and ``published``: the run beside the published results, after the
-    comparison of models, and the audit of the published tables, last (:mod:`ioi_anti.against_published`,
-    :mod:`ioi_anti.published`)); categories, correlations and heroes are those of ``pair``."""
+    comparison of models, and the audit of the published tables, last (:mod:`ioi_anti.analysis.against_published`,
+    :mod:`ioi_anti.analysis.published`)); categories, correlations and heroes are those of ``pair``."""
     heads, tau = default_tau_rows(head_categories)
     warnings = warnings_section(baseline, heads)
     sections = [
@@ -562,28 +475,6 @@ def build_report(
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-HERO_FIGURES = (
-    FigureEntry("hero_dose_response_plot", "hero_dose_response.png",
-                "Δ of both tasks as each hero head's z is moved step by step from clean (α = 0) to its ablation "
-                "value (α = 1), with bootstrap bands over prompts."),
-    FigureEntry("hero_topk_plot", "hero_topk.png",
-                "Δ of both tasks when the top-k heads of each category are ablated together, k = 1..K: how much "
-                "of each behaviour the category carries."),
-    FigureEntry("hero_paths_plot", "hero_paths.png",
-                "Path patching: each hero head's total effect, its direct effect on the logits, all paths at "
-                "once (a check: equals the total), and its effect routed through the query, key or value input "
-                "of the most involved downstream heads."),
-    FigureEntry("hero_attention_plot", "hero_attention.png",
-                "Mean attention from END of each hero head to the positions each task names (IOI: the IO, S1 and "
-                "S2 names; anti-repetition: the in-context list items; induction: the token after the earlier "
-                "occurrence)."),
-)
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.0f} %" if np.isfinite(value) else "n/a"
-
-
 def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[str, str],
                    pair: Pair = PAPER_PAIR) -> list[str]:
     """Where each hero's effect goes (verdicts and route shares), the shared heroes' answers, the figures."""
@@ -599,7 +490,7 @@ def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[s
     routes = route_names(pair)
     shown = hero_routes.assign(
         total=[with_interval(r.total, r.total_low, r.total_high) for r in hero_routes.itertuples()],
-        **{route: hero_routes[route].map(_percent) for route in (*routes, REMAINDER)})
+        **{route: hero_routes[route].map(percent_text) for route in (*routes, REMAINDER)})
     lines += [markdown_table(shown[["model", "hero", "category", "task", "total", "verdict", *routes, REMAINDER]]), ""]
     answers = shared_hero_answers(hero_routes, pair)
     lines += ["**Do shared heroes do both jobs themselves, or route into other heads?**", ""]
@@ -645,26 +536,3 @@ def hero_section(heroes: pd.DataFrame, paths: pd.DataFrame, attention: pd.DataFr
         lines += _image(images or {}, fig.dataset, fig.file_name)
         lines += [f"- `{fig.file_name}` (dataset `{fig.dataset}`, in `{output_dir}/`): {fig.caption}", ""]
     return "\n".join(lines).rstrip()
-
-
-HTML_STYLE = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
-th { background: #f3f3f3; }
-img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
-code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
-blockquote { border-left: 4px solid #b00000; margin: 1em 0; padding: 0.2em 1em; background: #fff4f4; }
-"""
-
-
-def html_report(markdown: str, interactive_html: str, title: str = "ioi-anti report") -> str:
-    """One self-contained HTML page from the report's Markdown (images as data URIs) with the
-    interactive figure's HTML (plotly.js inlined) in place of :data:`INTERACTIVE_MARK`."""
-    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
-    if INTERACTIVE_MARK not in body:
-        raise ValueError("The report has no place for the interactive phase space.")
-    body = body.replace(INTERACTIVE_MARK, f'<div class="interactive">{interactive_html}</div>', 1)
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")

@@ -1,4 +1,4 @@
-"""Where a hero head's effect goes: its decomposition over first readers (:func:`ioi_anti.hero.decompose`)
+"""Where a hero head's effect goes: its decomposition over first readers (:func:`ioi_anti.hero.effects.decompose`)
 summed into routes, with a verdict per hero and task. Tables only (no torch), so reports and tests
 can use them without a model.
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import PAPER_PAIR, SHARED, Pair
-from ioi_anti.metrics import interval
+from ioi_anti.analysis.categories import PAPER_PAIR, SHARED, Pair
+from ioi_anti.measure.metrics import interval
 
 DIRECT, MLPS, REMAINDER = "direct", "MLPs", "remainder"
 ACTS_DIRECTLY = "acts directly"

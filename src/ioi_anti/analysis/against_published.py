@@ -19,9 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ioi_anti.categories import Pair
-from ioi_anti.published import join_top_k, pearson
-from ioi_anti.report import markdown_table
+from ioi_anti.analysis.categories import Pair
+from ioi_anti.analysis.published import join_top_k, pearson
 
 COUNTS = ("x_only", "y_only", "shared", "weak")
 PUBLISHED_COUNTS = ("n_ioi_only", "n_anti_only", "n_shared", "n_weak")
@@ -108,75 +107,3 @@ def compare_heroes(heads: pd.DataFrame, published_heroes: pd.DataFrame, pair: Pa
                          "delta_x": row[x] if found else np.nan, "delta_y": row[y] if found else np.nan,
                          "category": row["category"] if found else "not in the model"})
     return pd.DataFrame(rows, columns=HERO_COLUMNS)
-
-
-def published_protocol(metadata: Mapping[str, object], pair: Pair) -> bool:
-    """Whether the run measured the way the published tables were made (``--env paper_protocol``)."""
-    return (pair.names == ("paper_ioi", "paper_anti") and metadata.get("ablation") == "zero"
-            and metadata.get("delta") == "raw")
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return "–" if pd.isna(value) else f"{value:.{digits}f}"
-
-
-def side_by_side_words(models: pd.DataFrame, heroes: pd.DataFrame, metadata: Mapping[str, object], pair: Pair,
-                       tau: float) -> str:
-    """The report's section "Against the published results": what the published top-k shortcut does to
-    every model's r, then, for the models the study published, the published numbers beside the run's."""
-    if models.empty:
-        return ""
-    shortcut = pd.DataFrame({
-        "model": models["model"],
-        "r over every head [CI]": [f"{_number(r.r)} [{_number(r.r_low, 2)}, {_number(r.r_high, 2)}]"
-                                   for r in models.itertuples()],
-        "k": models["top_k"].astype(int),
-        "r over the top-k union, zero-filled": models["r_top_k_zero_fill"].map(_number),
-    })
-    lines = [
-        "## Against the published results", "",
-        "The published correlations are over the union of each task's top-k heads (most negative Δ), with 0.0 "
-        "written for a head missing from one list; this project measures every head for both tasks. The same "
-        "shortcut on this run's own table shows what it alone does to r (k: as many heads per task as the "
-        "published table lists for the model, else the published scans' top-k):", "",
-        markdown_table(shortcut),
-    ]
-    published = models[models["published_model"].notna()]
-    if published.empty:
-        lines += ["", "No model of this run is one the study published (`published.names`); the published "
-                  "numbers themselves are compared in a run of the paper's models, with the Hub "
-                  "(`kedro run --env paper_protocol --config conf/paper_protocol/hub_models.yml`)."]
-        return "\n".join(lines)
-    protocol = ("This run used the published protocol (the published prompt forms, zero ablation, raw Δ), so "
-                "its numbers and the published ones measure the same thing." if published_protocol(metadata, pair)
-                else f"This run did not use the published protocol (its pair is {pair.x.label} and {pair.y.label}, "
-                     f"{metadata.get('ablation', '?')} ablation, {metadata.get('delta', 'normalised')} Δ): the "
-                     "correlations and counts are comparable in kind, the Δ values only under "
-                     "`--env paper_protocol`.")
-    table = pd.DataFrame({
-        "model": published["model"],
-        "r over every head": published["r"].map(_number),
-        "r published": published["r_published"].map(_number),
-        "r, published shortcut on this run": published["r_top_k_zero_fill"].map(_number),
-        f"Δ vs published Δ, {pair.x.short} (heads)": [f"{_number(r.listed_pearson_x)} ({r.n_listed_x:.0f})"
-                                                      for r in published.itertuples()],
-        f"Δ vs published Δ, {pair.y.short} (heads)": [f"{_number(r.listed_pearson_y)} ({r.n_listed_y:.0f})"
-                                                      for r in published.itertuples()],
-    })
-    counts = pd.DataFrame({"model": published["model"], **{
-        category: [f"{getattr(r, f'n_{key}')} / {_number(getattr(r, f'n_published_{key}'), 0)}"
-                   for r in published.itertuples()] for key, category in zip(COUNTS, pair.categories, strict=True)}})
-    lines += [
-        "", protocol, "",
-        "The models the study published: this run's r beside the published r and the shortcut's, and Pearson r "
-        "between this run's Δ and the published Δ over the heads the published table lists with a measured "
-        "(nonzero) value.", "", markdown_table(table), "",
-        f"Heads per category at τ = {tau:g}: this run (every head) / published (listed heads only).", "",
-        markdown_table(counts),
-    ]
-    if not heroes.empty:
-        shown = heroes.assign(head=[f"L{r.layer}H{r.head}" for r in heroes.itertuples()])
-        shown = shown[["model", "head", "published_category", "published_delta_x", "published_delta_y",
-                       "category", "delta_x", "delta_y"]]
-        lines += ["", "The published hero heads in this run:", "", markdown_table(shown)]
-    return "\n".join(lines)

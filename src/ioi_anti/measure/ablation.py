@@ -33,9 +33,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ioi_anti.metrics import task_accuracy, task_metric
-from ioi_anti.models import LoadedModel
-from ioi_anti.precision import at_least_float32
+from ioi_anti.measure.metrics import task_accuracy, task_metric
+from ioi_anti.models.loading import LoadedModel
+from ioi_anti.models.precision import at_least_float32
 
 ABLATIONS = ("mean", "zero", "resample")
 

@@ -1,9 +1,9 @@
 """Project hooks: check every setting before work starts, keep one run at a time, never mix runs.
 
 :class:`RunGuard` is registered in ``settings.py``. Before a pipeline runs it validates all settings
-(:mod:`ioi_anti.validation`) and takes the project's run lock; while it runs, it stamps each saved
+(:mod:`ioi_anti.run.validation`) and takes the project's run lock; while it runs, it stamps each saved
 table with the id of the settings it was computed from and checks each loaded table's stamp against
-the current settings (:mod:`ioi_anti.run_settings`). Hooks, not node code, because the same checks
+the current settings (:mod:`ioi_anti.run.stages`). Hooks, not node code, because the same checks
 must hold for every pipeline and every way of running one.
 """
 
@@ -16,17 +16,18 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import find_pipelines
 
-from ioi_anti import execution, run_settings
-from ioi_anti.models import release_models
-from ioi_anti.validation import check_named_hero_grids, validate_settings
+from ioi_anti import execution
+from ioi_anti.models.loading import release_models
+from ioi_anti.run import stages as run_settings
+from ioi_anti.run.validation import check_named_hero_grids, validate_settings
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"
@@ -133,10 +134,10 @@ class RunGuard:
         validate_settings(params, base_schema(project / "conf"))
         check_named_hero_grids(params)
         self.ids, full = run_settings.stage_ids(params)
-        # Every stage's outputs, built from the pipeline modules: Kedro's registry holds only the
-        # pipelines a `kedro run --pipeline X` asked for.
-        self.stage_of = {name: stage for stage in run_settings.STAGES
-                         for name in import_module(f"ioi_anti.pipelines.{stage}").create_pipeline().all_outputs()}
+        # Every stage's outputs, from Kedro's discovery of the project's pipelines: its registry holds only
+        # the pipelines a `kedro run --pipeline X` asked for.
+        found = find_pipelines(raise_errors=True)
+        self.stage_of = {name: stage for stage in run_settings.STAGES for name in found[stage].all_outputs()}
         self.lock = RunLock(project / "data")
         self.lock.acquire()
         record_dir = project / "data" / SETTINGS_DIR

@@ -1,4 +1,4 @@
-"""Figures of the hero-head case studies (same style and palette as :mod:`ioi_anti.plotting`).
+"""Figures of the hero-head case studies (same style and palette as :mod:`ioi_anti.figures.style`).
 
 Each figure has one panel per hero head (or per model and category), shared axis labels and a task
 legend below the panels, so that no legend sits on data.
@@ -19,9 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ioi_anti.categories import PAPER_PAIR, Pair
-from ioi_anti.plotting import FigureStyle, new_figure, styled
-from ioi_anti.routes import DIRECT, MLPS, REMAINDER, head_route, route_names
+from ioi_anti.analysis.categories import PAPER_PAIR, Pair
+from ioi_anti.figures.style import FigureStyle, new_figure, styled
+from ioi_anti.hero.routes import DIRECT, MLPS, REMAINDER, head_route, route_names
 
 DELTA_LABEL = "Δ (fraction of task gap; logits in a raw-Δ run)"
 NO_HEROES = "no hero heads in this run\n(no head's interval clears τ)"

@@ -2,7 +2,7 @@
 
 Each pipeline is a *stage*; a stage's id hashes the settings that can change its numbers and the
 ids of the stages it reads, so a change of prompts changes every id after data generation, and a
-change of τ only those of categorisation and what follows. :class:`ioi_anti.hooks.RunGuard` stamps
+change of τ only those of categorisation and what follows. :class:`ioi_anti.run.hooks.RunGuard` stamps
 the id into every table a node saves (column ``settings_id``; key ``settings_id`` of a JSON record)
 and checks the stamps of every table a node loads against the ids of the current settings, so a
 report can never describe one run while showing another's numbers. Resumable partitions are not
@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ioi_anti.sweep import numeric_runtime
+from ioi_anti.measure.partitions import numeric_runtime
 
 COLUMN = "settings_id"
 STAGES = ("data_generation", "head_ablation", "categorisation", "hero_heads", "reporting")
