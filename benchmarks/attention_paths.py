@@ -20,7 +20,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from torch import Tensor
 
 from ioi_anti.hero.effects import parse_head
@@ -29,6 +28,7 @@ from ioi_anti.measure.metrics import task_metric
 from ioi_anti.measure.sweep import ModelSweep
 from ioi_anti.models.loading import LoadedModel
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.run.validation import project_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -80,15 +80,15 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("heads", nargs="+", help="heads as L<layer>H<head>")
     args = parser.parse_args()
-    base = yaml.safe_load((ROOT / "conf" / "base" / "parameters.yml").read_text())
-    spec = ModelSpec.from_registry(args.model, base["model_registry"])
+    settings = project_settings(ROOT / "conf")
+    spec = ModelSpec.from_registry(args.model, settings.model_registry)
     tokens = pd.read_parquet(DATA / "05_model_input" / "tokenised_prompts" / f"{args.model}.parquet")
     per_head = pd.read_parquet(sorted(DATA.glob("07_model_output/per_head.parquet/*/per_head.parquet"))[-1])
     per_head = per_head[per_head["model"] == args.model].set_index(["layer", "head"])
     if per_head.empty:
         raise ValueError(f"No per-head rows of {args.model} in the latest per_head table: run `kedro run` first.")
     gaps = {task: float(per_head[f"gap_{task}"].iloc[0]) for task in ("ioi", "anti")}
-    sweep = ModelSweep(spec, tokens, base["runtime"] | {"device": "cpu"}, "mean", base["seed"])
+    sweep = ModelSweep(spec, tokens, settings.runtime.model_copy(update={"device": "cpu"}), "mean", settings.seed)
     print(f"{args.model}, default prompts, mean ablation; Δ in units of the task gap.\n")
     print("| head | task | exact Δ | later patterns frozen | next 3 layers' patterns frozen | attribution |\n"
           "|---|---|---|---|---|---|")

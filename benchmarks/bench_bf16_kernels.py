@@ -23,15 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 from bench_precision import measure
-from bench_screen import _conf, default_prompts
+from bench_screen import default_prompts
 from compare_runs import flips
 
 from ioi_anti.models.loading import load_tokenizer, release_models
 from ioi_anti.models.spec import ModelSpec
 from ioi_anti.report.markdown import markdown_table
+from ioi_anti.run.validation import project_settings
 from ioi_anti.tasks import PAIR as TASKS
 from ioi_anti.tasks import prompts as P
 
+ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"AMX": None, "AVX-512 BF16": "AVX512_CORE_BF16"}
 """Each kernel family and the ``ONEDNN_MAX_CPU_ISA`` that selects it (None: oneDNN's own choice)."""
 
@@ -44,26 +46,26 @@ def has_amx() -> bool:
 
 def sweep_tables(models: list[str], out: Path) -> None:
     """Every model's mixed-bfloat16 per-head table on the default prompts, saved to ``out``."""
-    base = _conf("parameters.yml")
-    registry, runtime = base["model_registry"], base["runtime"] | {"device": "cpu"}
-    params = _conf("parameters_head_ablation.yml")["head_ablation"]
-    specs = [ModelSpec.from_registry(m, registry) for m in models]
-    prompts = default_prompts(specs, _conf("parameters_data_generation.yml")["data_generation"], base["seed"])
+    settings = project_settings(ROOT / "conf")
+    runtime = settings.runtime.model_copy(update={"device": "cpu"})
+    specs = [ModelSpec.from_registry(m, settings.model_registry) for m in models]
+    prompts = default_prompts(specs, settings.data_generation)
     tables = []
     for spec in specs:
         tokens = P.tokenise_prompts(prompts, load_tokenizer(spec), spec.prepend_bos)
-        tables.append(measure(spec, tokens, runtime, "bfloat16", None, params, base["seed"])[0])
+        tables.append(measure(spec, tokens, runtime, "bfloat16", None, settings.head_ablation, settings.seed)[0])
         release_models()
     pd.concat(tables, ignore_index=True).to_parquet(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=_conf("parameters.yml")["models"])
+    parser.add_argument("--models", nargs="+", default=None, help="model ids (default: the run's `models`)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # a child process: one kernel family
     args = parser.parse_args()
+    models = args.models or project_settings(ROOT / "conf").models
     if args.one is not None:
-        sweep_tables(args.models, args.one)
+        sweep_tables(models, args.one)
         return
     if not has_amx():
         print("This CPU has no AMX (no amx_bf16 in /proc/cpuinfo): there is only one kernel family to measure.")
@@ -74,11 +76,11 @@ def main() -> None:
             env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
             env |= {} if isa is None else {"ONEDNN_MAX_CPU_ISA": isa}
             out = Path(folder) / f"{name}.parquet"
-            subprocess.run([sys.executable, __file__, "--one", str(out), "--models", *args.models], env=env, check=True)
+            subprocess.run([sys.executable, __file__, "--one", str(out), "--models", *models], env=env, check=True)
             tables[name] = pd.read_parquet(out)
     amx, avx = tables.values()
     rows, notes = [], []
-    for model in args.models:
+    for model in models:
         a, b = (t[t["model"] == model].reset_index(drop=True) for t in (amx, avx))
         for task in TASKS:
             diff = (a[f"delta_{task}"] - b[f"delta_{task}"]).abs()

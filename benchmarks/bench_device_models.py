@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoConfig, GPTNeoXConfig, OPTConfig
 
 from ioi_anti.measure.ablation import ablated_layer_metrics, clean_pass, reference_layer_metrics
 from ioi_anti.measure.sweep import ModelSweep
 from ioi_anti.models.loading import LoadedModel, load_tokenizer, resolve_device, wrap_model
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import Runtime
+from ioi_anti.run.validation import project_settings
 from ioi_anti.tasks import PAIR as TASKS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,9 @@ ARCHITECTURES: dict[str, tuple[str, Any]] = {
     "pythia-1b": ("pythia", _pythia(16, 8, 2048)),
 }
 CHECKED = ("pythia-70m", "gpt2", "gpt-neo-125m", "opt-125m")  # fast vs naive at every layer
-RUNTIME = {"device": "auto", "dtype": "float32", "max_batch": 64, "max_rows": 512}
+# The benchmark's own runtime (its models are given loaded, so keep_loaded_gb does not apply), in process.
+RUNTIME = Runtime(device="auto", dtype="float32", tf32=False, max_batch=64, max_rows=512, keep_loaded_gb=4.0,
+                  cluster=None, workers=2)
 
 
 def random_model(name: str, tokenizer: Any, device: torch.device) -> LoadedModel:
@@ -133,7 +136,7 @@ def tokenizer_from(folder: str | None) -> Any:
     """A saved tokenizer, or the embedded SmolLM2's (read from its package)."""
     if folder:
         return AutoTokenizer.from_pretrained(folder)
-    registry = yaml.safe_load((PROJECT / "conf" / "base" / "parameters.yml").read_text())["model_registry"]
+    registry = project_settings(PROJECT / "conf").model_registry
     return load_tokenizer(ModelSpec.from_registry("smollm2-135m", registry))
 
 
@@ -162,8 +165,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
     print(f"Device: {device} ({name}), torch {torch.__version__}, {platform.platform()}; "
           f"{(clean['task'] == 'ioi').sum()} IOI + {(clean['task'] == 'anti').sum()} anti clean prompts, "
-          f"{len(tokens)} prompts in all; mean ablation, float32, max_batch {RUNTIME['max_batch']}, "
-          f"max_rows {RUNTIME['max_rows']}.\n", flush=True)
+          f"{len(tokens)} prompts in all; mean ablation, float32, max_batch {RUNTIME.max_batch}, "
+          f"max_rows {RUNTIME.max_rows}.\n", flush=True)
     print("| model | layers × heads | load (s) | clean passes + attribution (s) | exact sweep (s, from 3 layers) "
           "| per model (s) | peak memory (GB) | fast vs naive, every layer |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
@@ -188,7 +191,7 @@ def main() -> None:
     if args.cluster:
         from ioi_anti.execution import Job, client_for, close, run_jobs
 
-        runtime = RUNTIME | {"cluster": "local", "workers": 2}
+        runtime = RUNTIME.model_copy(update={"cluster": "local"})
         client_for(runtime)
         model, layer = "gpt2", 5
         results = dict(run_jobs({"gpt2/layer": Job(model, cluster_layer, (model, args.tokenizer, tokens, layer))},

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from scipy.stats import spearmanr
 from transformer_lens import patching
 
@@ -33,10 +32,18 @@ from ioi_anti.measure.ablation import (
 from ioi_anti.measure.metrics import task_metric
 from ioi_anti.models.loading import load_model
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import DataGeneration
+from ioi_anti.run.validation import project_settings
 from ioi_anti.tasks import PAIR, load_task, make_task_prompts
 from ioi_anti.tasks import prompts as P
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_counts(data: DataGeneration, counts: dict[str, int | None]) -> DataGeneration:
+    """``data`` with the clean prompt count of each task in ``counts`` replaced (None keeps the configured one)."""
+    sections = {task: {**data.section(task), "n_prompts": n} for task, n in counts.items() if n}
+    return DataGeneration.model_validate({**data.model_dump(), **sections})
 
 
 def main() -> None:
@@ -46,14 +53,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    base = yaml.safe_load((CONF / "parameters.yml").read_text())
-    params = yaml.safe_load((CONF / "parameters_data_generation.yml").read_text())["data_generation"]
-    params["ioi"]["n_prompts"] = args.n_ioi or params["ioi"]["n_prompts"]
-    params["anti"]["n_prompts"] = args.n_anti or params["anti"]["n_prompts"]
-    lm = load_model(ModelSpec.from_registry("smollm2-135m", base["model_registry"]), args.device, "float32")
-    prompts, _ = make_task_prompts(PAIR, params, {"smollm2-135m": lm.tokenizer}, 0)
+    settings = project_settings(ROOT / "conf")
+    data = with_counts(settings.data_generation, {"ioi": args.n_ioi, "anti": args.n_anti})
+    lm = load_model(ModelSpec.from_registry("smollm2-135m", settings.model_registry), args.device, "float32")
+    prompts, _ = make_task_prompts(PAIR, data, {"smollm2-135m": lm.tokenizer}, 0)
     frames = {task: prompts[prompts["task"] == task] for task in PAIR}
-    batch = base["runtime"]["max_batch"]
+    batch = settings.runtime.max_batch
 
     timings = {"ours": 0.0, "transformer_lens": 0.0, "attribution": 0.0}
     max_diff, rhos = 0.0, {}

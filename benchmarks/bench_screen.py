@@ -27,21 +27,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from scipy.stats import pearsonr, spearmanr
 
 from ioi_anti.measure.sweep import ModelSweep, Screen, baseline_table, heads_in_layer, task_gaps
 from ioi_anti.models.loading import load_model, load_tokenizer
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import DataGeneration
+from ioi_anti.run.validation import project_settings
 from ioi_anti.tasks import PAIR as TASKS
 from ioi_anti.tasks import make_task_prompts
 from ioi_anti.tasks import prompts as P
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
-
-
-def _conf(name: str) -> dict:
-    return yaml.safe_load((CONF / name).read_text())
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _deltas(long: pd.DataFrame, gaps: dict[str, float]) -> pd.DataFrame:
@@ -50,9 +47,10 @@ def _deltas(long: pd.DataFrame, gaps: dict[str, float]) -> pd.DataFrame:
     return mean / pd.Series(gaps)
 
 
-def default_prompts(specs: list[ModelSpec], data: dict, seed: int) -> pd.DataFrame:
-    """The default run's IOI and anti-repetition prompts, over the word lists every model tokenises alike."""
-    return make_task_prompts(TASKS, data, {s.model_id: load_tokenizer(s) for s in specs}, seed)[0]
+def default_prompts(specs: list[ModelSpec], data: DataGeneration) -> pd.DataFrame:
+    """The default run's IOI and anti-repetition prompts (its prompt seed ``data.seed``), over the word lists
+    every model tokenises alike."""
+    return make_task_prompts(TASKS, data, {s.model_id: load_tokenizer(s) for s in specs}, data.seed)[0]
 
 
 def replay_share(n_layers: int, layers: list[int]) -> float:
@@ -62,22 +60,20 @@ def replay_share(n_layers: int, layers: list[int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=_conf("parameters.yml")["models"])
+    parser.add_argument("--models", nargs="+", default=None, help="model ids (default: the run's `models`)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="replay these layers only, and extrapolate both sweeps' times to every layer")
     args = parser.parse_args()
-    base = _conf("parameters.yml")
-    registry, runtime = base["model_registry"], base["runtime"] | {"device": "cpu"}
-    params = _conf("parameters_data_generation.yml")["data_generation"]
-    categorisation = _conf("parameters_categorisation.yml")["categorisation"]
-    taus = sorted({categorisation["tau"], *categorisation["sensitivity_taus"]})
-    rule = _conf("parameters_head_ablation.yml")["head_ablation"]["screen"]
-    screen = Screen(tau_min=min(taus), margin=float(rule["margin"]), top_k=int(rule["top_k"]))
-    specs = [ModelSpec.from_registry(m, registry) for m in args.models]
-    table = default_prompts(specs, params, base["seed"])
+    settings = project_settings(ROOT / "conf")
+    runtime = settings.runtime.model_copy(update={"device": "cpu"})
+    data, taus, rule = settings.data_generation, settings.categorisation.taus, settings.head_ablation.screen
+    screen = Screen(tau_min=min(taus), margin=rule.margin, top_k=rule.top_k)
+    specs = [ModelSpec.from_registry(m, settings.model_registry) for m in args.models or settings.models]
+    table = default_prompts(specs, data)
+    n = {task: data.section(task)["n_prompts"] for task in TASKS}
 
     print(f"Machine: {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"default prompts ({params['ioi']['n_prompts']} IOI + {params['anti']['n_prompts']} anti), mean ablation, "
+          f"default prompts ({n['ioi']} IOI + {n['anti']} anti), mean ablation, "
           f"screen rule: |estimate| >= {screen.tau_min} - {screen.margin} or top {screen.top_k} per task.\n")
     print("| model | heads | exact sweep (s) | screen (s) | screen / exact | measured exactly (IOI / anti) | "
           + " | ".join(f"strong heads at τ = {t:g} identical" for t in taus) + " | Spearman IOI / anti |")
@@ -85,13 +81,13 @@ def main() -> None:
     for spec in specs:
         lm = load_model(spec, "cpu", "float32")
         tokens = P.tokenise_prompts(table, lm.tokenizer, spec.prepend_bos)
-        base_table = baseline_table(lm, tokens, runtime["max_batch"])
+        base_table = baseline_table(lm, tokens, runtime.max_batch)
         gaps = task_gaps(base_table)
 
         layers = list(range(lm.n_layers)) if args.layers is None else args.layers
         share = replay_share(lm.n_layers, layers)
         start = time.perf_counter()
-        exact_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
+        exact_sweep = ModelSweep(spec, tokens, runtime, "mean", settings.seed)
         _ = exact_sweep.states  # clean passes and ablation values: once per sweep, whatever the layers
         states_time = time.perf_counter() - start
         exact_long = pd.concat([exact_sweep.layer_effects(layer) for layer in layers])
@@ -99,7 +95,7 @@ def main() -> None:
         exact_sweep.close()
 
         start = time.perf_counter()
-        screen_sweep = ModelSweep(spec, tokens, runtime, "mean", base["seed"])
+        screen_sweep = ModelSweep(spec, tokens, runtime, "mean", settings.seed)
         selected = screen_sweep.selected_heads(gaps, screen)
         fixed_time = time.perf_counter() - start
         screen_long = pd.concat([screen_sweep.layer_effects(layer, heads_in_layer(selected, layer))

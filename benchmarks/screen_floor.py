@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from ioi_anti.measure.sweep import Screen, screen_selection
+from ioi_anti.run.validation import project_settings
 from ioi_anti.tasks import PAIR as TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA, CONF = ROOT / "data", ROOT / "conf" / "base"
+DATA = ROOT / "data"
 
 
 def _latest(pattern: str) -> Path:
@@ -68,10 +68,9 @@ def _selection(heads: pd.DataFrame, screen: Screen) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
-    rule = yaml.safe_load((CONF / "parameters_head_ablation.yml").read_text())["head_ablation"]["screen"]
-    categorisation = yaml.safe_load((CONF / "parameters_categorisation.yml").read_text())["categorisation"]
-    tau_min = min(categorisation["tau"], *categorisation["sensitivity_taus"])
-    screen = Screen(tau_min=tau_min, margin=float(rule["margin"]), top_k=int(rule["top_k"]))
+    settings = project_settings(ROOT / "conf")
+    rule = settings.head_ablation.screen
+    screen = Screen(tau_min=min(settings.categorisation.taus), margin=rule.margin, top_k=rule.top_k)
     per_head = pd.read_parquet(_latest("07_model_output/per_head.parquet/*/per_head.parquet"))
     if (per_head["mode"] != "exact").any():
         raise ValueError("The latest per-head table is from a screening run; this needs an exact run.")

@@ -2,17 +2,18 @@
 
 Run it beside the paper's pair with ``tasks: [ioi, anti, agreement_task:agreement]`` in a run config
 file (README, "Tasks"), this folder on ``PYTHONPATH``. Its settings live under
-``data_generation.agreement`` (here: ``n_pool``, optional).
+``data_generation.agreement`` and are declared by :class:`AgreementSettings` (here: ``n_pool``, optional:
+a task of one's own has no section in conf/base, so its model may give defaults).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 
+from ioi_anti.params import Settings, need
 from ioi_anti.tasks import Task, Tokenizers
 from ioi_anti.tasks.prompts import filter_words, numbered
 
@@ -21,7 +22,13 @@ NOUNS = {"key": "keys", "dog": "dogs", "book": "books", "car": "cars", "tree": "
 TEMPLATES = ["The {noun} near the window", "The {noun} of the old man"]
 
 
-def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+class AgreementSettings(Settings):
+    """``data_generation.agreement``: the extra plural prompts per template, for mean ablation only."""
+
+    n_pool: Annotated[int, need("an integer >= 0 (extra plural prompts per template)", ge=0)] = 4
+
+
+def make_prompts(settings: AgreementSettings, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Plural subjects (clean: " are" should win over " is") and the same sentence with the singular (ref)."""
     singular, dropped = filter_words(list(NOUNS), tokenizers, "singular")
     plural, dropped_plural = filter_words(list(NOUNS.values()), tokenizers, "plural")
@@ -35,12 +42,12 @@ def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -
                 rows.append({"role": role, "pair_id": pair, "template_id": tid, "text": template.format(noun=word),
                              "context_words": [word], "metric_words": ["are", "is"], "metric_weights": [1.0, -1.0]})
             pair += 1
-        for noun in rng.choice(nouns, size=params.get("n_pool", 4)):  # extra plural prompts for mean ablation
+        for noun in rng.choice(nouns, size=settings.n_pool):  # extra plural prompts for mean ablation
             rows.append({"role": "pool", "pair_id": -1, "template_id": tid, "text": template.format(noun=NOUNS[noun]),
                          "context_words": [NOUNS[noun]], "metric_words": ["are", "is"], "metric_weights": [1.0, -1.0]})
     return numbered(rows), pd.DataFrame(dropped + dropped_plural, columns=["list", "word", "tokenizer"])
 
 
 agreement = Task(name="agreement", label="subject-verb agreement", short="agreement", colour="#56B4E9",
-                 make_prompts=make_prompts, ablation_roles=("clean", "pool"),
+                 make_prompts=make_prompts, settings=AgreementSettings, ablation_roles=("clean", "pool"),
                  description="logit(are) − logit(is) after a plural subject; reference: the singular subject")

@@ -10,11 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from base_params import settings
 from transformers import PreTrainedTokenizerBase
 
 from ioi_anti.measure.ablation import AblationValues, PromptGroup, make_groups
 from ioi_anti.models.loading import LoadedModel, load_model, load_tokenizer
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import DataGeneration, Registry
 from ioi_anti.tasks import PAIR, load_task, make_task_prompts
 from ioi_anti.tasks import prompts as P
 
@@ -42,12 +44,12 @@ def project_params(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def registry() -> dict[str, Any]:
-    return project_params("parameters.yml")["model_registry"]
+def registry() -> Registry:
+    return settings().model_registry
 
 
 @pytest.fixture(scope="session")
-def smol_spec(registry: dict[str, Any]) -> ModelSpec:
+def smol_spec(registry: Registry) -> ModelSpec:
     return ModelSpec.from_registry("smollm2-135m", registry)
 
 
@@ -69,7 +71,7 @@ def smol_bf16(smol_spec: ModelSpec) -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def gemma_spec(registry: dict[str, Any]) -> ModelSpec:
+def gemma_spec(registry: Registry) -> ModelSpec:
     return ModelSpec.from_registry("gemma3-270m", registry)
 
 
@@ -86,7 +88,7 @@ def gemma_bf16(gemma_spec: ModelSpec) -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def qwen_spec(registry: dict[str, Any]) -> ModelSpec:
+def qwen_spec(registry: Registry) -> ModelSpec:
     """Qwen2.5-Coder-0.5B-Instruct; its tests skip, naming the install, where the `scale` extra is missing."""
     spec = ModelSpec.from_registry("qwen2.5-coder-0.5b", registry)
     assert spec.chunks is not None
@@ -108,16 +110,17 @@ def qwen_tokens_by_task(qwen_spec: ModelSpec) -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture()
-def dg_params() -> dict[str, Any]:
-    return project_params("parameters_data_generation.yml")["data_generation"]
+def dg_params() -> DataGeneration:
+    """The base ``data_generation`` settings, typed (a task reads its section with ``Task.read_settings``)."""
+    return settings().data_generation
 
 
 def small_prompt_sets(tokenizer: PreTrainedTokenizerBase, prepend_bos: bool) -> dict[str, pd.DataFrame]:
     """Small tokenised IOI and anti-repetition prompt sets (12 and 10 clean prompts)."""
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    params["ioi"].update(n_prompts=12, mean_pool_per_template=2)
-    params["anti"].update(n_prompts=10, mean_pool_per_template=2)
-    frame, _ = make_task_prompts(PAIR, params, {"model": tokenizer}, 0)
+    data_generation = settings(data_generation__ioi__n_prompts=12, data_generation__ioi__mean_pool_per_template=2,
+                               data_generation__anti__n_prompts=10,
+                               data_generation__anti__mean_pool_per_template=2).data_generation
+    frame, _ = make_task_prompts(PAIR, data_generation, {"model": tokenizer}, 0)
     return {task: P.tokenise_prompts(frame[frame["task"] == task], tokenizer, prepend_bos) for task in PAIR}
 
 

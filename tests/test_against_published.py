@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from base_params import settings
 from synthetic import FOUR_MODELS, SINGLE_MODEL, make_per_head, published_format
 
 from ioi_anti.analysis.against_published import compare_heroes, compare_models
@@ -18,13 +19,13 @@ PAIR = run_pair(["ioi", "anti"], ["ioi", "anti"])
 NAMES = {model.model: model.model for model in FOUR_MODELS}
 TOP_K = 20
 METADATA = {"ablation": "mean", "delta": "normalised"}
+CATEGORISATION = settings(categorisation__n_boot=200, categorisation__ci_level=0.95).categorisation
 
 
 @pytest.fixture(scope="module")
 def run() -> tuple[pd.DataFrame, pd.DataFrame]:
     per_head = make_per_head(FOUR_MODELS, scale=0.05)
-    return per_head, correlate_deltas(per_head, ["ioi", "anti"], {"pair": ["ioi", "anti"], "n_boot": 200,
-                                                                  "ci_level": 0.95}, seed=0)
+    return per_head, correlate_deltas(per_head, ["ioi", "anti"], CATEGORISATION, seed=0)
 
 
 def _compare(run, published: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -96,8 +97,8 @@ def test_a_model_the_study_did_not_publish_gets_the_shortcut_on_its_own_table_on
     per_head, _ = run
     published = published_format(per_head, TOP_K)
     offline = make_per_head(SINGLE_MODEL, scale=0.05)
-    correlations = correlate_deltas(offline, ["ioi", "anti"], {"pair": ["ioi", "anti"], "n_boot": 50,
-                                                               "ci_level": 0.95}, seed=0)
+    correlations = correlate_deltas(offline, ["ioi", "anti"], CATEGORISATION.model_copy(update={"n_boot": 50}),
+                                    seed=0)
     models = compare_models(categorise(offline, 0.05, PAIR), correlations, published["per_head"],
                             published["correlations"], published["categories"], PAIR, NAMES, 7)
     (row,) = models.itertuples()

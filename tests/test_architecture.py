@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ioi_anti"
 # never one above (tasks and measure share a layer: a task may define a per-head score with the ablation hooks,
 # and the sweep runs tasks).
 LAYERS = {
-    "models": 0, "execution": 1, "tasks": 2, "measure": 2, "analysis": 3, "hero": 4, "figures": 5, "report": 6,
-    "toy": 7, "run": 8, "pipelines": 9, "settings": 10, "pipeline_registry": 10, "__main__": 10, "__init__": 10,
+    "params": -1, "models": 0, "execution": 1, "tasks": 2, "measure": 2, "analysis": 3, "hero": 4, "figures": 5,
+    "report": 6, "toy": 7, "run": 8, "pipelines": 9, "settings": 10, "pipeline_registry": 10, "__main__": 10,
+    "__init__": 10,
 }
 
 

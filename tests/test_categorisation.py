@@ -11,11 +11,12 @@ from scipy.stats import pearsonr, spearmanr
 from synthetic import FOUR_MODELS, SINGLE_MODEL, SyntheticModel, make_per_head
 
 from ioi_anti.analysis import categories
+from ioi_anti.params import Categorisation
 from ioi_anti.pipelines.categorisation import create_pipeline
 from ioi_anti.pipelines.categorisation.nodes import categorise_heads, correlate_deltas, count_heads_by_layer
 
-PARAMS = {"pair": ["ioi", "anti"], "tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 200, "ci_level": 0.95,
-          "n_depth_bins": 4}
+PARAMS = Categorisation(pair=["ioi", "anti"], tau=0.05, sensitivity_taus=[0.03, 0.05], n_boot=200, ci_level=0.95,
+                        n_depth_bins=4)
 TASKS = ["ioi", "anti"]
 TINY = SyntheticModel("tiny", "gpt2", 1_000_000, 2, 3)
 
@@ -84,7 +85,8 @@ def test_robust_category_combines_both_tasks() -> None:
 
 def test_long_table_has_a_block_per_tau_with_the_default_marked() -> None:
     heads = make_per_head(FOUR_MODELS)
-    table = categorise_heads(heads, TASKS, {**PARAMS, "tau": 0.04, "sensitivity_taus": [0.05, 0.03, 0.05]})
+    params = PARAMS.model_copy(update={"tau": 0.04, "sensitivity_taus": [0.05, 0.03, 0.05]})
+    table = categorise_heads(heads, TASKS, params)
     assert sorted(table["tau"].unique()) == [0.03, 0.04, 0.05]
     assert len(table) == 3 * len(heads)
     assert table.loc[table["is_default_tau"], "tau"].unique().tolist() == [0.04]

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from ioi_anti.models.checkpoints import parse_model_id
 from ioi_anti.models.spec import ModelConfigError, ModelSpec
+from ioi_anti.params import Registry
 
 REPO = "test-org/tiny-neox"
 REVISIONS = ("step1", "step2", "step4")
@@ -39,8 +40,9 @@ def test_model_ids_name_checkpoints() -> None:
     assert math.isnan(parse_model_id("gpt2@main").training_step)
     with pytest.raises(ValueError, match="<registry id>@<revision>"):
         parse_model_id("pythia-160m@")
-    registry = {"tiny": ENTRY, "embedded": {"family": "llama", "source": "gguf", "hf_name": "x", "package": "p",
-                                            "gguf_file": "f.gguf"}}
+    registry = Registry.model_validate({"tiny": ENTRY, "embedded": {"family": "llama", "source": "gguf", "hf_name": "x",
+                                                                    "package": "p", "gguf_file": "f.gguf",
+                                                                    "prepend_bos": False}})
     assert ModelSpec.from_registry("tiny@step2", registry).revision == "step2"
     with pytest.raises(ModelConfigError, match="needs a Hub model"):
         ModelSpec.from_registry("embedded@step2", registry)
@@ -76,7 +78,8 @@ def _offline_env(cache: Path) -> dict[str, str]:
 LOAD = """
 import json, sys, torch
 from ioi_anti.models.loading import ModelSpec, check_available, load_model
-spec = ModelSpec.from_registry(sys.argv[1], {"tiny-neox": json.loads(sys.argv[2])})
+from ioi_anti.params import Registry
+spec = ModelSpec.from_registry(sys.argv[1], Registry.model_validate({"tiny-neox": json.loads(sys.argv[2])}))
 check_available(spec)
 lm = load_model(spec, "cpu", "float32")
 torch.manual_seed(0)

@@ -21,12 +21,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from base_params import settings
 from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
 from synthetic import published_format
 
 from ioi_anti.execution import usable_cores
 from ioi_anti.measure.sweep import ModelSweep
+from ioi_anti.params import Published
 from ioi_anti.pipelines.published.nodes import compare_with_published
 from ioi_anti.tasks import PAIR
 
@@ -206,7 +208,7 @@ def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, clust
             pd.read_parquet(latest(root, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
             pd.read_parquet(latest(project, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
             check_exact=False, atol=2e-5, rtol=1e-5, obj=table)
-    runtime = yaml.safe_load((PROJECT / "conf" / "base" / "parameters.yml").read_text())["runtime"]
+    runtime = settings(runtime__device="cpu").runtime
     threads = torch.get_num_threads()
     torch.set_num_threads(WORKER_THREADS)
     try:
@@ -214,7 +216,7 @@ def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, clust
                                       (gemma, ("layer_009", "layer_017"))), PAIR, strict=True):
             folder = next((root / SWEEP).glob(f"{lm.spec.model_id}__{task}__*"))
             tokens = pd.read_parquet(root / "data/05_model_input/tokenised_prompts" / f"{lm.spec.model_id}.parquet")
-            sweep = ModelSweep(lm.spec, tokens[tokens["task"] == task], runtime | {"device": "cpu"}, "mean", 0, lm=lm)
+            sweep = ModelSweep(lm.spec, tokens[tokens["task"] == task], runtime, "mean", 0, lm=lm)
             for part in parts:
                 pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{part}.parquet"),
                                               sweep.job(f"{folder.name}/{part}"), check_exact=True, check_dtype=False,
@@ -561,10 +563,10 @@ def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> N
     x, y = "delta_paper_ioi", "delta_paper_anti"
     made = published_format(per_head, 20, x=x, y=y)
     head_categories = pd.read_parquet(latest(root, "data/07_model_output/head_categories.parquet/*/*.parquet"))
-    settings = {"names": {"smollm2-135m": "smollm2-135m"}, "top_k": 20}
+    names = Published(top_k=20, tau=0.05, names={"smollm2-135m": "smollm2-135m"})
     compare = lambda tables: compare_with_published(  # noqa: E731
         head_categories, correlations, tables["per_head"], tables["correlations"], tables["categories"],
-        tables["heroes"], ["paper_ioi", "paper_anti"], ["paper_ioi", "paper_anti"], settings)
+        tables["heroes"], ["paper_ioi", "paper_anti"], ["paper_ioi", "paper_anti"], names)
     (models, heroes) = compare(made)
     assert models["listed_pearson_x"].iloc[0] == pytest.approx(1.0) == models["listed_pearson_y"].iloc[0]
     assert models["r_top_k_zero_fill"].iloc[0] == pytest.approx(models["r_published"].iloc[0], abs=1e-12)

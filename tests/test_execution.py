@@ -15,10 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import PROJECT
+from base_params import raw_params, settings, with_
 from distributed import Client, Event, LocalCluster
 from kedro.io.core import DatasetError
-from test_reliability import _base_params, _with
 
 from ioi_anti import execution
 from ioi_anti.execution import (
@@ -31,7 +30,6 @@ from ioi_anti.execution import (
     worker_environments,
 )
 from ioi_anti.run.datasets import ResumablePartitionedDataset
-from ioi_anti.run.hooks import base_schema
 from ioi_anti.run.validation import settings_problems
 
 CALLS: list[str] = []
@@ -111,11 +109,14 @@ def test_a_failed_cluster_job_names_its_model_after_the_rest_are_saved(client: C
 
 
 def test_bad_cluster_settings_are_named_with_what_to_do(monkeypatch) -> None:
-    assert cluster_problems({"cluster": None, "workers": 2}) == []
-    assert cluster_problems({"cluster": "tcp://10.0.0.1:8786", "workers": 2}) == []
-    problems = cluster_problems({"cluster": "10.0.0.1:8786", "workers": 0})
-    assert "tcp://host:8786" in problems[0] and "`runtime.workers` = 0" in problems[1]
-    assert "own" in cluster_problems({"cluster": "local", "workers": 2, "device": "cuda:1"})[0]
+    base = settings().runtime
+    assert cluster_problems(base) == []
+    assert cluster_problems(base.model_copy(update={"cluster": "tcp://10.0.0.1:8786"})) == []
+    (problem,) = cluster_problems(base.model_copy(update={"cluster": "10.0.0.1:8786"}))
+    assert "tcp://host:8786" in problem
+    (problem,) = settings_problems(with_(with_(raw_params(), "runtime.workers", 0), "runtime.cluster", "local"))
+    assert "`runtime.workers` = 0: must be an integer >= 1 (CPU workers of a local cluster)" in problem
+    assert "own" in cluster_problems(base.model_copy(update={"cluster": "local", "device": "cuda:1"}))[0]
     real_import = builtins.__import__
 
     def no_dask(name: str, *args, **kwargs):  # noqa: ANN202 - the signature of __import__
@@ -124,7 +125,7 @@ def test_bad_cluster_settings_are_named_with_what_to_do(monkeypatch) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dask)
-    assert cluster_problems({"cluster": "local"}) == [
+    assert cluster_problems(base.model_copy(update={"cluster": "local"})) == [
         "`runtime.cluster` = 'local' needs Dask, an optional extra: `pip install -e \".[cluster]\"`"]
 
 
@@ -132,11 +133,11 @@ def test_a_remote_clusters_cuda_is_checked_on_its_workers_not_here() -> None:
     """A laptop without CUDA may drive GPU workers: `cuda` is then checked when the cluster connects."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    schema, base = base_schema(PROJECT / "conf"), _base_params()
-    (problem,) = settings_problems(_with(base, "runtime.device", "cuda"), schema)
+    base = raw_params()
+    (problem,) = settings_problems(with_(base, "runtime.device", "cuda"))
     assert "no CUDA device" in problem
-    remote = _with(_with(base, "runtime.device", "cuda"), "runtime.cluster", "tcp://gpu-box:8786")
-    assert settings_problems(remote, schema) == []
+    remote = with_(with_(base, "runtime.device", "cuda"), "runtime.cluster", "tcp://gpu-box:8786")
+    assert settings_problems(remote) == []
 
 
 def test_workers_that_differ_from_the_driver_are_refused(client: Client, monkeypatch) -> None:

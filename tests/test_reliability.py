@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import logging
@@ -16,12 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PROJECT
+from base_params import raw_params, with_
 from kedro.io.core import DatasetError
 from kedro_datasets.pandas import ParquetDataset
 
 from ioi_anti.measure.ablation import AblationValues
 from ioi_anti.measure.partitions import baseline_problem, partition_problem
+from ioi_anti.params import RunSettings
 from ioi_anti.run import stages as run_settings
 from ioi_anti.run.datasets import ResumablePartitionedDataset
 
@@ -91,20 +91,8 @@ def test_a_whole_partition_passes_and_every_kind_of_damage_is_named(tmp_path: Pa
     assert "anti: 1 rows for 2 prompts" in baseline_problem(lambda: baseline.iloc[:4], PAIRS)
 
 
-def _base_params() -> dict:
-    from kedro.config import OmegaConfigLoader
-    return OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="local",
-                             merge_strategy={"parameters": "soft"})["parameters"]
-
-
-def _with(params: dict, dotted: str, value: object) -> dict:
-    changed = copy.deepcopy(params)
-    *path, last = dotted.split(".")
-    target = changed
-    for part in path:
-        target = target[part]
-    target[last] = value
-    return changed
+def _typed(params: dict) -> RunSettings:
+    return RunSettings.model_validate(params)
 
 
 def test_a_settings_id_survives_a_csv_round_trip() -> None:
@@ -112,7 +100,7 @@ def test_a_settings_id_survives_a_csv_round_trip() -> None:
     CSV table (hero_heads_for_paper) as a float, inf, and refused as other settings."""
     import io
 
-    ids = run_settings.stage_ids(_base_params())[0]
+    ids = run_settings.stage_ids(_typed(raw_params()))[0]
     for stage_id in [*ids.values(), "s" + "12e456789012"]:
         assert stage_id.startswith("s")
         frame = pd.read_csv(io.StringIO(pd.DataFrame({run_settings.COLUMN: [stage_id]}).to_csv(index=False)))
@@ -124,10 +112,10 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
     from ioi_anti.measure.head_table import model_head_table
     from ioi_anti.pipelines.data_generation.nodes import make_prompts
 
-    registry = _base_params()["model_registry"]
+    registry = _typed(raw_params()).model_registry
     prompts, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params)
     assert make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params)[0].equals(prompts)
-    other, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params | {"seed": 1})
+    other, _ = make_prompts(["ioi", "anti"], ["smollm2-135m"], registry, dg_params.model_copy(update={"seed": 1}))
     for task in ("ioi", "anti"):
         assert not other.loc[other["task"] == task, "text"].equals(prompts.loc[prompts["task"] == task, "text"])
 
@@ -138,13 +126,12 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
                              for t in ("ioi", "anti") for i in range(8)])
     long = pd.DataFrame([{"task": t, "layer": 0, "head": h, "pair_id": i, "method": m, "effect": rng.normal()}
                          for t in ("ioi", "anti") for m in ("exact", "attribution") for h in (0, 1) for i in range(8)])
-    params = {"n_boot": 200, "ci": 0.95, "ablation": "mean"}
-    first, other = (model_head_table(long, baseline, ["ioi", "anti"], params, seed=seed) for seed in (0, 1))
+    first, other = (model_head_table(long, baseline, ["ioi", "anti"], 200, 0.95, seed=seed) for seed in (0, 1))
     pd.testing.assert_series_equal(first["delta_ioi"], other["delta_ioi"])
     assert not np.allclose(first["delta_ioi_low"], other["delta_ioi_low"])
 
-    base = _base_params()
-    ids = run_settings.stage_ids(base)[0]
+    base = raw_params()
+    ids = run_settings.stage_ids(_typed(base))[0]
     for dotted, value, changed in [
         ("data_generation.seed", 1, set(run_settings.STAGES)),
         ("head_ablation.seed", 1, set()),  # mean ablation draws nothing
@@ -153,12 +140,12 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
         ("runtime.max_batch", 8, set()),
         ("reporting.font_size", 9, {"reporting"}),
     ]:
-        now = run_settings.stage_ids(_with(base, dotted, value))[0]
+        now = run_settings.stage_ids(_typed(with_(base, dotted, value)))[0]
         assert {stage for stage in ids if ids[stage] != now[stage]} == changed, dotted
-    resample = _with(base, "head_ablation.ablation", "resample")
-    now = run_settings.stage_ids(_with(resample, "head_ablation.seed", 1))[0]
-    assert now["data_generation"] == run_settings.stage_ids(resample)[0]["data_generation"]
-    assert now["head_ablation"] != run_settings.stage_ids(resample)[0]["head_ablation"]
+    resample = with_(base, "head_ablation.ablation", "resample")
+    now = run_settings.stage_ids(_typed(with_(resample, "head_ablation.seed", 1)))[0]
+    assert now["data_generation"] == run_settings.stage_ids(_typed(resample))[0]["data_generation"]
+    assert now["head_ablation"] != run_settings.stage_ids(_typed(resample))[0]["head_ablation"]
 
 
 def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_tokenizer, tokens_by_task) -> None:
@@ -179,52 +166,49 @@ def test_resample_ablation_follows_its_seed_and_mean_ablation_ignores_it(smol_to
 
 
 def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
-    from ioi_anti.run.hooks import base_schema
     from ioi_anti.run.validation import SettingsError, settings_problems, validate_settings
 
-    schema, base = base_schema(PROJECT / "conf"), _base_params()
-    assert settings_problems(base, schema) == []
-    bad = _with(base, "categorisation.tau", 0)
-    bad = _with(bad, "data_generation.ioi.nprompts", 5)
-    bad = _with(bad, "runtime.max_batch", 0)
-    bad = _with(bad, "data_generation.ioi.min_names", 2)
-    bad = _with(bad, "hero_heads.named", {"smollm2-135m": ["L3H1", "layer3"], "smolm2-135m": ["L1H1"]})
-    bad = _with(bad, "head_ablation.ablation", "zeros")
-    problems = settings_problems(bad, schema)
+    base = raw_params()
+    assert settings_problems(base) == []
+    bad = with_(base, "categorisation.tau", 0)
+    bad = with_(bad, "data_generation.ioi.nprompts", 5)
+    bad = with_(bad, "runtime.max_batch", 0)
+    bad = with_(bad, "data_generation.ioi.min_names", 2)
+    bad = with_(bad, "hero_heads.named", {"smollm2-135m": ["L3H1", "layer3"], "smolm2-135m": ["L1H1"]})
+    bad = with_(bad, "head_ablation.ablation", "zeros")
+    problems = settings_problems(bad)
     expected = ["did you mean `data_generation.ioi.n_prompts`", "`runtime.max_batch` = 0",
                 "three different names", "`categorisation.tau` = 0", "'layer3' is not of the form",
                 "did you mean 'smollm2-135m'", "one of mean, zero, resample"]
     assert len(problems) == len(expected) and all(any(e in p for p in problems) for e in expected), problems
     with pytest.raises(SettingsError, match="7 problem"):
-        validate_settings(bad, schema)
-    (problem,) = settings_problems(_with(base, "models", "smollm2-135m"), schema)
+        validate_settings(bad)
+    (problem,) = settings_problems(with_(base, "models", "smollm2-135m"))
     assert "is a string, not a list" in problem and "models=[smollm2-135m]" in problem
     for bad_gb in (-1, "4GB", True):
-        (problem,) = settings_problems(_with(base, "runtime.keep_loaded_gb", bad_gb), schema)
+        (problem,) = settings_problems(with_(base, "runtime.keep_loaded_gb", bad_gb))
         assert "`runtime.keep_loaded_gb`" in problem and "a number of GB >= 0" in problem
-    (problem,) = settings_problems(_with(base, "runtime.dtype", "float64"), schema)
+    (problem,) = settings_problems(with_(base, "runtime.dtype", "float64"))
     assert "`runtime.dtype` = 'float64'" in problem and "one of float32, bfloat16, float16" in problem
-    (problem,) = settings_problems(_with(base, "head_ablation.delta", "logits"), schema)
+    (problem,) = settings_problems(with_(base, "head_ablation.delta", "logits"))
     assert "`head_ablation.delta` = 'logits'" in problem and "one of normalised, raw" in problem
-    (problem,) = settings_problems(_with(_with(base, "head_ablation.delta", "raw"), "head_ablation.mode", "screen"),
-                                   schema)
+    (problem,) = settings_problems(with_(with_(base, "head_ablation.delta", "raw"), "head_ablation.mode", "screen"))
     assert "needs `head_ablation.mode` = 'exact'" in problem
-    (problem,) = settings_problems(_with(base, "data_generation.paper_anti.min_names", 2), schema)
+    (problem,) = settings_problems(with_(base, "data_generation.paper_anti.min_names", 2))
     assert "`data_generation.paper_anti.min_names` = 2" in problem
-    (problem,) = settings_problems(_with(base, "runtime.tf32", "yes"), schema)
+    (problem,) = settings_problems(with_(base, "runtime.tf32", "yes"))
     assert "`runtime.tf32` = 'yes'" in problem and "true or false" in problem
     if not torch.cuda.is_available():
-        (problem,) = settings_problems(_with(base, "runtime.device", "cuda"), schema)
+        (problem,) = settings_problems(with_(base, "runtime.device", "cuda"))
         assert "no CUDA device" in problem and "runtime.device=auto" in problem
 
 
 def test_named_heroes_of_a_model_outside_the_run_are_warned_loudly(caplog) -> None:
-    from ioi_anti.run.hooks import base_schema
     from ioi_anti.run.validation import settings_problems
 
-    params = _with(_base_params(), "hero_heads.named", {"gpt2": ["L9H9"]})
+    params = with_(raw_params(), "hero_heads.named", {"gpt2": ["L9H9"]})
     with caplog.at_level(logging.WARNING):
-        assert settings_problems(params, base_schema(PROJECT / "conf")) == []
+        assert settings_problems(params) == []
     assert "gpt2" in caplog.text and "will NOT be studied" in caplog.text
 
 
@@ -249,11 +233,11 @@ def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp
 
     from ioi_anti.run.hooks import RunGuard, SettingsMismatchError
 
-    guard = RunGuard()
+    guard = RunGuard(dict)
     guard.project = tmp_path
-    params = _base_params()
-    guard.params = params
-    guard.ids, full = run_settings.stage_ids(params)
+    params = raw_params()
+    guard.settings = _typed(params)
+    guard.ids, full = run_settings.stage_ids(_typed(params))
     (tmp_path / "data" / ".settings").mkdir(parents=True)
     for stage, stage_id in guard.ids.items():
         (tmp_path / "data" / ".settings" / f"{stage_id}.json").write_text(json.dumps(full[stage], default=str))
@@ -269,9 +253,9 @@ def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp
     assert set(figures) == {"a"} and "settings_id" not in lazy and "settings_id" not in lazy["k"]()
     assert guard.before_node_run({"per_head": table, "run_metadata": record}) is None
 
-    other = run_settings.stage_ids(_with(params, "head_ablation.ablation", "zero"))[0]["head_ablation"]
-    (tmp_path / "data" / ".settings" / f"{other}.json").write_text(json.dumps(
-        run_settings.stage_ids(_with(params, "head_ablation.ablation", "zero"))[1]["head_ablation"], default=str))
+    other_ids, other_full = run_settings.stage_ids(_typed(with_(params, "head_ablation.ablation", "zero")))
+    other = other_ids["head_ablation"]
+    (tmp_path / "data" / ".settings" / f"{other}.json").write_text(json.dumps(other_full["head_ablation"], default=str))
     with pytest.raises(SettingsMismatchError, match=r"head_ablation\.ablation: 'zero' there, 'mean' now"):
         guard.before_node_run({"per_head": table.assign(settings_id=other)})
     wrapped = guard.before_node_run({"tokenised_prompts": {"m": lambda: parts["m"].assign(settings_id=other)}})
@@ -288,18 +272,18 @@ def test_a_named_hero_head_outside_the_grid_fails_before_any_model_loads() -> No
     check_named_heads({"m": ["L29H8"], "other": ["L99H0"]}, {"m": (30, 9)})
     with pytest.raises(ValueError, match=r"L2H9 is outside m's grid \(30 layers x 9 heads\)"):
         check_named_heads({"m": ["L2H9"]}, {"m": (30, 9)})
-    params = _with(_base_params(), "models", ["smollm2-135m"])
-    check_named_hero_grids(_with(params, "hero_heads.named", {"smollm2-135m": ["L29H8"], "gpt2": ["L99H0"]}))
+    params = with_(raw_params(), "models", ["smollm2-135m"])
+    check_named_hero_grids(_typed(with_(params, "hero_heads.named", {"smollm2-135m": ["L29H8"], "gpt2": ["L99H0"]})))
     with pytest.raises(ValueError, match=r"L30H0 is outside smollm2-135m's grid \(30 layers x 9 heads\)"):
-        check_named_hero_grids(_with(params, "hero_heads.named", {"smollm2-135m": ["L30H0"]}))
+        check_named_hero_grids(_typed(with_(params, "hero_heads.named", {"smollm2-135m": ["L30H0"]})))
 
 
 def test_a_mismatch_names_the_first_step_to_re_run() -> None:
-    params = _base_params()
-    saved = run_settings.stage_ids(_with(params, "data_generation.seed", 3))[1]["reporting"]
-    assert run_settings.first_changed("reporting", params, saved) == "data_generation"
-    saved = run_settings.stage_ids(_with(params, "hero_heads.max_prompts", 3))[1]["reporting"]
-    assert run_settings.first_changed("reporting", params, saved) == "hero_heads"
-    saved = run_settings.stage_ids(_with(params, "categorisation.tau", 0.04))[1]["categorisation"]
-    assert run_settings.first_changed("categorisation", params, saved) == "categorisation"
+    params = raw_params()
+    saved = run_settings.stage_ids(_typed(with_(params, "data_generation.seed", 3)))[1]["reporting"]
+    assert run_settings.first_changed("reporting", _typed(params), saved) == "data_generation"
+    saved = run_settings.stage_ids(_typed(with_(params, "hero_heads.max_prompts", 3)))[1]["reporting"]
+    assert run_settings.first_changed("reporting", _typed(params), saved) == "hero_heads"
+    saved = run_settings.stage_ids(_typed(with_(params, "categorisation.tau", 0.04)))[1]["categorisation"]
+    assert run_settings.first_changed("categorisation", _typed(params), saved) == "categorisation"
     assert run_settings.ancestors("hero_heads") == ["data_generation", "head_ablation", "hero_heads"]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from base_params import settings
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
@@ -37,6 +38,7 @@ from ioi_anti.analysis.categories import default_tau_rows, run_pair
 from ioi_anti.figures import style as plotting
 from ioi_anti.figures.style import GAP_WARNING
 from ioi_anti.hero.routes import route_table
+from ioi_anti.params import Categorisation, Reporting, Verdict
 from ioi_anti.pipelines import categorisation, published, reporting
 from ioi_anti.pipelines.categorisation.nodes import (
     categorise_heads,
@@ -53,27 +55,27 @@ from ioi_anti.report.sections import screening_section
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONF = PROJECT / "conf"
-CAT_PARAMS = {"pair": ["ioi", "anti"], "tau": 0.05, "sensitivity_taus": [0.03, 0.05], "n_boot": 100,
-              "ci_level": 0.95, "n_depth_bins": 5}
+CAT_PARAMS = Categorisation(pair=["ioi", "anti"], tau=0.05, sensitivity_taus=[0.03, 0.05], n_boot=100,
+                            ci_level=0.95, n_depth_bins=5)
 TASKS = ["ioi", "anti"]
-REP_PARAMS = {"fig_width_in": 7.0, "font_size": 8, "panel_height_in": 2.2, "output_dir": "data/08_reporting"}
+REP_PARAMS = Reporting(fig_width_in=7.0, font_size=8, panel_height_in=2.2, output_dir="data/08_reporting")
 FLAGGED = (*FOUR_MODELS[:3], dataclasses.replace(FOUR_MODELS[3], gap_ok=False))
 RUNS = {"four": FOUR_MODELS, "single": SINGLE_MODEL, "flagged": FLAGGED, "offline": OFFLINE_FOUR}
 HERO_INPUTS = ("hero_heads_for_paper", "hero_paths", "hero_attention", "hero_routes")
-VERDICT = {"main_share": 0.5, "min_share": 0.2}
+VERDICT = Verdict(main_share=0.5, min_share=0.2)
 PUBLISHED_AUDIT = pd.DataFrame([{"model": "all", "check": "duplicate_rows", "count": 0, "value": np.nan,
                                  "published": np.nan, "examples": "", "finding": "No row is listed twice."}])
 
 
 def tables_for(models: tuple[SyntheticModel, ...], per_head: pd.DataFrame | None = None,
-               tasks: list[str] = TASKS, pair: list[str] = CAT_PARAMS["pair"]) -> dict[str, Any]:
+               tasks: list[str] = TASKS, pair: list[str] = CAT_PARAMS.pair) -> dict[str, Any]:
     """Every input of the reporting pipeline, built through the categorisation nodes (on ``per_head``, by
     default that of ``models``, and the run's ``tasks`` and ``pair``).
 
     Hero heads are those of :func:`synthetic.make_heroes` for the models of the run that it knows.
     """
     per_head = make_per_head(models) if per_head is None else per_head
-    params = {**CAT_PARAMS, "pair": pair}
+    params = CAT_PARAMS.model_copy(update={"pair": pair})
     head_categories = categorise_heads(per_head, tasks, params)
     heroes = make_heroes(per_head, {m: n for m, n in HERO_MODELS.items() if m in set(per_head["model"])})
     studies = make_hero_studies(heroes, per_head)
@@ -92,7 +94,7 @@ def tables_for(models: tuple[SyntheticModel, ...], per_head: pd.DataFrame | None
         "hero_paths": studies["paths"],
         "hero_attention": studies["attention"],
         "hero_decomposition": studies["decomposition"],
-        "hero_routes": route_table(studies["decomposition"], heroes, CAT_PARAMS["tau"], VERDICT,
+        "hero_routes": route_table(studies["decomposition"], heroes, CAT_PARAMS.tau, VERDICT,
                                    run_pair(tasks, pair)),
         "tasks": tasks, "pair": pair,
     }
@@ -124,7 +126,7 @@ def _png(fig: Figure) -> bytes:
 
 def saved_figures(tables: dict[str, Any]) -> dict[str, SavedFigure]:
     """Every figure the report shows, as the catalog would load it (hero figures: a stand-in plot)."""
-    out = REP_PARAMS["output_dir"]
+    out = REP_PARAMS.output_dir
     figures = figures_of(tables)
     stand_in = _png(figures["all_heads_phase_space_plot"])
     saved = {fig.dataset: SavedFigure(f"{out}/{fig.file_name}/v1/{fig.file_name}", _png(figures[fig.dataset]))
@@ -214,7 +216,7 @@ def test_unflagged_run_has_no_warning() -> None:
 
 def test_family_grid_has_one_panel_per_model_in_family_rows() -> None:
     tables = tables_for(FOUR_MODELS)
-    fig = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    fig = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     titles = [ax.get_title().split(" ")[0] for ax in fig.axes if ax.axison]
     assert titles == ["gpt2", "gpt2-medium", "opt-125m", "pythia-160m"]  # family order, then size
     assert len(fig.axes) == 3 * 2  # rows gpt2, opt, pythia; two columns
@@ -325,10 +327,10 @@ def test_report_shows_every_figure_by_a_relative_link_and_the_html_page_embeds_t
 
 def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
     tables = tables_for(FOUR_MODELS)
-    fig = nodes.plot_interactive_phase_space(tables["head_categories"], TASKS, CAT_PARAMS["pair"])
+    fig = nodes.plot_interactive_phase_space(tables["head_categories"], TASKS, CAT_PARAMS.pair)
     heads = [trace for trace in fig.data if trace.legendgroup != "categories"]
     assert {trace.name for trace in heads} == set(tables["per_head"]["model"])
-    offline = nodes.plot_interactive_phase_space(tables_for(OFFLINE_FOUR)["head_categories"], TASKS, CAT_PARAMS["pair"])
+    offline = nodes.plot_interactive_phase_space(tables_for(OFFLINE_FOUR)["head_categories"], TASKS, CAT_PARAMS.pair)
     titles = {trace.legendgroup: trace.legendgrouptitle.text for trace in offline.data
               if trace.legendgroup != "categories"}
     assert titles == {"llama": "llama · instruct", "gemma": "gemma · base", "qwen2": "qwen2 · instruct"}
@@ -359,8 +361,8 @@ def test_catalog_and_parameters_match_the_code() -> None:
     for fig in FIGURES:
         assert catalog[fig.dataset]["filepath"] == f"{params['reporting']['output_dir']}/{fig.file_name}"
     assert catalog["layer_hists"]["path"] == f"{params['reporting']['output_dir']}/layer_hists"
-    assert set(CAT_PARAMS) == set(params["categorisation"])
-    assert set(REP_PARAMS) == set(params["reporting"])
+    assert set(Categorisation.model_fields) == set(params["categorisation"])
+    assert set(Reporting.model_fields) == set(params["reporting"])
 
 
 def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
@@ -386,8 +388,9 @@ def test_pipelines_run_through_the_real_catalog(tmp_path: Path) -> None:
     hero_models = tables["hero_heads_for_paper"]["model"].unique()
     catalog.save("hero_decomposition_plots", {decomposition_key(m): figures_of(tables)["family_grid_plot"]
                                               for m in hero_models})
-    for name, value in config["parameters"].items():
-        catalog[f"params:{name}"] = value
+    typed = settings()  # the groups as Kedro's parameter validation hands them to the nodes
+    for name in config["parameters"]:
+        catalog[f"params:{name}"] = getattr(typed, name)
     catalog["params:seed"] = 0
     catalog["params:tasks"] = ["ioi", "anti"]
     catalog["params:categorisation.pair"] = config["parameters"]["categorisation"]["pair"]
@@ -444,8 +447,8 @@ def _drawn_as_line(line: Line2D) -> bool:
 def test_scale_figures_draw_a_line_through_a_family_of_several_sizes_and_a_point_for_one_size(
         models: tuple[SyntheticModel, ...]) -> None:
     tables, sizes = tables_for(models), _families(models)
-    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
-    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     for ax in (a for a in corr.axes if a.containers):
         bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
         assert set(bars) == set(sizes)
@@ -468,24 +471,24 @@ def test_scale_figures_draw_a_line_through_a_family_of_several_sizes_and_a_point
 def test_scale_figures_tell_base_from_instruction_tuned_models() -> None:
     tuning = {m.model: m.tuning for m in OFFLINE_FOUR}
     tables = tables_for(OFFLINE_FOUR)
-    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(tables["correlations"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     markers = [line for line in corr.axes[0].lines if line.get_linestyle() == "None"]
     faces = {line.get_label(): line.get_markerfacecolor() for line in markers if " " in line.get_label()}
     assert faces == {"llama instruct": "white", "gemma base": plotting.family_colour("gemma"),
                      "qwen2 instruct": "white"}
     labels = [h.get_label() for h in corr.legends[0].legend_handles]
     assert "hollow: instruction-tuned" in labels and "filled: base" in labels
-    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(tables["strong_head_counts"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     labels = [h.get_label() for h in scaling.legends[0].legend_handles]
     assert labels == ["llama · 1 size · instruct", "gemma · 1 size · base", "qwen2 · 2 sizes · instruct"]
-    grid = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    grid = nodes.plot_family_grid(tables["head_categories"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     titles = {ax.get_title().split(" ")[0]: ax.get_title() for ax in grid.axes if ax.axison}
     assert all(("instruct" in titles[m]) == (t == "instruct") for m, t in tuning.items())
     base_only = tables_for(FOUR_MODELS)
-    corr = nodes.plot_corr_vs_scale(base_only["correlations"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    corr = nodes.plot_corr_vs_scale(base_only["correlations"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     assert not any("instruct" in h.get_label() for h in corr.legends[0].legend_handles)
     mixed = tables_for((*OFFLINE_FOUR[:2], dataclasses.replace(OFFLINE_FOUR[2], tuning="base"), OFFLINE_FOUR[3]))
-    scaling = nodes.plot_strong_head_scaling(mixed["strong_head_counts"], TASKS, CAT_PARAMS["pair"], REP_PARAMS)
+    scaling = nodes.plot_strong_head_scaling(mixed["strong_head_counts"], TASKS, CAT_PARAMS.pair, REP_PARAMS)
     assert "qwen2 · 2 sizes · 630M base, 1.8B instruct" in [h.get_label() for h in scaling.legends[0].legend_handles]
 
 

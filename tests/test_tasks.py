@@ -4,19 +4,23 @@ per-head score, and the errors a badly written task gets."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PROJECT, project_params
+from base_params import settings
+from conftest import PROJECT
+from pydantic import ValidationError
 from tiny_models import TINY_FAMILIES, tiny_model
 
 from ioi_anti.analysis.categories import SHARED_COLOUR, WEAK_COLOUR, Pair, run_pair
 from ioi_anti.figures.hero import reader_colours, route_colours
 from ioi_anti.measure.sweep import ModelSweep
 from ioi_anti.models.loading import load_tokenizer
+from ioi_anti.params import Settings
 from ioi_anti.tasks import (
     BUILT_IN,
     PAIR,
@@ -65,9 +69,10 @@ def test_a_task_definition_is_checked() -> None:
         raise AssertionError("not called")
 
     with pytest.raises(TaskError, match="lower-case letters"):
-        Task(name="Bad-Name", label="x", short="x", colour="#000000", make_prompts=make)
+        Task(name="Bad-Name", label="x", short="x", colour="#000000", make_prompts=make, settings=Settings)
     with pytest.raises(TaskError, match="ablation_roles"):
-        Task(name="ok", label="x", short="x", colour="#000000", make_prompts=make, ablation_roles=("refs",))
+        Task(name="ok", label="x", short="x", colour="#000000", make_prompts=make, settings=Settings,
+             ablation_roles=("refs",))
     good = {"prompt_id": [0, 1], "role": ["clean", "ref"], "pair_id": [0, 0], "template_id": [0, 0],
             "text": ["a", "b"], "context_words": [[], []], "metric_words": [["x"], ["x"]],
             "metric_weights": [[1.0], [1.0]]}
@@ -80,29 +85,61 @@ def test_a_task_definition_is_checked() -> None:
         check_prompts("ok", pd.DataFrame(good).assign(metric_weights=[[1.0, 2.0], [1.0]]))
 
 
+@pytest.mark.parametrize(("name", "change", "where", "message"), [
+    ("ioi", {"n_prompts": 0}, "n_prompts", "greater than or equal to 1"),
+    ("ioi", {"min_names": 2}, "min_names", "greater than or equal to 3"),
+    ("ioi", {"baba_templates": ["Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"]},
+     "baba_templates", r"must be .* naming \[B\], \[A\], \[B\] in that order; template 0 is not"),
+    ("anti", {"mean_pool_per_template": -1}, "mean_pool_per_template", "greater than or equal to 0"),
+    ("anti", {"list_lengths": []}, "list_lengths", "at least 1 item"),
+    ("anti", {"list_lengths": [3, 1]}, "list_lengths.1", "greater than or equal to 2"),
+    ("anti", {"list_lengths": [3, 9]}, "min_items_per_category", "must be larger than the longest list"),
+    ("anti", {"copy_phrasings": ["Say it twice: {items}. Say it twice: {head},"]}, "copy_phrasings",
+     "must be a list of copy phrasings pairing up one to one"),
+    ("induction", {"lengths": [6, 2]}, "lengths.1", "greater than or equal to 3"),
+    ("factual", {"templates": ["The capital is"]}, "templates", "holding {subject} once"),
+    ("paper_ioi", {"template": "When {A} and {B} went home"}, "template", "naming {A} twice and {B} once"),
+    ("paper_anti", {"n_prompts": "400"}, "n_prompts", "valid integer"),
+    ("paper_anti", {"name": ["Alice"]}, "name", "Extra inputs are not permitted"),
+])
+def test_a_tasks_settings_are_checked_when_read(name, change, where, message) -> None:
+    """Each built-in task's section of data_generation is read into its model, which refuses what its prompts
+    could not be made from (one error, at the setting's place), a value of another type and an unknown key."""
+    task = load_task(name)
+    section = settings().data_generation.section(name)
+    assert task.read_settings(section) == task.settings.model_validate(section)
+    with pytest.raises(ValidationError) as caught:
+        task.read_settings(section | change)
+    (error,) = caught.value.errors()
+    assert ".".join(map(str, error["loc"])) == where and re.search(message, error["msg"]), error
+    missing = {key: value for key, value in section.items() if key != "n_prompts"}
+    with pytest.raises(ValidationError, match=r"n_prompts\n  Field required"):
+        task.read_settings(missing)
+
+
 def test_settings_name_bad_tasks_before_anything_runs(examples_on_path) -> None:
-    from test_reliability import _base_params, _with
+    from base_params import raw_params, with_
 
     from ioi_anti.run.validation import settings_problems
 
-    base = _base_params()
-    problems = settings_problems(_with(base, "tasks", ["ioi", "anti", "nope"]), base)
+    base = raw_params()
+    problems = settings_problems(with_(base, "tasks", ["ioi", "anti", "nope"]))
     assert any("Unknown task 'nope'" in p for p in problems)
-    user = _with(_with(base, "tasks", ["ioi", "anti", "agreement_task:agreement"]), "data_generation.agreement",
+    user = with_(with_(base, "tasks", ["ioi", "anti", "agreement_task:agreement"]), "data_generation.agreement",
                  {"n_pool": 2})
-    assert settings_problems(user, base) == []
+    assert settings_problems(user) == []
     assert any("data_generation.agreement" in p for p in settings_problems(
-        _with(base, "data_generation.agreement", {"n_pool": 2}), base)), "not a task of the run: a typo"
-    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi", "induction"]), base)
+        with_(base, "data_generation.agreement", {"n_pool": 2}))), "not a task of the run: a typo"
+    (problem,) = settings_problems(with_(base, "categorisation.pair", ["ioi", "induction"]))
     assert "categorisation.pair names ['induction'], not among the run's tasks ['anti', 'ioi']" in problem
-    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi"]), base)
+    (problem,) = settings_problems(with_(base, "categorisation.pair", ["ioi"]))
     assert "must name two tasks" in problem
-    (problem,) = settings_problems(_with(base, "categorisation.pair", ["ioi", "ioi"]), base)
+    (problem,) = settings_problems(with_(base, "categorisation.pair", ["ioi", "ioi"]))
     assert "two different tasks" in problem
-    named = _with(user, "categorisation.pair", ["agreement", "ioi"])
-    assert settings_problems(named, base) == [], "a task of one's own is named by its name"
+    named = with_(user, "categorisation.pair", ["agreement", "ioi"])
+    assert settings_problems(named) == [], "a task of one's own is named by its name"
     assert any("by its name, not its import path" in p for p in settings_problems(
-        _with(user, "categorisation.pair", ["agreement_task:agreement", "ioi"]), base))
+        with_(user, "categorisation.pair", ["agreement_task:agreement", "ioi"])))
 
 
 def test_a_pair_names_its_categories_and_keeps_their_colours_apart(examples_on_path) -> None:
@@ -122,8 +159,7 @@ def test_a_pair_names_its_categories_and_keeps_their_colours_apart(examples_on_p
 
 
 def test_induction_prompts_repeat_the_start_of_the_sequence(smol_tokenizer) -> None:
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    frame, _ = make_task_prompts(["induction", "factual"], settings().data_generation, {"smol": smol_tokenizer}, 0)
     frame = frame[frame["task"] == "induction"]
     clean = frame[frame["role"] == "clean"].set_index("pair_id")
     ref = frame[frame["role"] == "ref"].set_index("pair_id")
@@ -142,13 +178,13 @@ def test_induction_prompts_repeat_the_start_of_the_sequence(smol_tokenizer) -> N
 
 
 def test_factual_prompts_ask_the_same_of_an_unnamed_subject(smol_tokenizer) -> None:
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    frame, dropped = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    data_generation = settings().data_generation
+    frame, dropped = make_task_prompts(["induction", "factual"], data_generation, {"smol": smol_tokenizer}, 0)
     frame, dropped = frame[frame["task"] == "factual"], dropped[dropped["task"] == "factual"]
     assert "Bangkok" in set(dropped["word"]) and "Bangkok" not in set(frame["metric_words"].iloc[0])
     clean = frame[frame["role"] == "clean"].set_index("pair_id")
     ref = frame[frame["role"] == "ref"].set_index("pair_id")
-    facts = params["factual"]["facts"]
+    facts = data_generation.section("factual")["facts"]
     for pair, row in clean.iterrows():
         assert facts[row["subject"]] == row["answer"] and row["subject"] in row["text"]
         assert ref.loc[pair, "text"] == row["text"].replace(row["subject"], "this country")
@@ -157,9 +193,9 @@ def test_factual_prompts_ask_the_same_of_an_unnamed_subject(smol_tokenizer) -> N
 
 
 def test_new_tasks_leave_the_pairs_prompts_alone(smol_tokenizer) -> None:
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    pair, _ = make_task_prompts(PAIR, params, {"smol": smol_tokenizer}, 0)
-    four, _ = make_task_prompts([*PAIR, "induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    data_generation = settings().data_generation
+    pair, _ = make_task_prompts(PAIR, data_generation, {"smol": smol_tokenizer}, 0)
+    four, _ = make_task_prompts([*PAIR, "induction", "factual"], data_generation, {"smol": smol_tokenizer}, 0)
     pd.testing.assert_frame_equal(pair, four[four["task"].isin(PAIR)].dropna(axis=1, how="all"), check_like=True)
 
 
@@ -173,9 +209,9 @@ def test_a_template_of_several_lengths_is_refused_before_any_model_runs(smol_tok
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_induction_score_is_the_attention_to_the_token_after_the_first_occurrence(family, smol_tokenizer) -> None:
     """Against the pattern read from TransformerLens's own cache, position by position."""
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    params["induction"].update(n_prompts=3, mean_pool_per_template=1)
-    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    data_generation = settings(data_generation__induction__n_prompts=3,
+                               data_generation__induction__mean_pool_per_template=1).data_generation
+    frame, _ = make_task_prompts(["induction", "factual"], data_generation, {"smol": smol_tokenizer}, 0)
     lm = tiny_model(family, smol_tokenizer)
     induction = frame[frame["task"] == "induction"].set_index("prompt_id")
     tokens = P.tokenise_prompts(induction.reset_index(), smol_tokenizer, lm.spec.prepend_bos)
@@ -194,12 +230,13 @@ def test_induction_score_is_the_attention_to_the_token_after_the_first_occurrenc
 
 
 def test_a_sweep_measures_a_tasks_score_over_the_whole_grid(smol_tokenizer) -> None:
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    params["induction"].update(n_prompts=3, mean_pool_per_template=1)
-    frame, _ = make_task_prompts(["induction", "factual"], params, {"smol": smol_tokenizer}, 0)
+    data_generation = settings(data_generation__induction__n_prompts=3,
+                               data_generation__induction__mean_pool_per_template=1).data_generation
+    frame, _ = make_task_prompts(["induction", "factual"], data_generation, {"smol": smol_tokenizer}, 0)
     lm = tiny_model("gpt2", smol_tokenizer)
     tokens = P.tokenise_prompts(frame[frame["task"] == "induction"], smol_tokenizer, lm.spec.prepend_bos)
-    runtime = {"device": "cpu", "dtype": "float32", "max_batch": 4, "max_rows": 64}
+    runtime = settings(runtime__device="cpu", runtime__dtype="float32", runtime__max_batch=4,
+                       runtime__max_rows=64).runtime
     task = load_task("induction")
     sweep = ModelSweep(lm.spec, tokens, runtime, "mean", 0, lm=lm, roles={"induction": task.ablation_roles},
                        scores={"induction": task.score})
@@ -210,8 +247,8 @@ def test_a_sweep_measures_a_tasks_score_over_the_whole_grid(smol_tokenizer) -> N
 
 def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_path, smol_tokenizer) -> None:
     sys.modules.pop("agreement_task", None)
-    frame, _ = make_task_prompts(["ioi", "agreement_task:agreement"], project_params(
-        "parameters_data_generation.yml")["data_generation"], {"smol": smol_tokenizer}, 0)
+    frame, _ = make_task_prompts(["ioi", "agreement_task:agreement"], settings().data_generation,
+                                 {"smol": smol_tokenizer}, 0)
     tokens = P.tokenise_prompts(frame, smol_tokenizer, False)
     P.check_template_lengths(tokens, "agreement", ("clean", "pool"), "smol")
     assert (tokens["task"] == "agreement").sum() > 20
@@ -220,8 +257,7 @@ def test_the_example_task_makes_prompts_of_one_length_per_template(examples_on_p
 def test_attention_targets_point_at_the_words_each_task_names(smol_tokenizer) -> None:
     """IOI's IO, S1 and S2, anti-repetition's listed items and induction's answer and earlier occurrence sit
     where the prompt's text has those words, in every clean prompt (END never among them)."""
-    params = project_params("parameters_data_generation.yml")["data_generation"]
-    frame, _ = make_task_prompts(["ioi", "anti", "induction"], params, {"smol": smol_tokenizer}, 0)
+    frame, _ = make_task_prompts(["ioi", "anti", "induction"], settings().data_generation, {"smol": smol_tokenizer}, 0)
     clean = frame[frame["role"] == "clean"]
     tokens = P.tokenise_prompts(clean, smol_tokenizer, prepend_bos=False).set_index(["task", "prompt_id"])
     word = {w: smol_tokenizer(" " + w, add_special_tokens=False).input_ids[0] for row in clean.itertuples()
@@ -251,18 +287,19 @@ def test_the_published_prompt_forms_are_tasks(name, smol_tokenizer, gemma_spec) 
     """`paper_ioi` and `paper_anti` make the published prompts (SOURCE.md): one template, answer B,
     distractor A, two different names of the published list; the reference puts a third name for the
     second A; names that are not single tokens in every tokenizer are dropped and logged."""
-    params = project_params("parameters_data_generation.yml")["data_generation"][name]
-    params = params | {"n_prompts": 12, "mean_pool_per_template": 2}
+    task = load_task(name)
+    params = task.read_settings(settings().data_generation.section(name) | {"n_prompts": 12,
+                                                                            "mean_pool_per_template": 2})
     tokenizers = {"smol": smol_tokenizer, "gemma": load_tokenizer(gemma_spec)}
-    table, dropped = load_task(name).prompts(params, tokenizers, seed=0)
-    kept = set(params["names"]) - set(dropped["word"])
-    assert set(dropped["word"]) <= set(params["names"]) and len(kept) >= params["min_names"]
+    table, dropped = task.prompts(params, tokenizers, seed=0)
+    kept = set(params.names) - set(dropped["word"])
+    assert set(dropped["word"]) <= set(params.names) and len(kept) >= params.min_names
     clean, ref = (table[table["role"] == role].set_index("pair_id").sort_index() for role in ("clean", "ref"))
     assert len(clean) == 12 and (table["template_id"] == 0).all()
     for pair_id, row in clean.iterrows():
         b, a = row["metric_words"]
         assert a != b and {a, b} <= kept and row["metric_weights"] == [1.0, -1.0]
-        assert row["text"] == params["template"].format(A=a, B=b)
+        assert row["text"] == params.template.format(A=a, B=b)
         c = (set(ref.at[pair_id, "context_words"]) - {a, b}).pop()
-        assert ref.at[pair_id, "text"] == params["template"].replace("{A}", "{C}", 2).replace("{C}", "{A}", 1).format(
+        assert ref.at[pair_id, "text"] == params.template.replace("{A}", "{C}", 2).replace("{C}", "{A}", 1).format(
             A=a, B=b, C=c)

@@ -3,27 +3,34 @@ measurement with the study's own code."""
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import project_params
+from base_params import raw_params, settings, with_
+from kedro.validation.exceptions import ParameterValidationError
+from kedro.validation.parameter_validator import ParameterValidator
+from pydantic import ValidationError
 
+from ioi_anti.params import Reporting, Runtime, ToyModels
 from ioi_anti.pipelines.toy_models.nodes import make_toy_prompts
+from ioi_anti.pipelines.toy_models.pipeline import create_pipeline
 from ioi_anti.toy import measure, train
 from ioi_anti.toy.language import BOS, ToyLanguage, encode, mixture
 from ioi_anti.toy.roles import categorise_learned, learned, model_roles, over_seeds
 
-PARAMS = project_params("parameters_toy_models.yml")["toy_models"]
-TRAINING = {**PARAMS["training"], "steps": 1200}  # enough for a model trained on one kind of sequence
+BASE = settings()
+PARAMS = BASE.toy_models
+TRAINING = PARAMS.training.model_copy(update={"steps": 1200})  # enough for a model trained on one kind of sequence
+SMALL = PARAMS.grid.sizes[0]
 
 
 @pytest.fixture(scope="module")
 def language() -> ToyLanguage:
-    return ToyLanguage.from_params(PARAMS["language"])
+    return ToyLanguage.from_settings(PARAMS.language)
 
 
 def test_every_word_is_one_token_and_training_never_draws_a_held_out_combination(language) -> None:
@@ -60,7 +67,7 @@ def test_toy_prompts_are_held_out_balanced_and_paired_with_their_reference(langu
     pd.testing.assert_frame_equal(prompts, again)
     ioi = prompts[prompts["task"] == "toy_ioi"]
     clean, ref = ioi[ioi["role"] == "clean"], ioi[ioi["role"] == "ref"].set_index("pair_id")
-    assert len(clean) == PARAMS["prompts"]["n_prompts"]
+    assert len(clean) == PARAMS.prompts.n_prompts
     assert (clean["template_kind"].value_counts() == len(clean) // 2).all(), "ABBA and BABA balanced"
     for row in clean.itertuples():
         io, s = row.metric_words
@@ -84,11 +91,10 @@ def test_toy_prompts_are_held_out_balanced_and_paired_with_their_reference(langu
 @pytest.fixture(scope="module")
 def trained(language) -> dict[float, tuple]:
     """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only)."""
-    shape = {k: v for k, v in PARAMS["grid"]["sizes"][0].items() if k != "name"}
     tokenizer = language.tokenizer()
     out = {}
     for mix in (0.0, 1.0):
-        run = train.ToyRun("small", shape, mix, 0)
+        run = train.ToyRun(SMALL, mix, 0)
         model, losses = train.train(run, language, tokenizer, TRAINING)
         out[mix] = run, train.loaded(run, model, tokenizer), losses
     return out
@@ -97,8 +103,8 @@ def trained(language) -> dict[float, tuple]:
 @pytest.mark.integration
 def test_training_lowers_the_loss_and_each_model_solves_what_it_was_trained_on(trained) -> None:
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
-    k = min(len(items) for items in PARAMS["language"]["categories"].values())
-    lengths = PARAMS["language"]["list_lengths"]
+    k = min(len(items) for items in PARAMS.language.categories.values())
+    lengths = PARAMS.language.list_lengths
     # a list's next item is any unlisted one: at best ln(unlisted items) nats, averaged over trained positions
     floor = {"list": np.mean([np.log(k - j) for n in lengths for j in range(1, n)]), "ioi": 0.0, "copy": 0.0}
     accuracy = {}
@@ -117,11 +123,10 @@ def test_training_lowers_the_loss_and_each_model_solves_what_it_was_trained_on(t
 
 
 def test_the_same_seed_trains_the_same_model_and_a_saved_model_reads_back(language) -> None:
-    short = {**PARAMS["training"], "steps": 40, "warmup_steps": 5}
-    shape = {k: v for k, v in PARAMS["grid"]["sizes"][0].items() if k != "name"}
+    short = PARAMS.training.model_copy(update={"steps": 40, "warmup_steps": 5})
     model, losses, again, again_losses, _other, other_losses = (
         part for seed in (0, 0, 1)
-        for part in train.train(train.ToyRun("small", shape, 0.5, seed), language, language.tokenizer(), short))
+        for part in train.train(train.ToyRun(SMALL, 0.5, seed), language, language.tokenizer(), short))
     pd.testing.assert_frame_equal(losses, again_losses)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     assert not losses["loss"].equals(other_losses["loss"]), "another seed, another model"
@@ -137,9 +142,8 @@ def test_the_same_seed_trains_the_same_model_and_a_saved_model_reads_back(langua
 def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
     run, lm, _losses = trained[1.0]
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
-    params = {**PARAMS["measure"], "n_boot": 200}
-    runtime = project_params("parameters.yml")["runtime"]
-    tables = {mix: measure.head_table(lm_, run_, tokens, params, runtime, 0)
+    quick = PARAMS.measure.model_copy(update={"n_boot": 200})
+    tables = {mix: measure.head_table(lm_, run_, tokens, quick, BASE.runtime, 0)
               for mix, (run_, lm_, _losses) in trained.items()}
     table, baseline = tables[1.0]
     assert len(table) == lm.n_layers * lm.n_heads and {"delta_toy_ioi", "delta_toy_anti_low"} <= set(table.columns)
@@ -158,16 +162,23 @@ def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
     assert (summary["n_seeds"] == 2).all() and summary["n_strong_toy_ioi_low"].notna().sum() == 1
 
 
-def test_bad_toy_settings_are_clear_errors() -> None:
-    bad = copy.deepcopy(PARAMS["language"])
-    bad["list_lengths"] = [3, 8]
-    with pytest.raises(ValueError, match="below the smallest category"):
-        ToyLanguage.from_params(bad)
-    bad = copy.deepcopy(PARAMS["language"]) | {"names": ["ann", "bob"]}
-    with pytest.raises(ValueError, match="at least 3 names"):
-        ToyLanguage.from_params(bad)
-    bad = copy.deepcopy(PARAMS["language"]) | {"places": ["store", "apple"]}
-    with pytest.raises(ValueError, match="appear twice"):
-        ToyLanguage.from_params(bad)
-    with pytest.raises(ValueError, match="mixes in"):
-        train.grid({**PARAMS["grid"], "mixes": [0.0, 1.5]})
+@pytest.mark.parametrize(("setting", "value", "error"), [
+    ("language.list_lengths", [3, 8], r"toy_models\.language\.list_lengths\n.*below the smallest category"),
+    ("language.names", ["ann", "bob"], r"toy_models\.language\.names\n.*at least 3 items"),
+    ("language.places", ["store", "apple"], r"toy_models\.language\n.*\['apple'\] appear twice"),
+    ("grid.mixes", [0.0, 1.5], r"toy_models\.grid\.mixes\n.*λ in \[0, 1\]"),
+])
+def test_bad_toy_settings_are_clear_errors(setting: str, value: Any, error: str) -> None:
+    """Settings that cannot make every sequence fail when the settings are read (before any training),
+    naming the setting."""
+    with pytest.raises(ValidationError, match=error):
+        settings(**{f"toy_models__{setting.replace('.', '__')}": value})
+
+
+def test_kedro_gives_the_toy_nodes_typed_settings_and_refuses_bad_ones_before_any_node_runs() -> None:
+    validator = ParameterValidator({"toy_models": create_pipeline()})
+    typed = validator.validate_raw_params(raw_params())
+    assert isinstance(typed["toy_models"], ToyModels) and typed["toy_models"] == PARAMS
+    assert isinstance(typed["runtime"], Runtime) and isinstance(typed["reporting"], Reporting)
+    with pytest.raises(ParameterValidationError, match=r"'toy_models'.*\n.*grid\.mixes\n.*λ in \[0, 1\]"):
+        validator.validate_raw_params(with_(raw_params(), "toy_models.grid.mixes", [0.0, 1.5]))

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from ioi_anti.params import Runtime
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -198,9 +200,9 @@ def release() -> None:
 _CLIENT: dict[str, Client] = {}
 
 
-def cluster_problems(runtime: Mapping[str, Any]) -> list[str]:
-    """What is wrong with ``runtime.cluster`` and ``runtime.workers`` (empty when fine)."""
-    cluster, workers = runtime.get("cluster"), runtime.get("workers", 2)
+def cluster_problems(runtime: Runtime) -> list[str]:
+    """What is wrong with ``runtime.cluster`` (empty when fine): beyond its type, which the settings check."""
+    cluster = runtime.cluster
     problems = []
     if cluster is not None and cluster != LOCAL and not str(cluster).startswith(ADDRESS_SCHEMES):
         problems.append(f"`runtime.cluster` = {cluster!r}: must be unset (null, in this process), `local` (a cluster "
@@ -210,42 +212,40 @@ def cluster_problems(runtime: Mapping[str, Any]) -> list[str]:
             import distributed  # noqa: F401
         except ImportError:
             problems.append(f"`runtime.cluster` = {cluster!r} needs Dask, an optional extra: `{INSTALL}`")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        problems.append(f"`runtime.workers` = {workers!r}: must be an integer >= 1 (CPU workers of a local cluster)")
-    device = str(runtime.get("device", "auto"))
+    device = runtime.device
     if cluster == LOCAL and device.startswith("cuda:"):
         problems.append(f"`runtime.device` = {device!r} with a local cluster: each worker gets one GPU of its own, "
                         "so use `auto` or `cuda`")
     return problems
 
 
-def run_jobs(jobs: Mapping[str, Job], runtime: Mapping[str, Any], desc: str) -> Results:
+def run_jobs(jobs: Mapping[str, Job], runtime: Runtime, desc: str) -> Results:
     """Run ``jobs`` where ``runtime.cluster`` says; nothing starts a cluster while there is nothing to do."""
-    if not jobs or runtime.get("cluster") is None:
+    if not jobs or runtime.cluster is None:
         return LocalResults(jobs, desc)
     return ClusterResults(client_for(runtime), jobs, desc)
 
 
-def client_for(runtime: Mapping[str, Any]) -> Client:
+def client_for(runtime: Runtime) -> Client:
     """The run's Dask client: a local cluster started on first use, or the scheduler at the given address.
 
     Every worker must compute on the same kind of device as the driver expects (the device kind is
     part of every resume fingerprint) and run the same versions of the packages the numbers depend on.
     """
-    cluster = str(runtime["cluster"])
+    cluster = runtime.cluster
     if cluster in _CLIENT:
         return _CLIENT[cluster]
     from distributed import Client
 
     if cluster == LOCAL:
-        client = Client(_local_cluster(int(runtime.get("workers", 2))))
+        client = Client(_local_cluster(runtime.workers))
     else:
         logger.info("Connecting to the Dask scheduler at %s", cluster)
         client = Client(cluster, timeout="30s")
     _CLIENT[cluster] = client
     atexit.register(close)
     try:
-        _check_workers(client, str(runtime["device"]))
+        _check_workers(client, runtime.device)
     except Exception:
         close()
         raise

@@ -8,10 +8,9 @@ figures a line joins the sizes of a family, and a family with one size is a lone
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import matplotlib
 import pandas as pd
@@ -22,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from ioi_anti.analysis.categories import Pair
+from ioi_anti.params import Reporting
 
 # Same order as ioi_anti.models.spec.FAMILIES, which is not imported here because that module loads torch.
 FAMILY_ORDER = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
@@ -91,9 +91,9 @@ class FigureStyle:
             raise ValueError("figure width and panel height must be positive.")
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> FigureStyle:
-        """The style of a parameter group that sets ``fig_width_in``, ``font_size`` and ``panel_height_in``."""
-        return cls(float(params["fig_width_in"]), float(params["font_size"]), float(params["panel_height_in"]))
+    def from_params(cls, reporting: Reporting) -> FigureStyle:
+        """The style of the ``reporting`` settings."""
+        return cls(reporting.fig_width_in, reporting.font_size, reporting.panel_height_in)
 
 
 def format_params(n_params: float) -> str:

@@ -13,13 +13,13 @@ intervals over prompts (prompts resampled jointly for the part and the total).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ioi_anti.analysis.categories import PAPER_PAIR, SHARED, Pair
 from ioi_anti.measure.metrics import interval
+from ioi_anti.params import Verdict
 
 DIRECT, MLPS, REMAINDER = "direct", "MLPs", "remainder"
 ACTS_DIRECTLY = "acts directly"
@@ -107,7 +107,7 @@ def verdict(routes: pd.DataFrame, total_low: float, total_high: float, tau: floa
 
 
 def route_table(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
-                params: Mapping[str, Any], pair: Pair = PAPER_PAIR) -> pd.DataFrame:
+                params: Verdict, pair: Pair = PAPER_PAIR) -> pd.DataFrame:
     """One row per hero and task: total Δ, verdict, main route, and each route's fraction of the total."""
     rows = []
     keys = ["model", "hero", "task"]
@@ -116,7 +116,7 @@ def route_table(decomposition: pd.DataFrame, heroes: pd.DataFrame, tau: float,
         total = frame[frame["level"] == "total"].iloc[0]
         routes = frame[frame["level"] == "route"]
         text, main, share = verdict(routes, total["delta_low"], total["delta_high"], tau,
-                                    params["main_share"], params["min_share"])
+                                    params.main_share, params.min_share)
         row = {"model": model, "hero": hero, "category": category.get((model, hero), ""), "task": task,
                "total": total["delta"], "total_low": total["delta_low"], "total_high": total["delta_high"],
                "verdict": text, "main_route": main, "main_fraction": share}

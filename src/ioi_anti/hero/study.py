@@ -24,6 +24,7 @@ from ioi_anti.measure.metrics import bootstrap_indices, delta_divisors, interval
 from ioi_anti.measure.partitions import model_tokens
 from ioi_anti.models.loading import LoadedModel, load_run_model
 from ioi_anti.models.spec import ModelSpec, resolve_models
+from ioi_anti.params import HeadAblation, HeroHeads, Registry, Runtime
 
 STUDY_COLUMNS = {
     "dose": ["task", "alpha", "delta", "delta_low", "delta_high", "hero", "model"],
@@ -48,8 +49,8 @@ def _strength(frame: pd.DataFrame, category: str, pair: Pair) -> pd.Series:
     return {x_only: x, y_only: y}.get(category, np.minimum(x, y))
 
 
-def select_heroes(per_head: pd.DataFrame, tau: float, params: dict[str, Any], tasks: list[str],
-                      pair: list[str]) -> pd.DataFrame:
+def select_heroes(per_head: pd.DataFrame, tau: float, params: HeroHeads, tasks: list[str],
+                  pair: list[str]) -> pd.DataFrame:
     """Per model: the strongest robust heads of each category of the run's pair, plus the heads named in
     config, with their Δ on every task of the run."""
     run = run_pair(tasks, pair)
@@ -58,12 +59,11 @@ def select_heroes(per_head: pd.DataFrame, tau: float, params: dict[str, Any], ta
     for model, frame in heads.groupby("model", sort=False):
         for category in run.strong_categories:
             robust = frame[frame["category_robust"] == category]
-            top = robust.assign(strength=_strength(robust, category, run)).nlargest(params["top_per_category"],
-                                                                                    "strength")
+            top = robust.assign(strength=_strength(robust, category, run)).nlargest(params.top_per_category, "strength")
             rows += [r | {"selected_by": "auto"} for r in top.to_dict("records")]
         grid = (int(frame["n_layers"].iloc[0]), int(frame["n_heads"].iloc[0]))
-        hero.check_named_heads(params.get("named", {}), {model: grid})
-        for label in params.get("named", {}).get(model, []):
+        hero.check_named_heads(params.named, {model: grid})
+        for label in params.named.get(model, []):
             layer, head = hero.parse_head(label)
             match = frame[(frame["layer"] == layer) & (frame["head"] == head)]
             rows.append(match.iloc[0].to_dict() | {"selected_by": "named"})
@@ -87,11 +87,11 @@ def study_heroes(
     per_head: pd.DataFrame,
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
-    ablation_params: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
+    ablation_params: HeadAblation,
     tau: float,
-    params: dict[str, Any],
+    params: HeroHeads,
     seed: int,
     tasks: list[str],
     pair: list[str],
@@ -99,7 +99,6 @@ def study_heroes(
     """Dose-response curves, cumulative top-k ablation, path patching, attention and the decomposition
     of each hero's effect over its first readers, on both tasks of the run's pair, per model (one job per
     model, run where ``runtime.cluster`` says)."""
-    params = {**params, "tau": tau}
     run = run_pair(tasks, pair)
     jobs = {}
     for spec in resolve_models(models, registry):
@@ -109,7 +108,7 @@ def study_heroes(
             continue
         jobs[spec.model_id] = Job(spec.model_id, study_model, (
             spec, model_heroes, per_head[per_head["model"] == spec.model_id], model_tokens(tokenised, spec.model_id),
-            runtime, ablation_params, params, seed, run))
+            runtime, ablation_params, params, tau, seed, run))
     studies = dict(run_jobs(jobs, runtime, "hero heads").arrivals())
     dose, topk, paths, attention, decomposition = (
         pd.concat([pd.DataFrame(columns=STUDY_COLUMNS[name]), *(studies[model][name] for model in jobs)],
@@ -126,21 +125,21 @@ def hero_divisor(model_heads: pd.DataFrame, task: str) -> float:
 
 
 def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.DataFrame, tokens: pd.DataFrame,
-                runtime: dict[str, Any], ablation_params: dict[str, Any], params: dict[str, Any],
+                runtime: Runtime, ablation_params: HeadAblation, params: HeroHeads, tau: float,
                 seed: int, pair: Pair) -> dict[str, pd.DataFrame]:
     """Every case study of one model's hero heads, by study name (a job of :mod:`ioi_anti.execution`)."""
     lm = load_run_model(spec, runtime)
     tasks = {task.name: hero.prepare_hero_task(
-        lm, tokens, task.name, task.ablation_roles, ablation_params["ablation"], int(ablation_params["seed"]),
-        hero_divisor(model_heads, task.name), params["max_prompts"], runtime["max_batch"])
+        lm, tokens, task.name, task.ablation_roles, ablation_params.ablation, ablation_params.seed,
+        hero_divisor(model_heads, task.name), params.max_prompts, runtime.max_batch)
         for task in pair.tasks}
-    study = ModelStudy(lm, tasks, params, seed, pair)
+    study = ModelStudy(lm, tasks, params, tau, seed, pair)
     model = {"model": spec.model_id}
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in STUDY_COLUMNS}
     for row in tqdm(list(model_heroes.itertuples()), desc=f"{spec.model_id} hero heads", unit="head"):
         hero_id = {"hero": row.hero, **model}
         tables["dose"].append(study.dose(row.layer, row.head).assign(**hero_id))
-        tables["paths"].append(study.paths(row.layer, row.head, model_heads, params).assign(**hero_id))
+        tables["paths"].append(study.paths(row.layer, row.head, model_heads).assign(**hero_id))
         tables["attention"].append(study.attention(row.layer, row.head).assign(**hero_id))
         tables["decomposition"].append(study.decomposition(row.layer, row.head, model_heads).assign(**hero_id))
     tables["topk"].append(study.topk(model_heads).assign(**model))
@@ -150,9 +149,9 @@ def study_model(spec: ModelSpec, model_heroes: pd.DataFrame, model_heads: pd.Dat
 class ModelStudy:
     """Case studies of one model's hero heads on both tasks of the pair, as tidy tables of Delta."""
 
-    def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: dict[str, Any], seed: int,
+    def __init__(self, lm: LoadedModel, tasks: dict[str, hero.HeroTask], params: HeroHeads, tau: float, seed: int,
                  pair: Pair) -> None:
-        self.lm, self.tasks, self.params, self.seed, self.pair = lm, tasks, params, seed, pair
+        self.lm, self.tasks, self.params, self.tau, self.seed, self.pair = lm, tasks, params, tau, seed, pair
         self._effects: dict[tuple[int, int, str], tuple[dict[int, Tensor], np.ndarray]] = {}
 
     def _effect(self, layer: int, head: int, task: str) -> tuple[dict[int, Tensor], np.ndarray]:
@@ -167,12 +166,12 @@ class ModelStudy:
         return self._effects[key]
 
     def _rows(self, task: str, deltas: np.ndarray, **columns: Any) -> pd.DataFrame:
-        mean, low, high = _summary(deltas, self.seed, self.params["n_boot"])
+        mean, low, high = _summary(deltas, self.seed, self.params.n_boot)
         return pd.DataFrame({"task": task, **columns, "delta": mean, "delta_low": low, "delta_high": high})
 
     def dose(self, layer: int, head: int) -> pd.DataFrame:
         """Both metrics as the head's z moves step by step from clean to its ablation value."""
-        alphas = np.linspace(0.0, 1.0, self.params["dose_steps"])
+        alphas = np.linspace(0.0, 1.0, self.params.dose_steps)
         frames = []
         for task, ht in self.tasks.items():
             deltas = ht.deltas(lambda cp, v: hero.dose_response(
@@ -180,9 +179,9 @@ class ModelStudy:
             frames.append(self._rows(task, deltas, alpha=alphas))
         return pd.concat(frames, ignore_index=True)
 
-    def paths(self, layer: int, head: int, heads: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    def paths(self, layer: int, head: int, heads: pd.DataFrame) -> pd.DataFrame:
         """Total, direct, all-paths and per-receiver (q/k/v of a downstream head) effects."""
-        receivers = _receivers(heads, layer, params, self.pair)
+        receivers = _receivers(heads, layer, self.params, self.tau, self.pair)
         frames = []
         for task, ht in self.tasks.items():
             contributions, total = self._effect(layer, head, task)
@@ -210,7 +209,7 @@ class ModelStudy:
 
     def decomposition(self, layer: int, head: int, heads: pd.DataFrame) -> pd.DataFrame:
         """The hero's total Δ split over its first readers (per layer and summed into routes) and the remainder."""
-        categorised = categorise(heads, self.params["tau"], self.pair)
+        categorised = categorise(heads, self.tau, self.pair)
         later = categorised[categorised["layer"] > layer]
         groups = {category: list(zip(frame["layer"], frame["head"], strict=True))
                   for category, frame in later.groupby("category", sort=False)}
@@ -226,7 +225,7 @@ class ModelStudy:
             layer_parts = pd.DataFrame([{"reader": p.reader, "reader_layer": p.layer, "heads": p.heads}
                                         for p in readers[1:]])
             labels = [routes.part_label(p.reader, p.layer, p.heads) for p in readers[1:]]
-            idx = bootstrap_indices(len(total), self.params["n_boot"], self.seed)
+            idx = bootstrap_indices(len(total), self.params.n_boot, self.seed)
             route_deltas = routes.route_parts(layer_parts, per_prompt[1:], per_prompt[0], total, self.pair)
             no_reader = {"reader": "", "reader_layer": -1, "heads": ""}
             frames += [
@@ -255,13 +254,13 @@ class ModelStudy:
 
     def topk(self, heads: pd.DataFrame) -> pd.DataFrame:
         """Both metrics with the top-k heads of each category ablated together, k = 1..K."""
-        categorised = categorise(heads, self.params["tau"], self.pair)
+        categorised = categorise(heads, self.tau, self.pair)
         frames = []
         for category in self.pair.strong_categories:
             members = categorised[categorised["category"] == category]
             ranked = members.assign(strength=_strength(members, category, self.pair)).sort_values("strength",
                                                                                                   ascending=False)
-            order = list(zip(ranked["layer"], ranked["head"], strict=True))[: self.params["topk_max"]]
+            order = list(zip(ranked["layer"], ranked["head"], strict=True))[: self.params.topk_max]
             for k in range(1, len(order) + 1):
                 for task, ht in self.tasks.items():
                     deltas = ht.deltas(lambda cp, v, top=order[:k]: hero.joint_ablation(self.lm, cp, v, top))
@@ -270,12 +269,12 @@ class ModelStudy:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=STUDY_COLUMNS["topk"])
 
 
-def _receivers(heads: pd.DataFrame, layer: int, params: dict[str, Any], pair: Pair) -> pd.DataFrame:
+def _receivers(heads: pd.DataFrame, layer: int, params: HeroHeads, tau: float, pair: Pair) -> pd.DataFrame:
     """Downstream heads to trace: all of them, or the strongest non-weak ones (``receivers``)."""
-    downstream = categorise(heads, params["tau"], pair)
+    downstream = categorise(heads, tau, pair)
     downstream = downstream[downstream["layer"] > layer]
-    if params["receivers"] == "all":
+    if params.receivers == "all":
         return downstream
     strong = downstream[downstream["category"] != WEAK]
     score = np.maximum(*(strong[f"delta_{name}"].abs() for name in pair.names))
-    return strong.assign(score=score).nlargest(params["max_receivers"], "score")
+    return strong.assign(score=score).nlargest(params.max_receivers, "score")

@@ -36,8 +36,7 @@ from torch import Tensor
 from ioi_anti.measure.metrics import task_accuracy, task_metric
 from ioi_anti.models.loading import LoadedModel
 from ioi_anti.models.precision import at_least_float32
-
-ABLATIONS = ("mean", "zero", "resample")
+from ioi_anti.params import ABLATIONS
 
 
 def z_hook_name(layer: int) -> str:

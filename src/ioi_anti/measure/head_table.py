@@ -15,6 +15,7 @@ from ioi_anti.measure.sweep import (
     Selection,
 )
 from ioi_anti.models.checkpoints import parse_model_id
+from ioi_anti.params import DeltaUnit
 
 
 def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: dict[str, int], model: str,
@@ -49,12 +50,13 @@ def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: di
                                  f"{n_prompts[task]} prompts (duplicate or partial partitions).")
 
 
-def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str], params: dict[str, Any],
-                     seed: int, exact_heads: Selection | None = None,
-                     score_names: dict[str, str] | None = None) -> pd.DataFrame:
+def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str], n_boot: int, ci: float,
+                     seed: int, exact_heads: Selection | None = None, score_names: dict[str, str] | None = None,
+                     unit: DeltaUnit = "normalised") -> pd.DataFrame:
     """Delta per head and task (``tasks``, in that order), normalised by the task gap (or raw, with
-    ``params["delta"]`` = raw), with a paired ratio bootstrap; and, for a task with its own per-head score
-    (``score_names``: task -> column), that score's mean over the task's clean prompts.
+    ``unit`` = raw), with a paired ratio bootstrap of ``n_boot`` resamples at level ``ci``; and, for a task
+    with its own per-head score (``score_names``: task -> column), that score's mean over the task's clean
+    prompts.
 
     Where a head has no exact measurement for a task (a screening run), its Delta for that task is
     the attribution estimate with its interval, and ``measured_by_<task>`` says ``estimate``. ``gap_ok``
@@ -66,18 +68,18 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
     validate_grid(long, n_layers, n_heads, n_prompts, str(facts["model_id"]), exact_heads)
     grid = pd.MultiIndex.from_product([range(n_layers), range(n_heads)], names=["layer", "head"])
     out = pd.DataFrame(index=grid).reset_index()
-    gap_ok, unit = True, params.get("delta", "normalised")
+    gap_ok = True
     for task in tasks:
         task_base = baseline[baseline["task"] == task].sort_values("pair_id")
         gaps = (task_base["m_clean"] - task_base["m_ref"]).to_numpy()
-        idx = bootstrap_indices(len(gaps), params["n_boot"], seed)
+        idx = bootstrap_indices(len(gaps), n_boot, seed)
         for method, column in (("exact", f"delta_{task}"), ("attribution", f"attr_delta_{task}")):
             frame = long[(long["task"] == task) & (long["method"] == method)]
             wide = frame.pivot_table(index=["layer", "head"], columns="pair_id", values="effect").reindex(
                 index=grid, columns=task_base["pair_id"].to_numpy()).to_numpy()
-            delta, low, high = bootstrap_delta(wide, delta_divisors(gaps, unit), idx, params["ci"])
+            delta, low, high = bootstrap_delta(wide, delta_divisors(gaps, unit), idx, ci)
             out[column], out[f"{column}_low"], out[f"{column}_high"] = delta, low, high
-        gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - params["ci"]) / 2)
+        gap_low = np.percentile(gaps[idx].mean(-1), 100 * (1 - ci) / 2)
         out[f"gap_{task}"], out[f"n_prompts_{task}"] = gaps.mean(), len(gaps)
         gap_ok = gap_ok and (unit == "raw" or bool(gap_low > 0))  # raw Δ does not divide by the gap
     for task in tasks:

@@ -15,9 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-DELTA_UNITS = ("normalised", "raw")
-"""``head_ablation.delta``: Δ normalised by the task gap (the project's, comparable across models), or
-raw, the change of the metric in logits (the published study's)."""
+from ioi_anti.params import DELTA_UNITS
 
 
 def delta_divisors(gaps: Float[np.ndarray, " n"], unit: str) -> Float[np.ndarray, " n"]:

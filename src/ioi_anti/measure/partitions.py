@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ioi_anti.models.loading import resolve_device
-
-MODES = ("exact", "screen")  # head_ablation.mode: every head measured exactly, or screened first
+from ioi_anti.params import Runtime
 
 
 def fingerprint(model_id: str, tokens: pd.DataFrame, settings: Mapping[str, Any]) -> str:
@@ -56,17 +55,17 @@ def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: 
     return tokenised[model_id]()
 
 
-def numeric_runtime(runtime: Mapping[str, Any]) -> dict[str, str]:
+def numeric_runtime(runtime: Runtime) -> dict[str, str]:
     """The runtime settings that can change a number, for resume fingerprints: the kind of device
     (CPU and CUDA kernels differ in the last bits), the dtype, and TF32 where it acts (CUDA). Batch
     sizes and the device index cannot, so lowering ``max_batch`` after running out of memory keeps
     every finished partition."""
-    device = resolve_device(str(runtime["device"])).type
-    tf32 = {"tf32": True} if device == "cuda" and runtime.get("tf32") else {}
-    return {"device": device, "dtype": str(runtime["dtype"])} | tf32
+    device = resolve_device(runtime.device).type
+    tf32 = {"tf32": True} if device == "cuda" and runtime.tf32 else {}
+    return {"device": device, "dtype": runtime.dtype} | tf32
 
 
-def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> str:
+def baseline_key(model_id: str, tokens: pd.DataFrame, runtime: Runtime) -> str:
     """Partition key of a model's per-prompt baseline of one task (``tokens``: that task's prompts)."""
     (task,) = tasks_of(tokens)
     return f"{partition_prefix(model_id, task, fingerprint(model_id, tokens, numeric_runtime(runtime)))}/baseline"
@@ -114,7 +113,7 @@ def baseline_problem(load: Callable[[], pd.DataFrame], pair_ids: Mapping[str, np
 
 
 def task_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]], model_id: str,
-                  tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+                  tokens: pd.DataFrame, runtime: Runtime) -> pd.DataFrame:
     """A model's saved per-prompt baseline of one task (``tokens``: that task's prompts), or a clear error."""
     key = baseline_key(model_id, tokens, runtime)
     if key not in baseline_partitions:
@@ -124,7 +123,7 @@ def task_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]],
 
 
 def model_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]], model_id: str,
-                   tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+                   tokens: pd.DataFrame, runtime: Runtime) -> pd.DataFrame:
     """A model's per-prompt baseline of every task of its tokenised prompts (each task saved apart)."""
     return pd.concat([task_baseline(baseline_partitions, model_id, task_tokens(tokens, task), runtime)
                       for task in tasks_of(tokens)], ignore_index=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,6 @@ import pandas as pd
 from ioi_anti.execution import Job
 from ioi_anti.measure.head_table import attribution_agreement, model_head_table
 from ioi_anti.measure.partitions import (
-    MODES,
     clean_pair_ids,
     fingerprint,
     model_tokens,
@@ -33,34 +31,30 @@ from ioi_anti.measure.sweep import (
 )
 from ioi_anti.models.sources import check_run_models
 from ioi_anti.models.spec import resolve_models
-from ioi_anti.tasks.__init__ import load_tasks
+from ioi_anti.params import Categorisation, HeadAblation, Registry, Runtime
+from ioi_anti.tasks import load_tasks
 
 logger = logging.getLogger(__name__)
 
 
-def screen_rule(params: dict[str, Any], categorisation: dict[str, Any]) -> Screen | None:
-    """The screening rule of a ``screen`` run (None in ``exact`` mode); bad settings fail here."""
-    mode = params.get("mode", "exact")
-    if mode not in MODES:
-        raise ValueError(f"head_ablation.mode must be one of {MODES}; got {mode!r}.")
-    if mode == "exact":
+def screen_rule(params: HeadAblation, categorisation: Categorisation) -> Screen | None:
+    """The screening rule of a ``screen`` run (None in ``exact`` mode)."""
+    if params.mode == "exact":
         return None
-    taus = [categorisation["tau"], *categorisation.get("sensitivity_taus", [])]
-    return Screen(tau_min=float(min(taus)), margin=float(params["screen"]["margin"]),
-                  top_k=int(params["screen"]["top_k"]))
+    return Screen(tau_min=min(categorisation.taus), margin=params.screen.margin, top_k=params.screen.top_k)
 
 
-def partition_settings(runtime: dict[str, Any], params: dict[str, Any], screen: Screen | None) -> dict[str, Any]:
+def partition_settings(runtime: Runtime, params: HeadAblation, screen: Screen | None) -> dict[str, object]:
     """What a model's sweep partitions depend on (hashed into their keys): nothing that cannot change
     a number, so batch sizes are left out, and the resample seed only counts for resample ablation."""
-    settings = {"runtime": numeric_runtime(runtime), "ablation": params["ablation"]}
-    if params["ablation"] == "resample":
-        settings["resample_seed"] = int(params["seed"])
+    settings: dict[str, object] = {"runtime": numeric_runtime(runtime), "ablation": params.ablation}
+    if params.ablation == "resample":
+        settings["resample_seed"] = params.seed
     return settings if screen is None else settings | {"screen": vars(screen)}
 
 
-def sweep_prefix(model_id: str, task: str, tokens: pd.DataFrame, runtime: dict[str, Any], params: dict[str, Any],
-            screen: Screen | None) -> str:
+def sweep_prefix(model_id: str, task: str, tokens: pd.DataFrame, runtime: Runtime, params: HeadAblation,
+                 screen: Screen | None) -> str:
     """Partition prefix of one model's sweep of one task (``tokens``: that task's prompts)."""
     return partition_prefix(model_id, task, fingerprint(model_id, tokens, partition_settings(runtime, params, screen)))
 
@@ -81,12 +75,12 @@ def sweep_jobs(
     tasks: list[str],
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]],
-    done: dict[str, Any],
+    done: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
-    params: dict[str, Any],
-    categorisation: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
+    params: HeadAblation,
+    categorisation: Categorisation,
 ) -> dict[str, Job]:
     """The sweep's jobs for what is not done: per model and task, one attribution job plus one per layer.
 
@@ -118,7 +112,7 @@ def sweep_jobs(
                             len(wanted))
             saved = f"{prefix}/attribution"
             screening = None if screen is None else (task_gaps(baseline), screen)
-            sweep = ModelSweep(spec, tokens, runtime, params["ablation"], int(params["seed"]),
+            sweep = ModelSweep(spec, tokens, runtime, params.ablation, params.seed,
                                done[saved]() if screen is not None and saved not in todo else None, screening,
                                roles={task.name: task.ablation_roles},
                                scores={task.name: task.score} if task.score is not None else None)
@@ -132,16 +126,15 @@ def head_tables(
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]],
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
-    params: dict[str, Any],
-    categorisation: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
+    params: HeadAblation,
+    categorisation: Categorisation,
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-head table (every task: Delta with intervals, how each head was measured, the
     attribution estimate) and the attribution agreement per model, task and τ."""
     screen = screen_rule(params, categorisation)
-    taus = sorted({categorisation["tau"], *categorisation.get("sensitivity_taus", [])})
     run_tasks = load_tasks(tasks)
     names = [task.name for task in run_tasks]
     score_names = {task.name: task.score_name for task in run_tasks if task.score is not None}
@@ -165,7 +158,8 @@ def head_tables(
         if screen is not None:
             attribution = long[long["method"] == "attribution"]
             selected = screen_selection(estimated_deltas(attribution, task_gaps(baseline)), screen)
-        table = model_head_table(long, baseline, names, params, seed, selected, score_names)
-        tables.append(table.assign(ablation=params["ablation"], mode=params.get("mode", "exact")))
-        agreement += attribution_agreement(table, names, taus)
+        table = model_head_table(long, baseline, names, params.n_boot, params.ci, seed, selected, score_names,
+                                 params.delta)
+        tables.append(table.assign(ablation=params.ablation, mode=params.mode))
+        agreement += attribution_agreement(table, names, categorisation.taus)
     return pd.concat(tables, ignore_index=True), pd.DataFrame(agreement)

@@ -34,6 +34,7 @@ from ioi_anti.measure.ablation import (
 from ioi_anti.measure.partitions import task_tokens, tasks_of
 from ioi_anti.models.loading import LoadedModel, load_run_model
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import Runtime
 from ioi_anti.tasks import HeadScorer, load_task
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class TaskState:
 class ModelSweep:
     """Exact head sweep and attribution patching of one model, computed lazily layer by layer."""
 
-    def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any], ablation: str, seed: int,
+    def __init__(self, spec: ModelSpec, tokens: pd.DataFrame, runtime: Runtime, ablation: str, seed: int,
                  saved_attribution: pd.DataFrame | None = None,
                  screening: tuple[Mapping[str, float], Screen] | None = None, lm: LoadedModel | None = None,
                  roles: Mapping[str, Sequence[str]] | None = None,
@@ -193,7 +194,7 @@ class ModelSweep:
         states = []
         for task, roles in self.roles.items():
             rows = task_tokens(self.tokens, task)
-            batch = self.runtime["max_batch"]
+            batch = self.runtime.max_batch
             pool = make_groups(rows[rows["role"].isin(roles)], self.lm.device, batch)
             values = AblationValues(self.ablation, self.lm, pool, self.seed)
             groups = make_groups(rows[rows["role"] == "clean"], self.lm.device, batch)
@@ -228,7 +229,7 @@ class ModelSweep:
                 continue
             per_group = []
             for cp, values in zip(state.clean, state.values, strict=True):
-                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime["max_rows"],
+                ablated = ablated_layer_metrics(self.lm, cp, values[layer], layer, self.runtime.max_rows,
                                                 heads_of_task)
                 per_group.append((ablated - cp.metric).float().cpu().numpy()[None])
             frame = self._tidy(state, lambda _: layer, per_group, "exact")
@@ -247,7 +248,7 @@ class ModelSweep:
 
     def head_scores(self) -> pd.DataFrame:
         """Each task's own per-head measurement on its clean prompts (rows with ``method`` "score")."""
-        frames = [scorer(self.lm, task_tokens(self.tokens, task), self.runtime["max_batch"])
+        frames = [scorer(self.lm, task_tokens(self.tokens, task), self.runtime.max_batch)
                   .rename(columns={"score": "effect"}).assign(task=task, method="score")
                   for task, scorer in self.scores.items()]
         return pd.concat(frames, ignore_index=True).astype({"layer": int, "head": int, "pair_id": int}).assign(
@@ -264,7 +265,7 @@ def sweep_job(sweep: ModelSweep, key: str) -> pd.DataFrame:
     return resident(key.rsplit("/", 1)[0], sweep).job(key)
 
 
-def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Mapping[str, Any]) -> pd.DataFrame:
+def baseline_job(spec: ModelSpec, tokens: pd.DataFrame, runtime: Runtime) -> pd.DataFrame:
     """A model's per-prompt baseline (a job of :mod:`ioi_anti.execution`)."""
     lm = load_run_model(spec, runtime)
-    return baseline_table(lm, tokens, runtime["max_batch"])
+    return baseline_table(lm, tokens, runtime.max_batch)

@@ -17,10 +17,10 @@ import hashlib
 import importlib.util
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from ioi_anti.params import Chunks
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +45,9 @@ class ChunkedFile:
     sha256: str
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], where: str) -> ChunkedFile:
-        """The ``chunks`` map of a registry entry; a malformed one fails naming the model."""
-        missing = sorted({"package", "file", "count", "size", "sha256"} - set(entry))
-        if missing:
-            raise ValueError(f"{where}: `chunks` needs {', '.join(missing)}.")
-        chunked = cls(str(entry["package"]), str(entry["file"]), int(entry["count"]), int(entry["size"]),
-                      str(entry["sha256"]).lower())
-        if chunked.count < 1 or chunked.size < 1 or len(chunked.sha256) != 64:
-            raise ValueError(f"{where}: `chunks` needs count >= 1, size >= 1 and a 64-digit sha256.")
-        return chunked
+    def from_entry(cls, entry: Chunks) -> ChunkedFile:
+        """The ``chunks`` map of a registry entry (validated with the settings)."""
+        return cls(entry.package, entry.file, entry.count, entry.size, entry.sha256.lower())
 
     def packages(self) -> list[str]:
         """Import names of the chunk packages, in order."""

@@ -8,7 +8,6 @@ import copy
 import functools
 import gc
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +15,10 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ioi_anti.models.precision import HALF_TYPES, PRECISIONS, half_matrix_products, set_tf32
+from ioi_anti.models.precision import HALF_TYPES, half_matrix_products, set_tf32
 from ioi_anti.models.sources import check_available, estimated_bytes, gguf_path, hub_is_cached
 from ioi_anti.models.spec import ModelConfigError, ModelSpec
+from ioi_anti.params import PRECISIONS, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +206,10 @@ def load_model(spec: ModelSpec, device: str = "auto", dtype: str = "float32",
     return _CACHE.get(spec, device, dtype)
 
 
-def load_run_model(spec: ModelSpec, runtime: Mapping[str, Any]) -> LoadedModel:
+def load_run_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
     """:func:`load_model` with a run's ``runtime`` settings (device, dtype, tf32, keep_loaded_gb)."""
-    set_tf32(bool(runtime.get("tf32", False)))
-    return load_model(spec, str(runtime["device"]), str(runtime["dtype"]), runtime.get("keep_loaded_gb"))
+    set_tf32(runtime.tf32)
+    return load_model(spec, runtime.device, runtime.dtype, runtime.keep_loaded_gb)
 
 
 def release_models() -> None:

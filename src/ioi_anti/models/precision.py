@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-PRECISIONS = ("float32", "bfloat16", "float16")
 HALF_TYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 MATRIX_LAYERS = (nn.Linear, Conv1D)  # Conv1D: GPT-2's projections, a linear layer with its weight transposed
 

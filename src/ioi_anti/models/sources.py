@@ -9,12 +9,12 @@ import functools
 import importlib.util
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ioi_anti.models.chunks import ChunkedFile, ChunkError
 from ioi_anti.models.spec import ModelConfigError, ModelSpec, ModelUnavailableError, resolve_models
+from ioi_anti.params import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def estimated_bytes(spec: ModelSpec) -> int | None:
     return 4 * sum(int(t.n_elements) for t in GGUFReader(gguf_path(spec)).tensors)
 
 
-def check_run_models(models: Sequence[str], registry: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
+def check_run_models(models: Sequence[str], registry: Registry) -> list[ModelSpec]:
     """Resolve the run's models and fail fast, naming every one of them that this machine cannot load."""
     specs = resolve_models(models, registry)
     problems = []

@@ -3,20 +3,15 @@ knows, and the errors for a model that is misconfigured or cannot be loaded here
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ioi_anti.models.checkpoints import Checkpoint, parse_model_id
 from ioi_anti.models.chunks import ChunkedFile
+from ioi_anti.params import FAMILIES, SOURCES, TUNINGS, Registry
 
-FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
-
-
-SOURCES = ("hub", "gguf")
-
-
-TUNINGS = ("base", "instruct")  # pretrained only, or instruction-tuned after pretraining
+__all__ = ["FAMILIES", "SOURCES", "TUNINGS", "ModelConfigError", "ModelSpec", "ModelUnavailableError",
+           "resolve_models"]
 
 
 class ModelConfigError(ValueError):
@@ -44,9 +39,10 @@ class ModelSpec:
     revision: str | None = None
 
     @classmethod
-    def from_registry(cls, model_id: str, registry: dict[str, dict[str, Any]]) -> ModelSpec:
+    def from_registry(cls, model_id: str, registry: Registry) -> ModelSpec:
         """Build the spec of ``model_id`` (``<id>`` or ``<id>@<revision>``, a Hub revision such as a
-        training checkpoint); unknown ids and malformed entries fail clearly."""
+        training checkpoint); unknown ids and revisions of embedded models fail clearly (the entry itself
+        was validated with the settings: :class:`ioi_anti.params.RegistryEntry`)."""
         try:
             checkpoint = parse_model_id(model_id)
         except ValueError as error:
@@ -54,38 +50,23 @@ class ModelSpec:
         if checkpoint.base_model not in registry:
             raise ModelConfigError(
                 f"Unknown model id {checkpoint.base_model!r}. Known ids: {sorted(registry)}. "
-                "Add it to `model_registry` in conf/base/parameters.yml or fix `models`."
+                "Add it to `model_registry` in conf/local/parameters.yml (your own settings) or fix `models`."
             )
-        entry = dict(registry[checkpoint.base_model])
-        family, source = entry.get("family"), entry.get("source")
-        if family not in FAMILIES:
-            raise ModelConfigError(f"{model_id}: family {family!r} is not one of {FAMILIES}.")
-        if source not in SOURCES:
-            raise ModelConfigError(f"{model_id}: source {source!r} is not one of {SOURCES}.")
-        if entry.get("tuning", "base") not in TUNINGS:
-            raise ModelConfigError(f"{model_id}: tuning {entry.get('tuning')!r} is not one of {TUNINGS}.")
-        if source == "gguf" and not (entry.get("gguf_file") and (entry.get("package") or entry.get("chunks"))):
-            raise ModelConfigError(f"{model_id}: a gguf model needs `gguf_file`, and `package` or `chunks`.")
-        try:
-            chunks = ChunkedFile.from_entry(entry["chunks"], model_id) if entry.get("chunks") else None
-        except (TypeError, ValueError) as error:
-            raise ModelConfigError(str(error)) from error
-        if not entry.get("hf_name"):
-            raise ModelConfigError(f"{model_id}: `hf_name` is required.")
-        if checkpoint.revision and source != "hub":
+        entry = registry[checkpoint.base_model]
+        if checkpoint.revision and entry.source != "hub":
             raise ModelConfigError(f"{model_id}: a revision (@{checkpoint.revision}) needs a Hub model; "
-                                   f"{checkpoint.base_model} is embedded ({source}).")
+                                   f"{checkpoint.base_model} is embedded ({entry.source}).")
         return cls(
             model_id=model_id,
-            family=family,
-            source=source,
-            hf_name=entry["hf_name"],
-            prepend_bos=bool(entry.get("prepend_bos", False)),
-            tuning=str(entry.get("tuning", "base")),
-            package=entry.get("package"),
-            gguf_file=entry.get("gguf_file"),
-            chunks=chunks,
-            install=entry.get("install"),
+            family=entry.family,
+            source=entry.source,
+            hf_name=entry.hf_name,
+            prepend_bos=entry.prepend_bos,
+            tuning=entry.tuning,
+            package=entry.package,
+            gguf_file=entry.gguf_file,
+            chunks=ChunkedFile.from_entry(entry.chunks) if entry.chunks else None,
+            install=entry.install,
             revision=checkpoint.revision,
         )
 
@@ -101,10 +82,10 @@ class ModelSpec:
 
 
 
-def resolve_models(models: Sequence[str], registry: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
+def resolve_models(models: Sequence[str], registry: Registry) -> list[ModelSpec]:
     """Specs of the run's models, in order; unknown ids and duplicates fail with a clear message."""
     if not models:
         raise ModelConfigError("`models` is empty: name at least one model id from `model_registry`.")
     if len(set(models)) != len(models):
         raise ModelConfigError(f"`models` lists a model twice: {list(models)}.")
-    return [ModelSpec.from_registry(model_id, dict(registry)) for model_id in models]
+    return [ModelSpec.from_registry(model_id, registry) for model_id in models]

@@ -1,10 +1,10 @@
 """Project hooks: check every setting before work starts, keep one run at a time, never mix runs.
 
-:class:`RunGuard` is registered in ``settings.py``. Before a pipeline runs it validates all settings
-(:mod:`ioi_anti.run.validation`) and takes the project's run lock; while it runs, it stamps each saved
-table with the id of the settings it was computed from and checks each loaded table's stamp against
-the current settings (:mod:`ioi_anti.run.stages`). Hooks, not node code, because the same checks
-must hold for every pipeline and every way of running one.
+:class:`RunGuard` is registered in ``settings.py``. As soon as Kedro has read the configuration it
+validates all settings (:mod:`ioi_anti.run.validation`); before a pipeline runs it takes the project's
+run lock; while it runs, it stamps each saved table with the id of the settings it was computed from,
+and checks each loaded table's stamp against the current settings (:mod:`ioi_anti.run.stages`). Hooks,
+not node code, because the same checks must hold for every pipeline and every way of running one.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from kedro.framework.hooks import hook_impl
-from kedro.framework.project import find_pipelines
 
 from ioi_anti import execution
 from ioi_anti.models.loading import release_models
+from ioi_anti.params import RunSettings
 from ioi_anti.run import stages as run_settings
 from ioi_anti.run.validation import check_named_hero_grids, validate_settings
 
@@ -41,14 +40,6 @@ class RunLockedError(RuntimeError):
 
 class SettingsMismatchError(RuntimeError):
     """A saved result was computed with other settings than the current run's."""
-
-
-def base_schema(conf_source: Path) -> dict[str, Any]:
-    """The base parameters (``conf/base/parameters*.yml``): every key a run may set."""
-    schema: dict[str, Any] = {}
-    for path in sorted((conf_source / "base").glob("parameters*.yml")):
-        schema |= yaml.safe_load(path.read_text()) or {}
-    return schema
 
 
 class RunLock:
@@ -115,29 +106,32 @@ def _pid_alive(pid: int) -> bool:
 class RunGuard:
     """Validate settings and lock before a run; stamp what is saved and check what is loaded during it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_outputs: Callable[[], Mapping[str, set[str]]]) -> None:
+        """``stage_outputs``: every stage's output datasets, whichever pipelines the run asked for (given by
+        the project's pipeline registry, the one layer that knows the pipelines)."""
+        self.stage_outputs = stage_outputs
         self.project: Path | None = None
         self.ids: dict[str, str] = {}
         self.stage_of: dict[str, str] = {}
         self.lock: RunLock | None = None
         self.unstamped: set[str] = set()
-        self.params: dict[str, Any] = {}
+        self.settings: RunSettings | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
+        """Validate every setting as soon as Kedro has read them: before it builds the catalog, where its
+        own parameter validation instantiates the typed groups the nodes take."""
         self.project = Path(context.project_path)
+        self.settings = validate_settings(context.config_loader["parameters"])
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         project = self.project or Path.cwd()
-        params = self.params = catalog.load("parameters")
-        validate_settings(params, base_schema(project / "conf"))
-        check_named_hero_grids(params)
-        self.ids, full = run_settings.stage_ids(params)
-        # Every stage's outputs, from Kedro's discovery of the project's pipelines: its registry holds only
-        # the pipelines a `kedro run --pipeline X` asked for.
-        found = find_pipelines(raise_errors=True)
-        self.stage_of = {name: stage for stage in run_settings.STAGES for name in found[stage].all_outputs()}
+        if self.settings is None:
+            raise RuntimeError("RunGuard: the settings were not validated (after_context_created did not run).")
+        check_named_hero_grids(self.settings)
+        self.ids, full = run_settings.stage_ids(self.settings)
+        self.stage_of = {name: stage for stage, outputs in self.stage_outputs().items() for name in outputs}
         self.lock = RunLock(project / "data")
         self.lock.acquire()
         record_dir = project / "data" / SETTINGS_DIR
@@ -218,7 +212,7 @@ class RunGuard:
         saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
         lines = (run_settings.differences(saved, now) if saved
                  else [f"the settings {saved_id} are not recorded in {record_dir}"])
-        start = run_settings.first_changed(stage, self.params, saved) if saved else stage
+        start = run_settings.first_changed(stage, self.settings, saved) if saved and self.settings else stage
         listed = "\n".join(f"  - {line}" for line in lines)
         return (f"`{name}` (its latest saved version) was computed with other settings than this run's:\n{listed}\n"
                 f"Re-run from the first step these settings change, with the settings you want: "

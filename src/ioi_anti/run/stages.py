@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ioi_anti.measure.partitions import numeric_runtime
+from ioi_anti.params import RunSettings
 
 COLUMN = "settings_id"
 STAGES = ("data_generation", "head_ablation", "categorisation", "hero_heads", "reporting")
@@ -24,29 +25,28 @@ UPSTREAM = {"data_generation": (), "head_ablation": ("data_generation",), "categ
             "hero_heads": ("head_ablation",), "reporting": ("categorisation", "hero_heads")}
 
 
-def stage_settings(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def stage_settings(settings: RunSettings) -> dict[str, dict[str, Any]]:
     """The settings each stage's numbers depend on (batch sizes, which change none, are left out)."""
-    models = list(params["models"])
+    params = settings.model_dump()
     sweep = {key: value for key, value in params["head_ablation"].items() if key not in ("seed", "screen")}
-    if sweep["ablation"] == "resample":
-        sweep["seed"] = params["head_ablation"]["seed"]
-    if sweep.get("mode") == "screen":
-        categorisation = params["categorisation"]
+    if settings.head_ablation.ablation == "resample":
+        sweep["seed"] = settings.head_ablation.seed
+    if settings.head_ablation.mode == "screen":
         sweep["screen"] = params["head_ablation"]["screen"]
-        sweep["screen_taus"] = [categorisation["tau"], *categorisation["sensitivity_taus"]]
-    heroes = dict(params["hero_heads"]) | {"tau": params["categorisation"]["tau"], "seed": params["seed"],
-                                           "pair": list(params["categorisation"]["pair"])}
-    if params["head_ablation"]["ablation"] == "resample":
-        heroes["resample_seed"] = params["head_ablation"]["seed"]
+        sweep["screen_taus"] = [settings.categorisation.tau, *settings.categorisation.sensitivity_taus]
+    heroes = params["hero_heads"] | {"tau": settings.categorisation.tau, "seed": settings.seed,
+                                     "pair": settings.categorisation.pair}
+    if settings.head_ablation.ablation == "resample":
+        heroes["resample_seed"] = settings.head_ablation.seed
     return {
         "data_generation": {
-            "tasks": list(params["tasks"]), "models": models,
-            "model_registry": {m: params["model_registry"].get(m.split("@")[0]) for m in models},
-            "data_generation": params["data_generation"], "baseline": params["baseline"], "seed": params["seed"],
-            "runtime": numeric_runtime(params["runtime"]),
+            "tasks": settings.tasks, "models": settings.models,
+            "model_registry": {m: params["model_registry"].get(m.split("@")[0]) for m in settings.models},
+            "data_generation": params["data_generation"], "baseline": params["baseline"], "seed": settings.seed,
+            "runtime": numeric_runtime(settings.runtime),
         },
-        "head_ablation": {"head_ablation": sweep, "seed": params["seed"]},
-        "categorisation": {"categorisation": params["categorisation"], "seed": params["seed"]},
+        "head_ablation": {"head_ablation": sweep, "seed": settings.seed},
+        "categorisation": {"categorisation": params["categorisation"], "seed": settings.seed},
         "hero_heads": {"hero_heads": heroes},
         "reporting": {"reporting": params["reporting"]},
     }
@@ -64,9 +64,9 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def stage_ids(params: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+def stage_ids(settings: RunSettings) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Id of every stage, and the full settings (its own and its upstream stages') behind each id."""
-    own = stage_settings(params)
+    own = stage_settings(settings)
     ids: dict[str, str] = {}
     full: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
@@ -94,9 +94,9 @@ def ancestors(stage: str) -> list[str]:
     return [s for s in STAGES if s in found]
 
 
-def first_changed(stage: str, params: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
+def first_changed(stage: str, settings: RunSettings, saved: Mapping[str, Any]) -> str:
     """The earliest stage feeding ``stage`` whose own settings differ from ``saved``: where to re-run from."""
-    own = {name: flatten(settings) for name, settings in stage_settings(params).items()}
+    own = {name: flatten(values) for name, values in stage_settings(settings).items()}
     for up in ancestors(stage):
         if any(saved.get(key) != value for key, value in own[up].items()):
             return up

@@ -1,137 +1,129 @@
 """Every setting of a run checked before any model loads, with one message that lists every problem.
 
-Called by :class:`ioi_anti.run.hooks.RunGuard` before a pipeline runs, whichever pipeline it is, so a
-mistake in τ or in a hero-head name costs seconds, not the hours of a sweep that precedes its use.
-The parameter files of ``conf/base`` are the schema: a key they do not have is a typo (the error
-names the nearest known key), except under the maps whose keys are the user's own (model ids,
-hero heads per model, list-item categories).
+Called by :class:`ioi_anti.run.hooks.RunGuard` as soon as Kedro has read the configuration, before it
+builds the catalog (where its own parameter validation instantiates the typed groups of
+:mod:`ioi_anti.params` for the nodes), whichever pipeline runs, so a mistake in τ or in a hero-head
+name costs seconds, not the hours of a sweep that precedes its use. The pydantic models are the
+schema: each group is validated on its own, so one bad group does not hide the problems of another,
+and pydantic's errors are rewritten as one line per setting naming what it must be (the field's
+description), with the nearest known key for a misspelled one. The checks that need more than one
+group, or this machine (models installed, CUDA present, Dask installed), follow.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, get_args
 
 import torch
+from kedro.config import OmegaConfigLoader
+from pydantic import BaseModel, ConfigDict, RootModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from ioi_anti import execution
-from ioi_anti.analysis.categories import pair_of, validate_tau
-from ioi_anti.figures.style import FigureStyle
+from ioi_anti.analysis.categories import pair_of
 from ioi_anti.hero.effects import check_named_heads, parse_head
-from ioi_anti.measure.ablation import ABLATIONS
-from ioi_anti.measure.metrics import DELTA_UNITS
-from ioi_anti.measure.partitions import MODES
 from ioi_anti.models.loading import model_grid
-from ioi_anti.models.precision import PRECISIONS
 from ioi_anti.models.sources import check_available
 from ioi_anti.models.spec import ModelConfigError, ModelSpec, ModelUnavailableError
-from ioi_anti.tasks import Task, TaskError, load_tasks
+from ioi_anti.params import RunSettings
+from ioi_anti.tasks import BUILT_IN, Task, TaskError, load_task, load_tasks
 
 logger = logging.getLogger(__name__)
 
-FREE_FORM = {("model_registry",), ("hero_heads", "named"), ("data_generation", "anti", "categories"),
-             ("published", "names")}
-DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# How the project reads its configuration (settings.py): `--env paper` overrides single keys (the model
+# list, prompt counts) of nested parameters.
+CONFIG_LOADER_ARGS = {"base_env": "base", "default_run_env": "local", "merge_strategy": {"parameters": "soft"}}
 
 
 class SettingsError(ValueError):
     """Settings that cannot give a valid run; the message lists every problem found."""
 
 
-def unknown_keys(params: Mapping[str, Any], schema: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[str]:
-    """Keys of ``params`` that ``schema`` (the base parameters) does not have, with the nearest known key."""
-    problems = []
-    for key, value in params.items():
-        where = (*path, str(key))
-        if key not in schema:
-            near = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
-            hint = f"; did you mean `{'.'.join((*path, near[0]))}`?" if near else ""
-            problems.append(f"unknown parameter `{'.'.join(where)}`{hint}")
-        elif isinstance(value, Mapping) and isinstance(schema[key], Mapping) and where not in FREE_FORM:
-            problems += unknown_keys(value, schema[key], where)
-    return problems
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (itself, a list or map of it, an optional one), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if issubclass(annotation, RootModel):
+            return _model_in(annotation.model_fields["root"].annotation)
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
-def _get(params: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = params
-    for part in dotted.split("."):
-        value = value[part]
-    return value
+def _walk(model: type[BaseModel] | None, loc: Sequence[int | str]) -> tuple[FieldInfo | None, type[BaseModel] | None]:
+    """The field at ``loc`` (list indices, map keys and union branches skipped) and the model around it."""
+    info, around = None, model
+    for part in loc:
+        if around is not None and isinstance(part, str) and part in around.model_fields:
+            info = around.model_fields[part]
+            around = _model_in(info.annotation)
+    return info, around
 
 
-def _check(problems: list[str], params: Mapping[str, Any], dotted: str, ok: Callable[[Any], bool], need: str) -> None:
-    """Add a problem when the setting at ``dotted`` is missing or ``ok`` rejects it (or raises)."""
-    try:
-        value = _get(params, dotted)
-    except (KeyError, TypeError):
-        problems.append(f"`{dotted}` is missing ({need})")
-        return
-    try:
-        good = ok(value)
-    except (TypeError, ValueError):
-        good = False
-    if not good:
-        problems.append(f"`{dotted}` = {value!r}: must be {need}")
+def _dotted(loc: Sequence[int | str]) -> str:
+    """``("grid", "sizes", 0, "n_layer")`` -> ``grid.sizes[0].n_layer``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def describe(error: ErrorDetails, root: type[BaseModel] | None, prefix: tuple[str, ...]) -> str:
+    """One line for one pydantic error at ``prefix`` + its location, inside the model ``root``."""
+    loc = tuple(error["loc"])
+    where = _dotted((*prefix, *loc))
+    if error["type"] == "extra_forbidden":
+        _, parent = _walk(root, loc[:-1])
+        known = list(parent.model_fields) if parent is not None else []
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean `{_dotted((*prefix, *loc[:-1], near[0]))}`?" if near else ""
+        return f"unknown parameter `{where}`{hint}"
+    info, _ = _walk(root, loc)
+    need = info.description if info is not None and info.description else error["msg"].lower()
+    if error["type"] == "missing":
+        return f"`{where}` is missing ({need})"
+    if error["type"] == "value_error":  # the project's own validators say what the value must be
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        if isinstance(error["input"], Mapping):
+            return f"`{where}`: {message}"
+        return f"`{where}` = {error['input']!r}: {message}"
+    return f"`{where}` = {error['input']!r}: must be {need}"
 
 
-def _fraction(v: Any) -> bool:
-    return isinstance(v, int | float) and 0 < v < 1
+def _adapter(info: FieldInfo) -> TypeAdapter[Any]:
+    """A validator of one top-level setting alone: its own model's, or strict like :class:`RunSettings`'."""
+    annotated = Annotated[info.annotation, info]
+    if _model_in(info.annotation) is not None:
+        return TypeAdapter(annotated)
+    return TypeAdapter(annotated, config=ConfigDict(strict=True))
 
 
-def _model_problems(models: Any, registry: Mapping[str, Any]) -> list[str]:
-    if isinstance(models, str):
-        return [f"`models` = {models!r} is a string, not a list: write `models: [{models}]` in YAML, or "
-                f"`--params \"models=[{models}]\"` on the command line (with the brackets)"]
-    if not isinstance(models, Sequence) or not models:
-        return ["`models` must be a non-empty list of model ids from `model_registry`"]
-    problems = []
-    if len(set(models)) != len(models):
-        problems.append(f"`models` lists a model twice: {list(models)}")
-    for model_id in models:
-        try:
-            spec = ModelSpec.from_registry(str(model_id), dict(registry))
-            if spec.source == "gguf":  # its packages are on this machine or not: a cheap look, no weights read
-                check_available(spec)
-        except (ModelConfigError, ModelUnavailableError) as error:
-            problems.append(str(error))
-    return problems
-
-
-def _device_problems(device: Any, cluster: Any) -> list[str]:
-    if not isinstance(device, str) or not DEVICE.fullmatch(device):
-        return [f"`runtime.device` = {device!r}: must be auto, cpu, cuda, cuda:<index> or mps"]
-    remote = cluster is not None and cluster != execution.LOCAL  # its workers' devices are checked when it connects
-    if device.startswith("cuda") and not remote and not torch.cuda.is_available():
-        return [f"`runtime.device` = {device!r} but torch sees no CUDA device here (torch {torch.__version__}): "
-                "use `runtime.device=auto` (CUDA when present, else CPU) or `cpu`"]
-    return []
-
-
-def _hero_problems(named: Any, models: Sequence[str], registry: Mapping[str, Any]) -> list[str]:
-    if not isinstance(named, Mapping):
-        return ["`hero_heads.named` must map model ids to lists of heads, e.g. {gpt2-large: [L34H2]}"]
-    problems = []
-    for model_id, heads in named.items():
-        if str(model_id).split("@")[0] not in registry:
-            near = difflib.get_close_matches(str(model_id), list(registry), n=1)
-            problems.append(f"`hero_heads.named` names unknown model {model_id!r}"
-                            + (f"; did you mean {near[0]!r}?" if near else ""))
-        elif model_id not in models:
-            logger.warning("hero_heads.named lists heads of %s, which is not among this run's models %s: they "
-                           "will NOT be studied.", model_id, list(models))
-        for label in heads if isinstance(heads, list | tuple) else [heads]:
+def _groups(params: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Each top-level setting of :class:`RunSettings` validated on its own: the valid ones, typed."""
+    fields = RunSettings.model_fields
+    for key in params:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            problems.append(f"unknown parameter `{key}`" + (f"; did you mean `{near[0]}`?" if near else ""))
+    groups = {}
+    for name, info in fields.items():
+        if name not in params:
+            problems.append(f"`{name}` is missing ({info.description or 'see conf/base'})")
+        elif name == "models" and isinstance(params[name], str):
+            value = params[name]
+            problems.append(f"`models` = {value!r} is a string, not a list: write `models: [{value}]` in YAML, or "
+                            f"`--params \"models=[{value}]\"` on the command line (with the brackets)")
+        else:
             try:
-                parse_head(str(label))
-            except ValueError as error:
-                problems.append(f"`hero_heads.named.{model_id}`: {error}")
-    return problems
+                groups[name] = _adapter(info).validate_python(params[name])
+            except ValidationError as error:
+                problems += [describe({**detail, "loc": (name, *detail["loc"])}, RunSettings, ())
+                             for detail in error.errors()]
+    return groups
 
 
 def _task_problems(names: Any, pair: Any) -> tuple[list[str], list[Task]]:
@@ -147,84 +139,112 @@ def _task_problems(names: Any, pair: Any) -> tuple[list[str], list[Task]]:
     return [], tasks
 
 
-def settings_problems(params: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
-    """Every problem of a run's parameters (empty when the run can start)."""
-    task_problems, tasks = _task_problems(params.get("tasks"), params.get("categorisation", {}).get("pair"))
-    # a user task's own section of data_generation is free-form: only the task knows its keys
-    own = {task.name: params["data_generation"][task.name] for task in tasks
-           if task.name in params.get("data_generation", {}) and task.name not in schema.get("data_generation", {})}
-    if own:
-        schema = {**schema, "data_generation": {**schema["data_generation"], **own}}
-    problems = task_problems + unknown_keys(params, schema)
-    registry = params.get("model_registry", {})
-    problems += _model_problems(params.get("models"), registry)
-    for dotted in ("seed", "data_generation.seed", "head_ablation.seed"):
-        _check(problems, params, dotted, _int_at_least(0), "an integer >= 0")
-    runtime = params.get("runtime", {})
-    problems += _device_problems(runtime.get("device"), runtime.get("cluster"))
-    problems += execution.cluster_problems(runtime)
-    _check(problems, params, "runtime.dtype", lambda v: v in PRECISIONS,
-           f"one of {', '.join(PRECISIONS)} (half types: mixed precision, docs/metrics.md)")
-    _check(problems, params, "runtime.tf32", lambda v: isinstance(v, bool), "true or false")
-    _check(problems, params, "runtime.keep_loaded_gb",
-           lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, "a number of GB >= 0")
-    for dotted in ("runtime.max_batch", "runtime.max_rows", "baseline.n_boot", "head_ablation.n_boot",
-                   "categorisation.n_boot", "categorisation.n_depth_bins", "hero_heads.n_boot",
-                   "hero_heads.max_prompts", "data_generation.ioi.n_prompts", "data_generation.anti.n_prompts",
-                   "data_generation.paper_ioi.n_prompts", "data_generation.paper_anti.n_prompts",
-                   "data_generation.ioi.min_places", "data_generation.ioi.min_objects",
-                   "data_generation.anti.min_categories"):
-        _check(problems, params, dotted, _int_at_least(1), "an integer >= 1")
-    for dotted in ("hero_heads.top_per_category", "hero_heads.topk_max", "hero_heads.max_receivers",
-                   "head_ablation.screen.top_k", "data_generation.ioi.mean_pool_per_template",
-                   "data_generation.anti.mean_pool_per_template"):
-        _check(problems, params, dotted, _int_at_least(0), "an integer >= 0")
-    for task in ("ioi", "paper_ioi", "paper_anti"):
-        _check(problems, params, f"data_generation.{task}.min_names", _int_at_least(3),
-               "an integer >= 3 (a prompt and its reference need three different names)")
-    _check(problems, params, "data_generation.anti.list_lengths",
-           lambda v: bool(v) and all(_int_at_least(2)(n) for n in v), "a non-empty list of integers >= 2")
-    _check(problems, params, "data_generation.anti.min_items_per_category",
-           lambda v: v > max(_get(params, "data_generation.anti.list_lengths")),
-           "larger than the longest list, so that some item of the category is left to be new")
-    _check(problems, params, "hero_heads.dose_steps", _int_at_least(2), "an integer >= 2 (clean and ablated)")
-    _check(problems, params, "head_ablation.ablation", lambda v: v in ABLATIONS, f"one of {', '.join(ABLATIONS)}")
-    _check(problems, params, "head_ablation.mode", lambda v: v in MODES, f"one of {', '.join(MODES)}")
-    _check(problems, params, "head_ablation.delta", lambda v: v in DELTA_UNITS, f"one of {', '.join(DELTA_UNITS)}")
-    sweep = params.get("head_ablation", {})
-    if sweep.get("delta") == "raw" and sweep.get("mode") == "screen":
-        problems.append("`head_ablation.delta` = 'raw' needs `head_ablation.mode` = 'exact': screening's margin "
-                        "and τ are fractions of the task gap")
-    _check(problems, params, "head_ablation.screen.margin", lambda v: isinstance(v, int | float) and v >= 0,
-           "a number >= 0")
-    for dotted in ("head_ablation.ci", "categorisation.ci_level"):
-        _check(problems, params, dotted, _fraction, "strictly between 0 and 1")
-    _check(problems, params, "categorisation.tau", validate_tau, "strictly between 0 and 1")
-    _check(problems, params, "categorisation.sensitivity_taus", lambda v: bool(v) and all(map(validate_tau, v)),
-           "a non-empty list of τ values strictly between 0 and 1")
-    _check(problems, params, "hero_heads.receivers", lambda v: v in ("strong", "all"), "strong or all")
-    _check(problems, params, "hero_heads.verdict.main_share", lambda v: 0 < v <= 1, "in (0, 1]")
-    _check(problems, params, "hero_heads.verdict.min_share",
-           lambda v: 0 < v <= _get(params, "hero_heads.verdict.main_share"), "in (0, main_share]")
-    _check(problems, params, "reporting", lambda r: FigureStyle(r["fig_width_in"], r["font_size"],
-                                                                r["panel_height_in"]) is not None,
-           "fig_width_in and panel_height_in > 0, font_size >= 8")
-    if isinstance(params.get("models"), list):
-        problems += _hero_problems(params.get("hero_heads", {}).get("named", {}), params["models"], registry)
+def _section_problems(sections: Mapping[str, Any], tasks: Sequence[Task]) -> list[str]:
+    """Each task section of ``data_generation`` validated by its task's own settings model (the run's tasks
+    and every built-in one); a section no task reads is a typo."""
+    known = {name: load_task(name) for name in BUILT_IN} | {task.name: task for task in tasks}
+    problems = []
+    for name, section in sections.items():
+        if name == "seed":
+            continue
+        if name not in known:
+            near = difflib.get_close_matches(str(name), list(known), n=1)
+            problems.append(f"unknown parameter `data_generation.{name}`"
+                            + (f"; did you mean `data_generation.{near[0]}`?" if near else ""))
+            continue
+        try:
+            known[name].read_settings(section if isinstance(section, Mapping) else {})
+        except ValidationError as error:
+            problems += [describe(detail, known[name].settings, ("data_generation", name))
+                         for detail in error.errors()]
     return problems
 
 
-def check_named_hero_grids(params: Mapping[str, Any]) -> None:
-    """Named hero heads of the run's models lie inside each model's grid, read from its config (no
-    weights loaded; only models with named heads are read, so the default run pays nothing)."""
-    named = {model: heads for model, heads in params["hero_heads"]["named"].items() if model in params["models"]}
-    grids = {model: model_grid(ModelSpec.from_registry(model, dict(params["model_registry"]))) for model in named}
-    check_named_heads(named, grids)
+def _model_problems(models: Sequence[str], settings: dict[str, Any]) -> list[str]:
+    if len(set(models)) != len(models):
+        return [f"`models` lists a model twice: {list(models)}"]
+    if "model_registry" not in settings:
+        return []
+    problems = []
+    for model_id in models:
+        try:
+            spec = ModelSpec.from_registry(model_id, settings["model_registry"])
+            if spec.source == "gguf":  # its packages are on this machine or not: a cheap look, no weights read
+                check_available(spec)
+        except (ModelConfigError, ModelUnavailableError) as error:
+            problems.append(str(error))
+    return problems
 
 
-def validate_settings(params: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Raise :class:`SettingsError` listing every problem, before any heavy work starts."""
-    problems = settings_problems(params, schema)
+def _device_problems(settings: dict[str, Any]) -> list[str]:
+    runtime = settings.get("runtime")
+    if runtime is None:
+        return []
+    problems = execution.cluster_problems(runtime)
+    remote = runtime.cluster is not None and runtime.cluster != execution.LOCAL  # checked when it connects
+    if runtime.device.startswith("cuda") and not remote and not torch.cuda.is_available():
+        problems.append(f"`runtime.device` = {runtime.device!r} but torch sees no CUDA device here (torch "
+                        f"{torch.__version__}): use `runtime.device=auto` (CUDA when present, else CPU) or `cpu`")
+    return problems
+
+
+def _hero_problems(settings: dict[str, Any]) -> list[str]:
+    if not {"hero_heads", "models", "model_registry"} <= set(settings):
+        return []
+    registry, models = settings["model_registry"], settings["models"]
+    problems = []
+    for model_id, heads in settings["hero_heads"].named.items():
+        if model_id.split("@")[0] not in registry:
+            near = difflib.get_close_matches(model_id, list(registry), n=1)
+            problems.append(f"`hero_heads.named` names unknown model {model_id!r}"
+                            + (f"; did you mean {near[0]!r}?" if near else ""))
+        elif model_id not in models:
+            logger.warning("hero_heads.named lists heads of %s, which is not among this run's models %s: they "
+                           "will NOT be studied.", model_id, list(models))
+        for label in heads:
+            try:
+                parse_head(label)
+            except ValueError as error:
+                problems.append(f"`hero_heads.named.{model_id}`: {error}")
+    return problems
+
+
+def settings_problems(params: Mapping[str, Any]) -> list[str]:
+    """Every problem of a run's parameters, as Kedro read them (empty when the run can start)."""
+    problems: list[str] = []
+    settings = _groups(params, problems)
+    pair = params.get("categorisation", {}).get("pair") if isinstance(params.get("categorisation"), Mapping) else None
+    task_problems, tasks = _task_problems(params.get("tasks"), pair)
+    problems += task_problems
+    sections = params.get("data_generation")
+    if isinstance(sections, Mapping):
+        problems += _section_problems(sections, tasks)
+    if "models" in settings:
+        problems += _model_problems(settings["models"], settings)
+    problems += _device_problems(settings)
+    problems += _hero_problems(settings)
+    return problems
+
+
+def validate_settings(params: Mapping[str, Any]) -> RunSettings:
+    """The run's settings, typed; :class:`SettingsError` lists every problem, before any heavy work starts."""
+    problems = settings_problems(params)
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         raise SettingsError(f"The run's settings have {len(problems)} problem(s); nothing was run:\n{listed}")
+    return RunSettings.model_validate(params)
+
+
+def check_named_hero_grids(settings: RunSettings) -> None:
+    """Named hero heads of the run's models lie inside each model's grid, read from its config (no
+    weights loaded; only models with named heads are read, so the default run pays nothing)."""
+    named = {model: heads for model, heads in settings.hero_heads.named.items() if model in settings.models}
+    grids = {model: model_grid(ModelSpec.from_registry(model, settings.model_registry)) for model in named}
+    check_named_heads(named, grids)
+
+
+def project_settings(conf_source: Path, env: str | None = None) -> RunSettings:
+    """A project's settings as ``kedro run --env <env>`` reads them, validated and typed (for scripts,
+    benchmarks and notebooks that call the library without a Kedro session)."""
+    loader = OmegaConfigLoader(str(conf_source), **CONFIG_LOADER_ARGS, env=env)
+    return validate_settings(loader["parameters"])

@@ -6,8 +6,10 @@ the per-head table), how it is called in figures and text, its prompt generator,
 give its ablation values. The metric is common to all: a weighted sum of candidate logits at the
 last token (:mod:`ioi_anti.measure.metrics`), so a task states its candidates and weights per prompt.
 
-A prompt generator returns a table with one row per prompt and at least the columns of
-:data:`PROMPT_COLUMNS` (``task`` is added from the task's name):
+A task declares the settings it reads, its section ``data_generation.<name>``, as a pydantic model
+(:class:`ioi_anti.params.Settings`): :meth:`Task.read_settings` validates the section into it, and the
+prompt generator receives that typed object. A prompt generator returns a table with one row per prompt
+and at least the columns of :data:`PROMPT_COLUMNS` (``task`` is added from the task's name):
 
 * ``prompt_id``: 0..n-1 (:func:`ioi_anti.tasks.prompts.numbered` numbers a list of rows);
 * ``role``: ``clean`` (the prompts whose heads are measured), ``ref`` (one per clean prompt, same
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ioi_anti.params import DataGeneration, Settings
+
 if TYPE_CHECKING:  # only for annotations: loading transformers takes seconds, and tables do not need it
     from transformers import PreTrainedTokenizerBase
 
@@ -46,8 +50,9 @@ PAIR = ("ioi", "anti")  # the paper's pair: the default run's tasks and categori
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 Tokenizers = Mapping[str, "PreTrainedTokenizerBase"]
-PromptMaker = Callable[[Mapping[str, Any], Tokenizers, int], tuple[pd.DataFrame, pd.DataFrame]]
-"""``(params, tokenizers, seed) -> (prompts, dropped words)``: the task's section of ``data_generation``,
+PromptMaker = Callable[[Any, Tokenizers, int], tuple[pd.DataFrame, pd.DataFrame]]
+"""``(settings, tokenizers, seed) -> (prompts, dropped words)``: the task's section of ``data_generation`` as
+an instance of its :attr:`Task.settings` model (typed ``Any`` here because each task takes its own model),
 the run's tokenizers by model id and the prompt seed; the drop log has columns list, word, tokenizer."""
 AttentionTargets = Callable[[Sequence[int], Sequence[int], Sequence[float]], dict[str, list[int]]]
 """``(a clean prompt's input ids, its metric token ids, their weights) -> positions by target name``: where
@@ -65,9 +70,11 @@ class TaskError(ValueError):
 class Task:
     """One behaviour: what the pipelines need to measure every head's part in it.
 
-    ``short`` names the task inside category names ("IOI-only"); ``score`` (optional) is a per-head
-    measurement reported beside Δ in the per-head table as ``<score_name>``; ``attention_targets``
-    (optional) the token positions whose attention from END the hero-head study reports.
+    ``settings`` is the pydantic model of the task's section of ``data_generation`` (``make_prompts``
+    receives an instance); ``short`` names the task inside category names ("IOI-only"); ``score``
+    (optional) is a per-head measurement reported beside Δ in the per-head table as ``<score_name>``;
+    ``attention_targets`` (optional) the token positions whose attention from END the hero-head study
+    reports.
     """
 
     name: str
@@ -75,6 +82,7 @@ class Task:
     short: str
     colour: str
     make_prompts: PromptMaker
+    settings: type[Settings]
     ablation_roles: tuple[str, ...] = ("clean", "pool")
     description: str = ""
     score: HeadScorer | None = field(default=None, compare=False)
@@ -92,10 +100,15 @@ class Task:
         if self.score is not None and not NAME.fullmatch(self.score_name):
             raise TaskError(f"Task {self.name}: a task with a score needs a score_name like 'induction_score'.")
 
-    def prompts(self, params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame,
-                                                                                              pd.DataFrame]:
-        """The task's prompt table (checked against :data:`PROMPT_COLUMNS`) and its dropped words."""
-        table, dropped = self.make_prompts(params, tokenizers, seed)
+    def read_settings(self, section: Mapping[str, Any]) -> Settings:
+        """The task's section of ``data_generation`` validated into its :attr:`settings` model; a pydantic
+        ValidationError when it is not (the run's settings check turns it into its message)."""
+        return self.settings.model_validate(section)
+
+    def prompts(self, settings: Settings, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The task's prompt table (checked against :data:`PROMPT_COLUMNS`) and its dropped words, from its
+        typed ``settings`` (:meth:`read_settings`)."""
+        table, dropped = self.make_prompts(settings, tokenizers, seed)
         check_prompts(self.name, table)
         table.insert(1, "task", self.name)
         return table, dropped.assign(task=self.name)
@@ -151,14 +164,15 @@ def load_tasks(names: Sequence[str]) -> list[Task]:
     return tasks
 
 
-def make_task_prompts(names: Sequence[str], params: Mapping[str, Any], tokenizers: Tokenizers,
+def make_task_prompts(names: Sequence[str], data_generation: DataGeneration, tokenizers: Tokenizers,
                       seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The prompts of the tasks ``names`` (built-in names or import paths, as in ``tasks``) as one table
-    (``prompt_id`` unique within a task) and their drop log; each task gets its own section ``params[name]``
-    of ``data_generation`` and the prompt seed."""
+    (``prompt_id`` unique within a task) and their drop log; each task gets its own section of
+    ``data_generation``, read into its settings model, and the prompt seed."""
     tables, drops = [], []
     for task in load_tasks(names):
-        table, dropped = task.prompts(params.get(task.name, {}), tokenizers, seed)
+        settings = task.read_settings(data_generation.section(task.name))
+        table, dropped = task.prompts(settings, tokenizers, seed)
         tables.append(table)
         drops.append(dropped)
     return pd.concat(tables, ignore_index=True), pd.concat(drops, ignore_index=True)

@@ -14,15 +14,30 @@ heads' signature, Olsson et al. 2022).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 
 from ioi_anti.measure.ablation import attention_patterns, make_groups
+from ioi_anti.params import Count, Settings, Size, need
 from ioi_anti.tasks import Task, TaskError, Tokenizers, seed_for
 from ioi_anti.tasks.prompts import clean_and_pool, numbered, word_lists
+
+Length = Annotated[int, need("an integer >= 3 (k = n - 2 words repeated)", ge=3)]
+
+
+class InductionSettings(Settings):
+    """``data_generation.induction``: how many prompts, the sequence lengths, the prefix and the words."""
+
+    n_prompts: Count
+    mean_pool_per_template: Size
+    lengths: Annotated[list[Length], need("a non-empty list of integers >= 3 (k = n - 2 words repeated)",
+                                          min_length=1)]
+    min_words: Count
+    prefix: str
+    words: list[str]
 
 
 def _text(prefix: str, words: Sequence[str]) -> str:
@@ -41,12 +56,10 @@ def check_tokenised_alike(prefix: str, words: Sequence[str], tokenizers: Tokeniz
                             "and one token per word; change data_generation.induction.prefix.")
 
 
-def make_dataset(words: Sequence[str], params: Mapping[str, Any], seed: int) -> pd.DataFrame:
+def make_dataset(words: Sequence[str], settings: InductionSettings, seed: int) -> pd.DataFrame:
     """Clean repeated sequences, their unrelated-first-half references and the ablation pool (seeded)."""
-    if params["n_prompts"] < 1:
-        raise ValueError("data_generation.induction.n_prompts must be at least 1.")
     rng = np.random.default_rng(seed)
-    lengths, prefix = list(params["lengths"]), params["prefix"]
+    lengths, prefix = settings.lengths, settings.prefix
     rows: list[dict[str, Any]] = []
 
     def add(role: str, pair: int, tid: int) -> None:
@@ -62,21 +75,20 @@ def make_dataset(words: Sequence[str], params: Mapping[str, Any], seed: int) -> 
                          "text": _text(prefix, shown), "context_words": shown, "metric_words": list(sequence),
                          "metric_weights": weights})
 
-    clean_and_pool(add, params["n_prompts"], len(lengths), params["mean_pool_per_template"])
+    clean_and_pool(add, settings.n_prompts, len(lengths), settings.mean_pool_per_template)
     return numbered(rows)
 
 
-def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_prompts(settings: InductionSettings, tokenizers: Tokenizers,
+                 seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Words that are single tokens for every model of the run, then the prompts."""
-    if min(params["lengths"]) < 3:
-        raise ValueError("data_generation.induction.lengths must all be >= 3 (k = n - 2 words repeated).")
-    vocab, dropped = word_lists(params, tokenizers, {"words": "min_words"})
-    need = 2 * max(params["lengths"])
-    if len(vocab["words"]) < need:
-        raise ValueError(f"induction: {len(vocab['words'])} single-token words, {need} needed for the longest "
+    vocab, dropped = word_lists(settings, tokenizers, {"words": "min_words"})
+    needed = 2 * max(settings.lengths)
+    if len(vocab["words"]) < needed:
+        raise ValueError(f"induction: {len(vocab['words'])} single-token words, {needed} needed for the longest "
                          "sequence and its unrelated first half; add words to data_generation.induction.words.")
-    check_tokenised_alike(params["prefix"], vocab["words"], tokenizers)
-    return make_dataset(vocab["words"], params, seed_for(seed, "induction")), dropped
+    check_tokenised_alike(settings.prefix, vocab["words"], tokenizers)
+    return make_dataset(vocab["words"], settings, seed_for(seed, "induction")), dropped
 
 
 def induction_scores(lm: Any, tokens: pd.DataFrame, max_batch: int) -> pd.DataFrame:
@@ -110,7 +122,7 @@ def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
 
 
 TASK = Task(name="induction", label="induction", short="induction", colour="#CC79A7", make_prompts=make_prompts,
-            ablation_roles=("clean", "pool"), score=induction_scores, score_name="induction_score",
-            attention_targets=attention_targets,
+            settings=InductionSettings, ablation_roles=("clean", "pool"), score=induction_scores,
+            score_name="induction_score", attention_targets=attention_targets,
             description="induction: logit of the word that followed the current one earlier − mean logit of the "
                         "sequence's other words; reference: the same second half after unrelated words")

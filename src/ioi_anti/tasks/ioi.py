@@ -11,24 +11,48 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import field_validator
 
+from ioi_anti.params import Count, Settings, Size, need
 from ioi_anti.tasks import Task, Tokenizers
 from ioi_anti.tasks.prompts import clean_and_pool, numbered, word_lists
 
 NAME_SLOT = re.compile(r"\[(A|B)\]")
+TEMPLATES = "a non-empty list of BABA templates, each naming [B], [A], [B] in that order"
+
+
+class IoiSettings(Settings):
+    """``data_generation.ioi``: how many prompts, the BABA templates and the word lists they are filled from."""
+
+    n_prompts: Count
+    mean_pool_per_template: Size
+    min_names: Annotated[int, need("an integer >= 3 (an IOI prompt and its ABC reference need three different "
+                                   "names)", ge=3)]
+    min_places: Count
+    min_objects: Count
+    baba_templates: Annotated[list[str], need(TEMPLATES, min_length=1)]
+    names: list[str]
+    places: list[str]
+    objects: list[str]
+
+    @field_validator("baba_templates")
+    @classmethod
+    def _name_slots_in_order(cls, templates: list[str]) -> list[str]:
+        for index, text in enumerate(templates):
+            if NAME_SLOT.findall(text) != ["B", "A", "B"]:
+                raise ValueError(f"must be {TEMPLATES}; template {index} is not: {text!r}")
+        return templates
 
 
 def ioi_templates(baba: Sequence[str]) -> list[dict[str, Any]]:
-    """The BABA templates and their ABBA mirrors, each with its name-slot order."""
+    """The BABA templates (slots checked by :class:`IoiSettings`) and their ABBA mirrors, each with its
+    name-slot order."""
     templates = []
-    for index, text in enumerate(baba):
-        slots = NAME_SLOT.findall(text)
-        if slots != ["B", "A", "B"]:
-            raise ValueError(f"IOI template {index} must name [B], [A], [B] in that order: {text!r}")
+    for text in baba:
         templates.append({"template": text, "kind": "BABA", "order": ("S", "IO", "S")})
         templates.append({"template": text, "kind": "ABBA", "order": ("IO", "S", "S")})
     return templates
@@ -40,12 +64,10 @@ def _fill(template: str, names: Sequence[str], place: str, obj: str) -> str:
     return text.replace("[PLACE]", place).replace("[OBJECT]", obj)
 
 
-def make_dataset(vocab: Mapping[str, Sequence[str]], params: Mapping[str, Any], seed: int) -> pd.DataFrame:
+def make_dataset(vocab: Mapping[str, Sequence[str]], settings: IoiSettings, seed: int) -> pd.DataFrame:
     """Clean IOI prompts, their ABC references and the mean-ablation pool (seeded)."""
-    if params["n_prompts"] < 1:
-        raise ValueError("data_generation.ioi.n_prompts must be at least 1.")
     rng = np.random.default_rng(seed)
-    templates = ioi_templates(params["baba_templates"])
+    templates = ioi_templates(settings.baba_templates)
     rows: list[dict[str, Any]] = []
 
     def add(role: str, pair: int, tid: int) -> None:
@@ -62,15 +84,15 @@ def make_dataset(vocab: Mapping[str, Sequence[str]], params: Mapping[str, Any], 
                 "io": io, "s": s, "c": c if r != "clean" else None,
             })
 
-    clean_and_pool(add, params["n_prompts"], len(templates), params["mean_pool_per_template"])
+    clean_and_pool(add, settings.n_prompts, len(templates), settings.mean_pool_per_template)
     return numbered(rows)
 
 
-def make_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_prompts(settings: IoiSettings, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Names, places and objects that are single tokens for every model of the run, then the prompts."""
-    vocab, dropped = word_lists(params, tokenizers, {"names": "min_names", "places": "min_places",
-                                                     "objects": "min_objects"})
-    return make_dataset(vocab, params, seed), dropped
+    vocab, dropped = word_lists(settings, tokenizers, {"names": "min_names", "places": "min_places",
+                                                       "objects": "min_objects"})
+    return make_dataset(vocab, settings, seed), dropped
 
 
 def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
@@ -82,5 +104,5 @@ def attention_targets(input_ids: Sequence[int], tokens: Sequence[int],
 
 
 TASK = Task(name="ioi", label="IOI", short="IOI", colour="#0072B2", make_prompts=make_prompts,
-            ablation_roles=("ref", "pool"), attention_targets=attention_targets,
+            settings=IoiSettings, ablation_roles=("ref", "pool"), attention_targets=attention_targets,
             description="indirect object identification: logit(IO) − logit(S); reference: ABC prompts")

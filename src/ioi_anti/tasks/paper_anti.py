@@ -11,9 +11,9 @@ itself, :func:`ioi_anti.analysis.published.classify_task`). Prompts, reference a
 from __future__ import annotations
 
 from ioi_anti.tasks import Task
-from ioi_anti.tasks.paper_ioi import name_choice_prompts
+from ioi_anti.tasks.paper_ioi import NameChoiceSettings, name_choice_prompts
 
 TASK = Task(name="paper_anti", label="published anti-repeat", short="anti", colour="#D55E00",
-            make_prompts=name_choice_prompts, ablation_roles=("ref", "pool"),
+            make_prompts=name_choice_prompts, settings=NameChoiceSettings, ablation_roles=("ref", "pool"),
             description="the published anti-repeat form 'A met B. A talked to': logit(B) − logit(A), a "
                         "name choice; reference: a third name for the second A")

@@ -11,30 +11,47 @@ published form (this one and :mod:`ioi_anti.tasks.paper_anti`).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import field_validator
 
+from ioi_anti.params import Count, Names, Settings, Size, need
 from ioi_anti.tasks import Task, Tokenizers
 from ioi_anti.tasks.prompts import clean_and_pool, numbered, word_lists
 
 SLOT = re.compile(r"\{([ABC])\}")
+TEMPLATE = "a template naming {A} twice and {B} once (answer B, distractor A)"
 
 
-def name_choice_prompts(params: Mapping[str, Any], tokenizers: Tokenizers,
+class NameChoiceSettings(Settings):
+    """``data_generation.paper_ioi`` and ``data_generation.paper_anti``: a published name-choice form, how many
+    prompts, and the names it is filled with."""
+
+    template: Annotated[str, need(TEMPLATE)]
+    n_prompts: Count
+    mean_pool_per_template: Size
+    min_names: Names
+    names: list[str]
+
+    @field_validator("template")
+    @classmethod
+    def _two_a_one_b(cls, template: str) -> str:
+        slots = SLOT.findall(template)
+        if slots.count("A") != 2 or slots.count("B") != 1:
+            raise ValueError(f"must be {TEMPLATE}")
+        return template
+
+
+def name_choice_prompts(settings: NameChoiceSettings, tokenizers: Tokenizers,
                         seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Prompts of a published name-choice form (``params["template"]`` with slots {A} and {B}; the answer
+    """Prompts of a published name-choice form (``settings.template`` with slots {A} and {B}; the answer
     is B, the distractor A), their ABC references and the mean-ablation pool, from the names of
-    ``params["names"]`` that are single tokens in every tokenizer of the run (the drop log says which
+    ``settings.names`` that are single tokens in every tokenizer of the run (the drop log says which
     are not)."""
-    template = str(params["template"])
-    if SLOT.findall(template).count("A") != 2 or SLOT.findall(template).count("B") != 1:
-        raise ValueError(f"A published name-choice template names {{A}} twice and {{B}} once: {template!r}.")
-    if params["n_prompts"] < 1:
-        raise ValueError("n_prompts of a published task must be at least 1.")
-    vocab, dropped = word_lists(params, tokenizers, {"names": "min_names"})
+    template = settings.template
+    vocab, dropped = word_lists(settings, tokenizers, {"names": "min_names"})
     rng = np.random.default_rng(seed)
     second_a = [m.start() for m in SLOT.finditer(template) if m.group(1) == "A"][1]
     reference = template[:second_a] + "{C}" + template[second_a + len("{A}"):]
@@ -48,11 +65,11 @@ def name_choice_prompts(params: Mapping[str, Any], tokenizers: Tokenizers,
                          "context_words": [a, b] if r == "clean" else [a, b, c],
                          "metric_words": [b, a], "metric_weights": [1.0, -1.0]})
 
-    clean_and_pool(add, int(params["n_prompts"]), 1, int(params["mean_pool_per_template"]))
+    clean_and_pool(add, settings.n_prompts, 1, settings.mean_pool_per_template)
     return numbered(rows), dropped
 
 
 TASK = Task(name="paper_ioi", label="published IOI", short="IOI", colour="#0072B2",
-            make_prompts=name_choice_prompts, ablation_roles=("ref", "pool"),
+            make_prompts=name_choice_prompts, settings=NameChoiceSettings, ablation_roles=("ref", "pool"),
             description="the published IOI form 'When A and B went to the store, A gave a gift to': "
                         "logit(B) − logit(A); reference: a third name for the second A")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ioi_anti.params import Settings
+
 if TYPE_CHECKING:  # annotations only; the tokenizers passed in bring transformers with them
     from transformers import PreTrainedTokenizerBase
 
@@ -52,18 +54,19 @@ def require_words(kept: Sequence[str], needed: int, what: str, tokenizers: Mappi
 
 
 def word_lists(
-    params: Mapping[str, Any], tokenizers: Mapping[str, PreTrainedTokenizerBase], lists: Mapping[str, str]
+    settings: Settings, tokenizers: Mapping[str, PreTrainedTokenizerBase], lists: Mapping[str, str]
 ) -> tuple[dict[str, list[str]], pd.DataFrame]:
-    """The single-token words of each list ``params[key]`` (``lists``: key -> the key of its minimum count)
-    and the log of the words dropped, per tokenizer."""
+    """The single-token words of each list field ``key`` of a task's ``settings`` (``lists``: key -> the
+    field of its minimum count) and the log of the words dropped, per tokenizer. The fields are read by
+    name (``getattr``) because the caller names them: each task has its own lists."""
     if not tokenizers:
         raise VocabularyError("No tokenizers given: the run has no models.")
     vocab: dict[str, list[str]] = {}
     drops: list[dict[str, str]] = []
     for key, minimum in lists.items():
-        kept, dropped = filter_words(params[key], tokenizers, key)
+        kept, dropped = filter_words(getattr(settings, key), tokenizers, key)
         drops += dropped
-        require_words(kept, params[minimum], key, tokenizers)
+        require_words(kept, getattr(settings, minimum), key, tokenizers)
         vocab[key] = kept
     return vocab, pd.DataFrame(drops, columns=["list", "word", "tokenizer"])
 

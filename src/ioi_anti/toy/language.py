@@ -28,6 +28,8 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from ioi_anti.params import ToyLanguageSettings
+
 BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"
 IOI_TEMPLATES = (
     "when {a} and {b} went to the {place} , {s} gave a {obj} to",
@@ -58,27 +60,12 @@ class ToyLanguage:
     heldout_share: float
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ToyLanguage:
-        """The language of the parameters, checked: enough distinct words for every sequence it makes."""
-        language = cls(tuple(params["names"]), tuple(params["places"]), tuple(params["objects"]),
-                       {k: tuple(v) for k, v in params["categories"].items()}, tuple(params["list_lengths"]),
-                       float(params["heldout_share"]))
-        language.check()
-        return language
-
-    def check(self) -> None:
-        words = [*self.names, *self.places, *self.objects, *(w for v in self.categories.values() for w in v)]
-        repeated = sorted({w for w in words if words.count(w) > 1})
-        if repeated:
-            raise ValueError(f"toy_models.language: words {repeated} appear twice; every word needs one meaning.")
-        if len(self.names) < 3:
-            raise ValueError("toy_models.language.names: at least 3 names (the ABC reference names a third).")
-        shortest = min(len(items) for items in self.categories.values())
-        if not self.list_lengths or min(self.list_lengths) < 2 or max(self.list_lengths) >= shortest:
-            raise ValueError(f"toy_models.language.list_lengths {list(self.list_lengths)}: each must be >= 2 and "
-                             f"below the smallest category ({shortest} items), so that a new item is left.")
-        if not 0.0 < self.heldout_share < 0.5:
-            raise ValueError(f"toy_models.language.heldout_share must lie in (0, 0.5); got {self.heldout_share}.")
+    def from_settings(cls, settings: ToyLanguageSettings) -> ToyLanguage:
+        """The language of ``toy_models.language`` (checked by the settings model: enough distinct words for
+        every sequence it makes)."""
+        return cls(tuple(settings.names), tuple(settings.places), tuple(settings.objects),
+                   {k: tuple(v) for k, v in settings.categories.items()}, tuple(settings.list_lengths),
+                   settings.heldout_share)
 
     @property
     def vocabulary(self) -> list[str]:

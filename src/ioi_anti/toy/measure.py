@@ -4,7 +4,6 @@ and its accuracy on held-out sequences."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from ioi_anti.measure.ablation import make_groups
 from ioi_anti.measure.head_table import model_head_table
 from ioi_anti.measure.sweep import ModelSweep, baseline_table
 from ioi_anti.models.loading import LoadedModel
+from ioi_anti.params import Runtime, ToyMeasure, ToyModels
 from ioi_anti.toy.language import ToyLanguage
 from ioi_anti.toy.tasks import TOY_TASKS
 from ioi_anti.toy.train import ToyRun, from_bytes, grid, loaded, partition_key
@@ -25,18 +25,19 @@ ACCURACY = {  # what a right answer is, per task and prompt role (top-1 over the
 }
 
 
-def head_table(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, params: Mapping[str, Any],
-               runtime: Mapping[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def head_table(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, measure: ToyMeasure, runtime: Runtime,
+               seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The toy model's per-head table (as a pretrained model's, plus ``size``, ``mix``, ``seed``) and its
-    baseline per prompt, measured by the sweep of :mod:`ioi_anti.measure.sweep` (exact ablation of every head)."""
-    runtime = {**runtime, "device": "cpu"}
-    baseline = baseline_table(lm, tokens, runtime["max_batch"])
+    baseline per prompt, measured by the sweep of :mod:`ioi_anti.measure.sweep` (exact ablation of every head,
+    on the CPU whatever ``runtime.device`` says)."""
+    runtime = runtime.model_copy(update={"device": "cpu"})
+    baseline = baseline_table(lm, tokens, runtime.max_batch)
     roles = {task.name: task.ablation_roles for task in TOY_TASKS}
-    sweep = ModelSweep(lm.spec, tokens, runtime, params["ablation"], seed, lm=lm, roles=roles)
+    sweep = ModelSweep(lm.spec, tokens, runtime, measure.ablation, seed, lm=lm, roles=roles)
     long = pd.concat([sweep.attribution_effects(), *(sweep.layer_effects(layer) for layer in range(lm.n_layers))],
                      ignore_index=True)
-    table = model_head_table(long, baseline, list(roles), {"n_boot": params["n_boot"], "ci": params["ci"]}, seed)
-    facts = {"size": run.size, "mix": run.mix, "seed": run.seed, "ablation": params["ablation"]}
+    table = model_head_table(long, baseline, list(roles), measure.n_boot, measure.ci, seed)
+    facts = {"size": run.size.name, "mix": run.mix, "seed": run.seed, "ablation": measure.ablation}
     return table.assign(**facts), baseline.assign(**facts)
 
 
@@ -59,30 +60,29 @@ def accuracy(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, max_batch: int)
                 answers = torch.where(group.weights > 0, group.tokens, -1)
             right += (answers == top[:, None]).any(-1).tolist()
             n_answers += (answers >= 0).sum(-1).tolist()
-        rows.append({"model": run.model_id, "size": run.size, "mix": run.mix, "seed": run.seed, "task": task,
+        rows.append({"model": run.model_id, "size": run.size.name, "mix": run.mix, "seed": run.seed, "task": task,
                      "role": role, "answer": meaning, "n_prompts": len(right), "accuracy": float(np.mean(right)),
                      "chance": float(np.mean(n_answers)) / len(lm.tokenizer)})
     return pd.DataFrame(rows)
 
 
-def measure_grid(trained: Mapping[str, Callable[[], bytes]], tokens: pd.DataFrame, params: Mapping[str, Any],
-                 runtime: Mapping[str, Any], seed: int
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def measure_grid(trained: Mapping[str, Callable[[], bytes]], tokens: pd.DataFrame, settings: ToyModels,
+                 runtime: Runtime, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every model of the grid measured like a pretrained one: the per-head table, the baseline per prompt,
     the accuracy on held-out prompts, and the training loss curves."""
-    language = ToyLanguage.from_params(params["language"])
+    language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
     tables, baselines, accuracies, losses = [], [], [], []
-    for run in grid(params["grid"]):
-        key = partition_key(params, run)
+    for run in grid(settings.grid):
+        key = partition_key(settings, run)
         if key not in trained:
             raise KeyError(f"Toy model {run.model_id} is not trained with these settings; run "
                            "`kedro run --pipeline toy_models`.")
         model, loss = from_bytes(trained[key]())
         lm = loaded(run, model, tokenizer)
-        table, baseline = head_table(lm, run, tokens, params["measure"], runtime, seed)
+        table, baseline = head_table(lm, run, tokens, settings.measure, runtime, seed)
         tables.append(table)
         baselines.append(baseline)
-        accuracies.append(accuracy(lm, run, tokens, int(runtime["max_batch"])))
-        losses.append(loss.assign(model=run.model_id, size=run.size, mix=run.mix, seed=run.seed))
+        accuracies.append(accuracy(lm, run, tokens, runtime.max_batch))
+        losses.append(loss.assign(model=run.model_id, size=run.size.name, mix=run.mix, seed=run.seed))
     return tuple(pd.concat(frames, ignore_index=True) for frames in (tables, baselines, accuracies, losses))

@@ -4,10 +4,10 @@ on the model's size? Tables in, Markdown out."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import pandas as pd
 
+from ioi_anti.params import ToyModels
 from ioi_anti.report.markdown import markdown_table, with_interval
 
 FIGURES = (
@@ -57,11 +57,10 @@ def _answer(summary: pd.DataFrame) -> list[str]:
 
 
 def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame,
-               params: Mapping[str, Any], images: Mapping[str, str] | None = None) -> str:
+               settings: ToyModels, images: Mapping[str, str] | None = None) -> str:
     """The Markdown report of the toy-models pipeline (figures shown where ``images`` gives their sources)."""
-    grid, training = params["grid"], params["training"]
-    sizes = ", ".join(f"{name} ({s['n_layer']} layers × {s['n_head']} heads, d = {s['n_embd']})"
-                      for s in grid["sizes"] for name in [s["name"]])
+    grid, training = settings.grid, settings.training
+    sizes = ", ".join(f"{s.name} ({s.n_layer} layers × {s.n_head} heads, d = {s.n_embd})" for s in grid.sizes)
     learned = gaps.pivot(index="model", columns="task", values="learned")
     not_learned = [f"{m} ({', '.join(t for t in learned.columns if not learned.at[m, t])})"
                    for m in learned.index if not learned.loc[m].all()]
@@ -83,13 +82,13 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
         "anti-repetition-like (half lists whose next item must be new, half copies where repeating is right). "
         "Each model is then measured like the pretrained ones: every head's Δ on held-out toy IOI and toy "
         "anti-repetition prompts (mean ablation, normalised by the task's gap against its reference), and "
-        f"its categories at τ = {params['tau']:g}.",
+        f"its categories at τ = {settings.tau:g}.",
         "",
-        f"- Sizes: {sizes}; λ: {', '.join(f'{m:g}' for m in grid['mixes'])}; seeds: "
-        f"{', '.join(str(s) for s in grid['seeds'])} ({len(per_model)} models).",
-        f"- Training: {training['steps']} steps of {training['batch_size']} sequences, AdamW (lr "
-        f"{training['lr']:g}), loss on the trained tokens only.",
-        f"- Held out of training: {params['language']['heldout_share']:.0%} of the combinations (template and names, "
+        f"- Sizes: {sizes}; λ: {', '.join(f'{m:g}' for m in grid.mixes)}; seeds: "
+        f"{', '.join(str(s) for s in grid.seeds)} ({len(per_model)} models).",
+        f"- Training: {training.steps} steps of {training.batch_size} sequences, AdamW (lr "
+        f"{training.lr:g}), loss on the trained tokens only.",
+        f"- Held out of training: {settings.language.heldout_share:.0%} of the combinations (template and names, "
         "or category and items); every prompt below is one of them.",
         "",
         "## The answer",

@@ -2,18 +2,18 @@
 
 Their prompts follow the real tasks' (same metric, same reference, same ablation roles) and draw
 only held-out combinations of the language, so a toy model is measured on sequences it never saw.
-Both take their settings from ``toy_models`` (``language`` and ``prompts``): ``params`` is that
-section.
+Both take their settings from ``toy_models`` (``language`` and ``prompts``): their settings model is
+that group's, :class:`ioi_anti.params.ToyModels`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ioi_anti.params import ToyModels
 from ioi_anti.tasks import Task, Tokenizers, seed_for
 from ioi_anti.tasks.anti import attention_targets as list_targets
 from ioi_anti.tasks.ioi import attention_targets as ioi_targets
@@ -23,12 +23,12 @@ from ioi_anti.toy.language import COPY_PHRASE, IOI_TEMPLATES, LIST_PHRASE, ToyLa
 NO_DROPS = pd.DataFrame(columns=["list", "word", "tokenizer"])  # every toy word is one token by construction
 
 
-def ioi_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ioi_prompts(settings: ToyModels, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """IOI-like clean prompts (ABBA and BABA alternating), their ABC references and a mean-ablation pool."""
-    language = ToyLanguage.from_params(params["language"])
+    language = ToyLanguage.from_settings(settings.language)
     rng = np.random.default_rng(seed_for(seed, "toy_ioi"))
     rows: list[dict[str, Any]] = []
-    n_prompts, pool = int(params["prompts"]["n_prompts"]), int(params["prompts"]["pool_per_template"])
+    n_prompts, pool = settings.prompts.n_prompts, settings.prompts.pool_per_template
     for pair in [*range(n_prompts), *([-1] * pool * len(IOI_TEMPLATES))]:
         draw = language.ioi(rng, heldout=True)
         draw["order"] = "ABBA" if (pair if pair >= 0 else len(rows)) % 2 == 0 else "BABA"
@@ -41,13 +41,13 @@ def ioi_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) ->
     return numbered(rows), NO_DROPS.copy()
 
 
-def anti_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def anti_prompts(settings: ToyModels, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """List prompts (next: a new item), their copy references (next: the listed last item) and a pool."""
-    language = ToyLanguage.from_params(params["language"])
+    language = ToyLanguage.from_settings(settings.language)
     rng = np.random.default_rng(seed_for(seed, "toy_anti"))
     rows: list[dict[str, Any]] = []
     lengths = language.list_lengths
-    n_prompts, pool = int(params["prompts"]["n_prompts"]), int(params["prompts"]["pool_per_template"])
+    n_prompts, pool = settings.prompts.n_prompts, settings.prompts.pool_per_template
     for pair in [*range(n_prompts), *([-1] * pool * len(lengths))]:
         template = (pair if pair >= 0 else len(rows)) % len(lengths)
         category, items = language.items(rng, heldout=True, length=lengths[template])
@@ -63,20 +63,22 @@ def anti_prompts(params: Mapping[str, Any], tokenizers: Tokenizers, seed: int) -
 
 
 TOY_IOI = Task(name="toy_ioi", label="toy IOI", short="toy IOI", colour="#0072B2", make_prompts=ioi_prompts,
-               ablation_roles=("ref", "pool"), attention_targets=ioi_targets,
+               settings=ToyModels, ablation_roles=("ref", "pool"), attention_targets=ioi_targets,
                description="toy IOI: logit(IO) − logit(S); reference: ABC prompts (held-out names)")
 TOY_ANTI = Task(name="toy_anti", label="toy anti-repetition", short="toy anti", colour="#D55E00",
-                make_prompts=anti_prompts, ablation_roles=("clean", "pool"), attention_targets=list_targets,
+                make_prompts=anti_prompts, settings=ToyModels, ablation_roles=("clean", "pool"),
+                attention_targets=list_targets,
                 description="toy anti-repetition: mean logit of new items − mean logit of listed items; "
                             "reference: copy prompts (held-out lists)")
 TOY_TASKS = (TOY_IOI, TOY_ANTI)
 
 
-def toy_prompts(params: dict[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def toy_prompts(settings: ToyModels, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both toy tasks' prompts (held-out combinations only) and their tokens in the language's tokenizer."""
-    language = ToyLanguage.from_params(params["language"])
+    language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
-    prompts = pd.concat([task.prompts(params, {"toy": tokenizer}, seed)[0] for task in TOY_TASKS], ignore_index=True)
+    prompts = pd.concat([task.prompts(settings, {"toy": tokenizer}, seed)[0] for task in TOY_TASKS],
+                        ignore_index=True)
     tokens = tokenise_prompts(prompts, tokenizer, prepend_bos=True)
     for task in TOY_TASKS:
         check_template_lengths(tokens, task.name, task.ablation_roles, "toy")

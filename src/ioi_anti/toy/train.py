@@ -13,9 +13,8 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ioi_anti.models.loading import LoadedModel, wrap_model
 from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import ToyGrid, ToyLanguageSettings, ToyModels, ToySize, ToyTraining
 from ioi_anti.toy.language import KINDS, ToyLanguage, encode, mixture
 
 logger = logging.getLogger(__name__)
@@ -34,50 +34,40 @@ MAX_POSITIONS = 64  # longer than any sequence of the language
 
 @dataclass(frozen=True)
 class ToyRun:
-    """One model of the grid: its size's name and shape, the objective mix λ and the seed."""
+    """One model of the grid: its size (name and shape), the objective mix λ and the seed."""
 
-    size: str
-    shape: Mapping[str, int]
+    size: ToySize
     mix: float
     seed: int
 
     @property
     def model_id(self) -> str:
         """``toy-<size>-mix<λ>-seed<seed>``, e.g. ``toy-small-mix0.50-seed1``."""
-        return f"toy-{self.size}-mix{self.mix:.2f}-seed{self.seed}"
+        return f"toy-{self.size.name}-mix{self.mix:.2f}-seed{self.seed}"
 
 
-def grid(params: Mapping[str, Any]) -> list[ToyRun]:
+def grid(grid: ToyGrid) -> list[ToyRun]:
     """Every model of ``toy_models.grid``: sizes x mixes x seeds, in that order."""
-    sizes, mixes, seeds = params["sizes"], params["mixes"], params["seeds"]
-    bad = [m for m in mixes if not 0.0 <= float(m) <= 1.0]
-    if bad or not mixes or not seeds or not sizes:
-        raise ValueError(f"toy_models.grid needs sizes, seeds and mixes in [0, 1]; got mixes {list(mixes)}.")
-    names = [size.get("name") for size in sizes]
-    if None in names or len(set(names)) != len(names):
-        raise ValueError(f"toy_models.grid.sizes: each size needs its own name; got {names}.")
-    return [ToyRun(str(size["name"]), {k: int(v) for k, v in size.items() if k != "name"}, float(mix), int(seed))
-            for size in sizes for mix in mixes for seed in seeds]
+    return [ToyRun(size, mix, seed) for size in grid.sizes for mix in grid.mixes for seed in grid.seeds]
 
 
-def toy_config(shape: Mapping[str, int], vocab_size: int) -> GPT2Config:
-    """A GPT-2 config of ``shape`` (n_layer, n_head, n_embd) without dropout, for the language's vocabulary."""
-    return GPT2Config(vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_layer=int(shape["n_layer"]),
-                      n_head=int(shape["n_head"]), n_embd=int(shape["n_embd"]), resid_pdrop=0.0, embd_pdrop=0.0,
-                      attn_pdrop=0.0, bos_token_id=1, eos_token_id=1)
+def toy_config(size: ToySize, vocab_size: int) -> GPT2Config:
+    """A GPT-2 config of ``size``'s shape without dropout, for the language's vocabulary."""
+    return GPT2Config(vocab_size=vocab_size, n_positions=MAX_POSITIONS, n_layer=size.n_layer, n_head=size.n_head,
+                      n_embd=size.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1,
+                      eos_token_id=1)
 
 
 def train(run: ToyRun, language: ToyLanguage, tokenizer: PreTrainedTokenizerFast,
-          params: Mapping[str, Any]) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
+          training: ToyTraining) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
     """A model of ``run`` trained on the language's mix λ; and its loss per step (columns step, loss,
     loss_ioi, loss_list, loss_copy: the mean cross-entropy of each kind's trained tokens in the batch)."""
     torch.manual_seed(run.seed)
     rng = np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7])
-    model = GPT2LMHeadModel(toy_config(run.shape, len(tokenizer))).train()
-    steps, batch = int(params["steps"]), int(params["batch_size"])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]),
-                                  weight_decay=float(params["weight_decay"]))
-    warmup = max(1, int(params["warmup_steps"]))
+    model = GPT2LMHeadModel(toy_config(run.size, len(tokenizer))).train()
+    steps, batch = training.steps, training.batch_size
+    optimiser = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    warmup = max(1, training.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
     vocab = tokenizer.get_vocab()
@@ -124,15 +114,17 @@ def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFa
     return wrap_model(spec, model, tokenizer, torch.device("cpu"))
 
 
-def settings_fingerprint(params: dict[str, Any]) -> str:
-    """What a trained model depends on besides its size, mix and seed: the language and the training."""
-    settings = json.dumps({"language": params["language"], "training": params["training"]}, sort_keys=True)
+def settings_fingerprint(language: ToyLanguageSettings, training: ToyTraining) -> str:
+    """What a trained model depends on besides its size, mix and seed: the language and the training (a hash of
+    their settings' sorted JSON)."""
+    settings = json.dumps({"language": language.model_dump(), "training": training.model_dump()}, sort_keys=True)
     return "t" + hashlib.sha256(settings.encode()).hexdigest()[:11]
 
 
-def partition_key(params: dict[str, Any], run: ToyRun) -> str:
-    """The partition a trained model is saved under: the settings' fingerprint, then the model id."""
-    return f"{settings_fingerprint(params)}/{run.model_id}"
+def partition_key(settings: ToyModels, run: ToyRun) -> str:
+    """The partition a trained model is saved under: the fingerprint of the language and training settings,
+    then the model id."""
+    return f"{settings_fingerprint(settings.language, settings.training)}/{run.model_id}"
 
 
 def is_intact(load: Callable[[], bytes], key: str) -> bool:
@@ -145,12 +137,12 @@ def is_intact(load: Callable[[], bytes], key: str) -> bool:
     return True
 
 
-def training_jobs(done: dict[str, Callable[[], bytes]], params: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels) -> dict[str, Callable[[], bytes]]:
     """One partition per model of the grid not trained yet with these settings, each trained when it is
     saved (so an interrupted grid keeps every finished model, and a re-run trains only the rest)."""
-    language = ToyLanguage.from_params(params["language"])
+    language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
-    keys = {run: partition_key(params, run) for run in grid(params["grid"])}
+    keys = {run: partition_key(settings, run) for run in grid(settings.grid)}
     todo = [run for run, key in keys.items() if key not in done or not is_intact(done[key], key)]
     total = len(keys)
     if len(todo) < total:
@@ -160,7 +152,7 @@ def training_jobs(done: dict[str, Callable[[], bytes]], params: dict[str, Any]) 
     def job(run: ToyRun, number: int) -> Callable[[], bytes]:
         def trained() -> bytes:
             logger.info("Training toy model %d of %d: %s.", number, len(todo), run.model_id)
-            model, losses = train(run, language, tokenizer, params["training"])
+            model, losses = train(run, language, tokenizer, settings.training)
             return to_bytes(model, losses)
         return trained
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import pandas as pd
 
@@ -23,20 +22,21 @@ from ioi_anti.measure.sweep import baseline_job
 from ioi_anti.models.loading import load_tokenizer
 from ioi_anti.models.sources import check_run_models
 from ioi_anti.models.spec import resolve_models
+from ioi_anti.params import DataGeneration, Registry, Runtime
 from ioi_anti.tasks import load_tasks, make_task_prompts, prompts
 
 logger = logging.getLogger(__name__)
 
 
 def make_prompts(
-    tasks: list[str], models: list[str], registry: dict[str, Any], params: dict[str, Any]
+    tasks: list[str], models: list[str], registry: Registry, params: DataGeneration
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every task's prompts, built once for the whole run from words that are single tokens for all its
     models, drawn with ``data_generation.seed`` (the prompt seed: it changes the prompts and nothing
     else); and the log of the words dropped (task, list, word, tokenizer)."""
     specs = check_run_models(models, registry)
     tokenizers = {spec.model_id: load_tokenizer(spec) for spec in specs}
-    table, dropped = make_task_prompts(tasks, params, tokenizers, int(params["seed"]))
+    table, dropped = make_task_prompts(tasks, params, tokenizers, params.seed)
     for (task, name, what), group in dropped.groupby(["task", "tokenizer", "list"], sort=False):
         logger.info("%s, tokenizer %s: dropped %d %s: %s", task, name, len(group), what, ", ".join(group["word"]))
     for task, rows in table.groupby("task", sort=False):
@@ -44,7 +44,7 @@ def make_prompts(
     return table, dropped[["task", "list", "word", "tokenizer"]]
 
 
-def tokenise_for_models(prompts_table: pd.DataFrame, tasks: list[str], models: list[str], registry: dict[str, Any]
+def tokenise_for_models(prompts_table: pd.DataFrame, tasks: list[str], models: list[str], registry: Registry
                         ) -> dict[str, pd.DataFrame]:
     """The same prompts tokenised for every model of the run (one partition per model), each task's
     templates checked to have one token length per template."""
@@ -59,10 +59,10 @@ def tokenise_for_models(prompts_table: pd.DataFrame, tasks: list[str], models: l
 
 def measure_baselines(
     tokenised: dict[str, Callable[[], pd.DataFrame]],
-    done: dict[str, Any],
+    done: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
 ) -> Results:
     """Per-prompt clean and reference metrics of every model not measured yet (each saved as it arrives)."""
     jobs = {}
@@ -85,8 +85,8 @@ def summarise_baselines(
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]],
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
     seed: int,
     n_boot: int,
 ) -> pd.DataFrame:

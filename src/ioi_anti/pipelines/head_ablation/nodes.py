@@ -9,6 +9,7 @@ import pandas as pd
 
 from ioi_anti.execution import Results, run_jobs
 from ioi_anti.measure.plan import head_tables, sweep_jobs
+from ioi_anti.params import Categorisation, HeadAblation, Registry, Runtime
 from ioi_anti.run.metadata import run_metadata
 
 
@@ -16,12 +17,12 @@ def sweep_heads(
     tasks: list[str],
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]],
-    done: dict[str, Any],
+    done: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
-    params: dict[str, Any],
-    categorisation: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
+    params: HeadAblation,
+    categorisation: Categorisation,
 ) -> Results:
     """Measure every head not measured yet (resumable: see :func:`ioi_anti.measure.plan.sweep_jobs`)."""
     jobs = sweep_jobs(tasks, tokenised, baseline_partitions, done, models, registry, runtime, params, categorisation)
@@ -34,10 +35,10 @@ def summarise_heads(
     baseline_partitions: dict[str, Callable[[], pd.DataFrame]],
     tokenised: dict[str, Callable[[], pd.DataFrame]],
     models: list[str],
-    registry: dict[str, Any],
-    runtime: dict[str, Any],
-    params: dict[str, Any],
-    categorisation: dict[str, Any],
+    registry: Registry,
+    runtime: Runtime,
+    params: HeadAblation,
+    categorisation: Categorisation,
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The per-head table, the attribution agreement, and the run's metadata."""

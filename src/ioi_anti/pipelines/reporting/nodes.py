@@ -15,6 +15,7 @@ from ioi_anti.figures import study as study_figures
 from ioi_anti.figures import tasks as task_plots
 from ioi_anti.figures.style import FigureStyle, model_order
 from ioi_anti.figures.training import final_checkpoints, series, training_dynamics
+from ioi_anti.params import Reporting
 from ioi_anti.report.markdown import data_uri, html_report, relative_link
 from ioi_anti.report.published import audit_words, side_by_side_words
 from ioi_anti.report.registry import DECOMPOSITION_DIR, LAYER_HISTS_DIR, TRAINING_DIR, SavedFigure, layer_hist_key
@@ -36,14 +37,14 @@ def corr_vs_scale_table(correlations: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_corr_vs_scale(correlations: pd.DataFrame, tasks: list[str], pair: list[str],
-                       params: dict[str, Any]) -> Figure:
+                       params: Reporting) -> Figure:
     """Correlation of the pair's Δ against parameter count, per family (last checkpoint of each model)."""
     style = FigureStyle.from_params(params)
     return study_figures.corr_vs_scale_cross_family(final_checkpoints(correlations), style, run_pair(tasks, pair))
 
 
 def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, tasks: list[str], pair: list[str],
-                             params: dict[str, Any]) -> Figure:
+                             params: Reporting) -> Figure:
     """Strong-head counts by category against parameter count, at the default τ (last checkpoints)."""
     counts, tau = default_tau_rows(strong_head_counts)
     style = FigureStyle.from_params(params)
@@ -52,7 +53,7 @@ def plot_strong_head_scaling(strong_head_counts: pd.DataFrame, tasks: list[str],
 
 def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.DataFrame,
                            head_categories: pd.DataFrame, hero_heads: pd.DataFrame, tasks: list[str],
-                           pair: list[str], params: dict[str, Any]) -> dict[str, Figure]:
+                           pair: list[str], params: Reporting) -> dict[str, Figure]:
     """Roles across training steps, when the run holds a series of checkpoints (else nothing)."""
     if not series(correlations):
         return {}
@@ -64,21 +65,21 @@ def plot_training_dynamics(correlations: pd.DataFrame, strong_head_counts: pd.Da
 
 
 def plot_all_heads_phase_space(head_categories: pd.DataFrame, tasks: list[str], pair: list[str],
-                               params: dict[str, Any]) -> Figure:
+                               params: Reporting) -> Figure:
     """The pair's Δ (Δ_IOI vs Δ_anti by default) of every head, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
     return study_figures.all_heads_phase_space(heads, tau, FigureStyle.from_params(params), run_pair(tasks, pair))
 
 
 def plot_family_grid(head_categories: pd.DataFrame, tasks: list[str], pair: list[str],
-                     params: dict[str, Any]) -> Figure:
+                     params: Reporting) -> Figure:
     """Per-model phase-space panels grouped by family, at the default τ."""
     heads, tau = default_tau_rows(head_categories)
     return study_figures.family_grid(heads, tau, FigureStyle.from_params(params), run_pair(tasks, pair))
 
 
 def plot_layer_hists(layer_counts: pd.DataFrame, tasks: list[str], pair: list[str],
-                     params: dict[str, Any]) -> dict[str, Figure]:
+                     params: Reporting) -> dict[str, Figure]:
     """One stacked per-layer category histogram per model, keyed ``layer_hist_<model>``."""
     counts, tau = default_tau_rows(layer_counts)
     style, run = FigureStyle.from_params(params), run_pair(tasks, pair)
@@ -89,7 +90,7 @@ def plot_layer_hists(layer_counts: pd.DataFrame, tasks: list[str], pair: list[st
 
 
 def plot_task_roles(signature_counts: pd.DataFrame, task_correlations: pd.DataFrame, tasks: list[str],
-                    params: dict[str, Any]) -> Figure:
+                    params: Reporting) -> Figure:
     """Per model: strong heads per role signature and the Δ correlations between the run's tasks."""
     counts, tau = default_tau_rows(signature_counts)
     run = load_tasks(tasks)
@@ -103,10 +104,6 @@ def plot_interactive_phase_space(head_categories: pd.DataFrame, tasks: list[str]
     heads, tau = default_tau_rows(head_categories)
     run = run_pair(tasks, pair)
     return interactive.phase_space(heads, tau, interactive.all_pairs(load_tasks(tasks), run))
-
-
-
-
 
 
 def write_report(
@@ -131,7 +128,7 @@ def write_report(
     published_hero_comparison: pd.DataFrame,
     tasks: list[str],
     pair: list[str],
-    params: dict[str, Any],
+    params: Reporting,
     **figures: SavedFigure,
 ) -> tuple[str, str]:
     """The report of the run, hero-head case studies, the run beside the published results (for the
@@ -140,7 +137,7 @@ def write_report(
     saved = dict(figures) | {f"{LAYER_HISTS_DIR}/{key}": load() for key, load in layer_hists.items()}
     saved |= {f"{TRAINING_DIR}/{key}": load() for key, load in training_plots.items()}
     saved |= {f"{DECOMPOSITION_DIR}/{key}": load() for key, load in hero_decomposition_plots.items()}
-    output_dir = str(params["output_dir"])
+    output_dir = params.output_dir
     tables = (baseline, run_metadata, head_categories, strong_head_counts, correlations, attribution_agreement,
               output_dir, (hero_heads, hero_paths, hero_attention, hero_routes))
     roles, run = (signature_counts, task_correlations), run_pair(tasks, pair)

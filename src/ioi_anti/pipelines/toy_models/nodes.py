@@ -1,15 +1,19 @@
 """Nodes of the toy_models pipeline: prompts, training (resumable, one partition per model), measurement,
-roles against the objective mix, figures and the report."""
+roles against the objective mix, figures and the report.
+
+Their settings are typed (:mod:`ioi_anti.params`): Kedro instantiates ``params:toy_models`` as
+:class:`~ioi_anti.params.ToyModels`, ``params:runtime`` as :class:`~ioi_anti.params.Runtime` and
+``params:reporting`` as :class:`~ioi_anti.params.Reporting` before a node runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from ioi_anti.figures.style import FigureStyle
+from ioi_anti.params import Reporting, Runtime, ToyModels
 from ioi_anti.report.markdown import relative_link
 from ioi_anti.report.registry import SavedFigure
 from ioi_anti.toy import measure, roles, train
@@ -18,51 +22,51 @@ from ioi_anti.toy.report import toy_report
 from ioi_anti.toy.tasks import toy_prompts
 
 
-def make_toy_prompts(params: dict[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_toy_prompts(params: ToyModels, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both toy tasks' prompts (held-out combinations only) and their tokens in the language's tokenizer."""
     return toy_prompts(params, seed)
 
 
-def train_toy_models(done: dict[str, Callable[[], bytes]], params: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+def train_toy_models(done: dict[str, Callable[[], bytes]], params: ToyModels) -> dict[str, Callable[[], bytes]]:
     """One partition per model of the grid not trained yet with these settings, each trained when it is saved."""
     return train.training_jobs(done, params)
 
 
-def measure_toy_models(trained: dict[str, Callable[[], bytes]], tokens: pd.DataFrame, params: dict[str, Any],
-                       runtime: dict[str, Any], seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
-                                                                    pd.DataFrame]:
+def measure_toy_models(trained: dict[str, Callable[[], bytes]], tokens: pd.DataFrame, params: ToyModels,
+                       runtime: Runtime, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                         pd.DataFrame]:
     """Every model of the grid measured like a pretrained one: per-head table, baseline, accuracy, losses."""
     return measure.measure_grid(trained, tokens, params, runtime, seed)
 
 
-def summarise_toy_roles(per_head: pd.DataFrame, baseline: pd.DataFrame, params: dict[str, Any],
+def summarise_toy_roles(per_head: pd.DataFrame, baseline: pd.DataFrame, params: ToyModels,
                         seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Whether each model learned each task, every head's category at τ (as ``head_categories`` of the real
     models, on the toy pair), each model's roles, and the roles per size and mix over seeds."""
-    gaps = roles.learned(baseline, int(params["measure"]["n_boot"]), seed)
-    heads = roles.categorise_learned(per_head, gaps, float(params["tau"]))
+    gaps = roles.learned(baseline, params.measure.n_boot, seed)
+    heads = roles.categorise_learned(per_head, gaps, params.tau)
     per_model = roles.model_roles(heads)
     return gaps, heads, per_model, roles.over_seeds(per_model)
 
 
-def plot_toy_roles(summary: pd.DataFrame, accuracy: pd.DataFrame, style: dict[str, Any]) -> Figure:
+def plot_toy_roles(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Reporting) -> Figure:
     """Roles against the objective mix, per size: accuracy, strong heads per task, shared share, r."""
     return toy_plots.roles_against_mix(summary, accuracy, FigureStyle.from_params(style))
 
 
-def plot_toy_phase_space(heads: pd.DataFrame, params: dict[str, Any], style: dict[str, Any]) -> Figure:
+def plot_toy_phase_space(heads: pd.DataFrame, params: ToyModels, style: Reporting) -> Figure:
     """The phase space of the first seed's models: a row per size, a panel per mix."""
-    first = heads[heads["seed"] == min(params["grid"]["seeds"])]
-    return toy_plots.phase_space(first, float(params["tau"]), FigureStyle.from_params(style))
+    first = heads[heads["seed"] == min(params.grid.seeds)]
+    return toy_plots.phase_space(first, params.tau, FigureStyle.from_params(style))
 
 
-def plot_toy_training(losses: pd.DataFrame, style: dict[str, Any]) -> Figure:
+def plot_toy_training(losses: pd.DataFrame, style: Reporting) -> Figure:
     """Training loss of each kind of sequence against step, per size and mix (mean over seeds)."""
     return toy_plots.training_curves(losses, FigureStyle.from_params(style))
 
 
 def write_toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame,
-                     params: dict[str, Any], style: dict[str, Any], **figures: SavedFigure) -> str:
+                     params: ToyModels, style: Reporting, **figures: SavedFigure) -> str:
     """The toy-models report: the question, the numbers and the answer in words, with its figures."""
-    images = {name: relative_link(figure.path, str(style["output_dir"])) for name, figure in figures.items()}
+    images = {name: relative_link(figure.path, style.output_dir) for name, figure in figures.items()}
     return toy_report(summary, per_model, accuracy, gaps, params, images)
