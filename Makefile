@@ -25,9 +25,9 @@ install-scale:
 test:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra --durations=15
 
-# Without the embedded-model integration tests and the Hub tests: a few minutes, for iteration.
+# The unit tier alone (no embedded model, no kedro CLI, no Hub): a few minutes, for iteration.
 test-fast:
-	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -q -m "not integration and not hub"
+	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -q -m unit
 
 # The bfloat16 tests once more with oneDNN's AMX kernels switched off, where the CPU has them: AMX and
 # AVX-512 BF16 round bfloat16 products differently, and the suite must pass with both (tests/rounding.py).

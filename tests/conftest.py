@@ -24,6 +24,18 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 PROJECT = Path(__file__).resolve().parents[1]
+TIERS = ("integration", "e2e", "hub")
+EMBEDDED_MODELS = {"smol", "smol_bf16", "gemma", "gemma_bf16", "qwen"}  # fixtures that load an embedded model
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that loads an embedded model is an integration test; every test of no other tier is a unit
+    test (``pytest -m unit``: the fast tier, ``make test-fast``)."""
+    for item in items:
+        if EMBEDDED_MODELS & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
 def copy_project(root: Path) -> Path:

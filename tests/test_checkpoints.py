@@ -8,7 +8,6 @@ revision names. Loading happens in subprocesses with ``HF_HUB_CACHE`` pointing t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,11 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from conftest import copy_project
-from tiny_models import tiny_config
-from transformers import AutoModelForCausalLM
+from runs import save_hub_model
 
 from ioi_anti.models.checkpoints import parse_model_id
 from ioi_anti.models.spec import ModelConfigError, ModelSpec
@@ -50,24 +47,13 @@ def test_model_ids_name_checkpoints() -> None:
         ModelSpec.from_registry("nope@step2", registry)
 
 
-def _hub_cache(root: Path, tokenizer) -> Path:
-    """A Hub-layout cache of ``REPO`` with one tiny random model (its own seed) per revision."""
-    repo = root / ("models--" + REPO.replace("/", "--"))
-    for seed, revision in enumerate(REVISIONS):
-        commit = hashlib.sha1(revision.encode()).hexdigest()
-        snapshot = repo / "snapshots" / commit
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config("pythia", len(tokenizer)), attn_implementation="eager")
-        model.save_pretrained(snapshot)
-        tokenizer.save_pretrained(snapshot)
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / revision).write_text(commit)
-    return root
-
-
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory: pytest.TempPathFactory, smol_tokenizer) -> Path:
-    return _hub_cache(tmp_path_factory.mktemp("hf-cache"), smol_tokenizer)
+    """A Hub-layout cache of ``REPO`` with one tiny random model (its own seed) per revision."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    for seed, revision in enumerate(REVISIONS):
+        save_hub_model(cache, REPO, revision, "pythia", smol_tokenizer, seed)
+    return cache
 
 
 def _offline_env(cache: Path) -> dict[str, str]:
@@ -118,7 +104,7 @@ SMALL = ",".join([
 ])
 
 
-@pytest.mark.integration
+@pytest.mark.e2e
 def test_a_run_over_checkpoints_draws_roles_across_training(hub_cache: Path, tmp_path: Path) -> None:
     root = copy_project(tmp_path / "project")
     (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({

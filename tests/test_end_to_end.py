@@ -1,6 +1,9 @@
-"""`kedro run` end to end on both embedded models (small prompt counts), the notebook, resume, screening.
+"""`kedro run` end to end on the embedded models (small prompt counts): every table, figure and the report,
+the numbers of the code before tasks, the notebook, the HTML page in a browser, screening against the
+exact run, several tasks and a task of one's own, the toy models and the published protocol.
 
-These run the real CLI in a copy of the project, so they take a few minutes.
+These run the real CLI in a copy of the project, so they take minutes; the plumbing (resume, the run
+lock, settings stamps, a Dask cluster) is tested on tiny models in tests/test_plumbing.py.
 """
 
 from __future__ import annotations
@@ -8,65 +11,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
-from base_params import settings
 from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
+from runs import SWEEP, copy_run, kedro, latest
 from synthetic import published_format
 
-from ioi_anti.execution import usable_cores
-from ioi_anti.measure.sweep import ModelSweep
 from ioi_anti.params import Published
 from ioi_anti.pipelines.published.nodes import compare_with_published
-from ioi_anti.tasks import PAIR
 
-pytestmark = pytest.mark.integration
-
-SMALL = ",".join([
-    "data_generation.ioi.n_prompts=10", "data_generation.ioi.mean_pool_per_template=1",
-    "data_generation.anti.n_prompts=9", "data_generation.anti.mean_pool_per_template=1",
-    "baseline.n_boot=200", "head_ablation.n_boot=200", "categorisation.n_boot=200", "hero_heads.n_boot=200",
-    "hero_heads.max_prompts=4", "hero_heads.topk_max=2", "hero_heads.max_receivers=2", "hero_heads.dose_steps=3",
-])
-SWEEP = "data/07_model_output/head_effects_per_prompt"
-
-
-CLUSTER = "runtime.cluster=local,runtime.workers=2"
-# torch threads of each worker of a two-worker local cluster: CPU results depend in their last bits on
-# torch's thread count (the reduction order of its kernels), so bit-for-bit references use the same.
-WORKER_THREADS = max(1, usable_cores() // 2)
-
-
-def kedro(
-    root: Path, *args: str, wait: bool = True, params: str = ""
-) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run the kedro CLI in ``root`` with the small settings (plus ``params``)."""
-    cmd = [sys.executable, "-m", "kedro", "run", "--params", ",".join(filter(None, [SMALL, params])), *args]
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", "COLUMNS": "400",  # one log line each
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT / "examples"), os.environ.get("PYTHONPATH")]))}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def latest(root: Path, pattern: str) -> Path:
-    return sorted(root.glob(pattern))[-1]
-
+pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -74,59 +34,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("ioi-anti"))
     kedro(root)
     return root
-
-
-@dataclass
-class ClusterRun:
-    """A small run on a local Dask cluster of two worker processes, one of them killed mid-sweep."""
-
-    root: Path
-    log: str  # the killed run's output
-    returncode: int
-    saved_at_kill: int  # sweep partitions on disk when the worker was killed
-    rerun_log: str
-
-
-@pytest.fixture(scope="module")
-def cluster_run(project: Path, tmp_path_factory: pytest.TempPathFactory) -> ClusterRun:
-    """Both models' baselines and head sweeps on a local Dask cluster, from the in-process run's prompts;
-    once three layers are saved, one worker process is killed (SIGKILL); then the same command again.
-    (Hero studies run on the workers the same way; they are left out here for CI's time budget.)"""
-    root = copy_project(tmp_path_factory.mktemp("ioi-anti-cluster"))
-    for folder in ("data/03_primary", "data/05_model_input", "data/.settings"):
-        shutil.copytree(project / folder, root / folder)
-    nodes = ("--from-nodes", "measure_baselines", "--to-nodes", "summarise_heads")
-    run = kedro(root, *nodes, wait=False, params=CLUSTER)
-    try:
-        deadline = time.monotonic() + 900
-        while len(list((root / SWEEP).glob("*/layer_*.parquet"))) < 3:
-            assert run.poll() is None, run.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the sweep saved no layers"
-            time.sleep(0.5)
-        workers = _dask_workers(run.pid)
-        assert len(workers) == 2, workers
-        os.kill(workers[0], signal.SIGKILL)
-        saved = len(list((root / SWEEP).glob("*/*.parquet")))
-        log = run.communicate(timeout=900)[0]
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-    rerun = kedro(root, *nodes, params=CLUSTER)
-    return ClusterRun(root, log, run.returncode, saved, rerun.stdout + rerun.stderr)
-
-
-def _dask_workers(pid: int) -> list[int]:
-    """The worker processes a local cluster started under the kedro process ``pid``."""
-    workers = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == pid and b"spawn_main" in command:
-            workers.append(int(stat.parent.name))
-    return workers
 
 
 GRIDS = {"smollm2-135m": (30, 9), "gemma3-270m": (18, 4)}
@@ -190,54 +97,6 @@ def test_the_default_tasks_give_the_per_head_table_of_the_code_before_tasks(proj
                                    rtol=0, err_msg=column)
 
 
-def test_a_local_dask_cluster_writes_the_in_process_numbers(project: Path, cluster_run: ClusterRun, smol,
-                                                            gemma) -> None:
-    """Both models' baselines and sweeps on two worker processes (one killed on the way): the same
-    partitions as in process, bit for bit at the workers' torch thread count; the per-head table within
-    float32 rounding of the in-process run's (default thread count)."""
-    root = cluster_run.root
-    assert "Dask cluster: 2 workers" in cluster_run.log, cluster_run.log[-3000:]
-    for folder in (SWEEP, "data/07_model_output/baseline_per_prompt"):
-        here = sorted(p.relative_to(project) for p in (project / folder).rglob("*.parquet"))
-        there = sorted(p.relative_to(root) for p in (root / folder).rglob("*.parquet"))
-        # per model and task: layers + attribution, or the baseline
-        expected = len(PAIR) * (sum(n + 1 for n, _ in GRIDS.values()) if folder == SWEEP else len(GRIDS))
-        assert here == there and len(here) == expected, folder
-    for table in ("per_head", "attribution_agreement"):
-        pd.testing.assert_frame_equal(
-            pd.read_parquet(latest(root, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
-            pd.read_parquet(latest(project, f"data/07_model_output/{table}.parquet/*/{table}.parquet")),
-            check_exact=False, atol=2e-5, rtol=1e-5, obj=table)
-    runtime = settings(runtime__device="cpu").runtime
-    threads = torch.get_num_threads()
-    torch.set_num_threads(WORKER_THREADS)
-    try:
-        for (lm, parts), task in zip(((smol, ("attribution", "layer_015", "layer_029")),
-                                      (gemma, ("layer_009", "layer_017"))), PAIR, strict=True):
-            folder = next((root / SWEEP).glob(f"{lm.spec.model_id}__{task}__*"))
-            tokens = pd.read_parquet(root / "data/05_model_input/tokenised_prompts" / f"{lm.spec.model_id}.parquet")
-            sweep = ModelSweep(lm.spec, tokens[tokens["task"] == task], runtime, "mean", 0, lm=lm)
-            for part in parts:
-                pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{part}.parquet"),
-                                              sweep.job(f"{folder.name}/{part}"), check_exact=True, check_dtype=False,
-                                              obj=f"{lm.spec.model_id} {part}")
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_a_worker_killed_mid_sweep_costs_only_its_unfinished_layers(cluster_run: ClusterRun) -> None:
-    """The scheduler moves a killed worker's jobs and the run finishes (or stops naming the model, and the
-    same command finishes it); nothing finished is redone."""
-    total = len(PAIR) * sum(n + 1 for n, _ in GRIDS.values())
-    assert 3 <= cluster_run.saved_at_kill < total, "the worker was killed part way through the sweep"
-    if cluster_run.returncode:
-        assert "re-run the same command" in cluster_run.log, cluster_run.log[-3000:]
-        assert "resuming the sweep" in cluster_run.rerun_log
-    else:
-        assert "head sweep done (2 of 2 models)" in cluster_run.log, cluster_run.log[-3000:]
-        assert "every head already measured" in cluster_run.rerun_log, cluster_run.rerun_log[-3000:]
-
-
 def test_example_notebook_runs(project: Path) -> None:
     notebook = nbformat.read(project / "notebooks" / "explore_per_head.ipynb", as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
@@ -248,53 +107,10 @@ def test_example_notebook_runs(project: Path) -> None:
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook draws a figure"
 
 
-def test_interrupted_sweep_resumes_without_redoing_finished_layers(project: Path) -> None:
-    before = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    sweep = next(p for p in (project / SWEEP).iterdir() if p.name.startswith("smollm2-135m__ioi__"))
-    shutil.rmtree(sweep)
-    run = kedro(project, "--pipeline", "head_ablation", wait=False)
-    try:
-        deadline = time.monotonic() + 900
-        while len(list(sweep.glob("layer_*.parquet"))) < 3:
-            assert run.poll() is None, run.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the sweep saved no layers"
-            time.sleep(1)
-    finally:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-    kept = {p.name: p.stat().st_mtime_ns for p in sweep.glob("*.parquet")}
-    assert 3 <= len(kept) < 31, "the run was interrupted part way"
-    for name in kept:  # killed at any moment, a partition is whole or absent (written, then renamed)
-        pd.read_parquet(sweep / name)
-    done = kedro(project, "--pipeline", "head_ablation")
-    assert f"resuming the sweep, {31 - len(kept)} of 31 jobs left" in done.stdout + done.stderr
-    for name, mtime in kept.items():
-        assert (sweep / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
-    assert len(list(sweep.glob("*.parquet"))) == 31
-    after = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    pd.testing.assert_frame_equal(before, after, check_exact=False, atol=1e-5, rtol=1e-5)
-
-    # A truncated file (as a full disk leaves with a plain writer) and a readable one with rows missing
-    # are detected, named and recomputed; the table comes out the same; the other layers are kept.
-    truncated, short = sweep / "layer_005.parquet", sweep / "layer_006.parquet"
-    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    pd.read_parquet(short).iloc[::2].to_parquet(short)
-    (sweep / "layer_007.parquet.partial-99999").write_bytes(b"half")
-    kept = {p.name: p.stat().st_mtime_ns for p in sweep.glob("*.parquet") if p not in (truncated, short)}
-    mended = kedro(project, "--pipeline", "head_ablation")
-    log = mended.stdout + mended.stderr
-    assert re.search(r"layer_005 is damaged \(unreadable", log) and "layer_006 is damaged" in log, log[-3000:]
-    assert "resuming the sweep, 2 of 31 jobs left" in log and "layer_007.parquet.partial-99999" in log
-    assert not list(sweep.glob("*.partial-*"))
-    for name, mtime in kept.items():
-        assert (sweep / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
-    after = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    pd.testing.assert_frame_equal(before, after, check_exact=False, atol=1e-5, rtol=1e-5)
-
-
-def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path) -> None:
+def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path, tmp_path: Path) -> None:
     """Screening measures exactly, task by task, only the heads that could reach the smallest τ; its strong
     heads at both τ of the run, and their values, are the exact run's."""
+    project = copy_run(project, tmp_path / "run")
     exact = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     kedro(project, "--pipeline", "head_ablation", params="head_ablation.mode=screen")
     screened = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
@@ -368,44 +184,6 @@ def test_html_report_renders_every_figure_and_the_interactive_phase_space(projec
             shutil.copy(shot, os.environ["IOI_ANTI_SCREENSHOT"])
     finally:
         driver.quit()
-
-
-def test_a_step_refuses_results_computed_with_other_settings(project: Path) -> None:
-    """A table saved under one setting and read under another stops the step, naming the difference and
-    the command that fixes it, before anything is written; re-running that step mends it."""
-    kedro(project, "--pipeline", "head_ablation", params="head_ablation.n_boot=100")  # new per_head, no sweep
-    refused = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--pipeline", "categorisation", "--params", SMALL], cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}, capture_output=True, text=True,
-        timeout=600)
-    log = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "SettingsMismatchError" in log, log[-3000:]
-    assert "head_ablation.n_boot: 100 there, 200 now" in log and "kedro run --pipeline head_ablation" in log
-    assert not (project / "data" / ".run.lock").exists(), "a failed run releases the lock"
-    kedro(project, "--pipeline", "head_ablation")
-    kedro(project, "--pipeline", "categorisation")
-
-
-def test_a_second_run_of_the_project_is_refused_while_one_is_running(project: Path) -> None:
-    lock = project / "data" / ".run.lock"
-    first = kedro(project, "--pipeline", "data_generation", wait=False)
-    try:
-        deadline = time.monotonic() + 120
-        while not lock.exists():
-            assert first.poll() is None and time.monotonic() < deadline, "the first run took no lock"
-            time.sleep(0.2)
-        second = subprocess.run(
-            [sys.executable, "-m", "kedro", "run", "--pipeline", "reporting", "--params", SMALL], cwd=project,
-            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}, capture_output=True, text=True,
-            timeout=600)
-        assert first.poll() is None, "the first run should still be building its vocabulary"
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert second.returncode != 0 and "Another run is writing this project's data/" in second.stdout + second.stderr
-    assert lock.exists(), "a killed run leaves its lock behind"
-    resumed = kedro(project, "--pipeline", "data_generation")
-    assert "Taking over" in resumed.stdout + resumed.stderr and not lock.exists()
 
 
 FOUR_TASKS = ["ioi", "anti", "induction", "factual"]

@@ -21,11 +21,12 @@ from ioi_anti.models.spec import ModelSpec
 TINY_FAMILIES = ("gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2")
 
 
-def tiny_config(family: str, vocab_size: int):
-    """A 3-layer, 4-head config of ``family`` with the given vocabulary."""
+def tiny_config(family: str, vocab_size: int, n_layers: int = 3, n_heads: int = 4, hidden: int = 32):
+    """A config of ``family`` with the given vocabulary: 3 layers of 4 heads, 32 wide (GPT-2, Pythia and
+    Llama: ``n_layers`` x ``n_heads``, ``hidden`` wide)."""
     common = {"vocab_size": vocab_size}
     if family == "gpt2":
-        cfg = GPT2Config(n_layer=3, n_head=4, n_embd=32, n_positions=128, **common)
+        cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=hidden, n_positions=128, **common)
     elif family == "gpt-neo":
         cfg = GPTNeoConfig(
             num_layers=3, num_heads=4, hidden_size=32, max_position_embeddings=128,
@@ -38,13 +39,13 @@ def tiny_config(family: str, vocab_size: int):
         )
     elif family == "pythia":
         cfg = GPTNeoXConfig(
-            num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=n_layers, num_attention_heads=n_heads, hidden_size=hidden, intermediate_size=2 * hidden,
             max_position_embeddings=128, rotary_pct=0.25, **common
         )
     elif family == "llama":
         cfg = LlamaConfig(
-            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-            intermediate_size=64, max_position_embeddings=128, **common
+            num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads // 2,
+            hidden_size=hidden, intermediate_size=2 * hidden, max_position_embeddings=128, **common
         )
     elif family == "gemma":
         # A window of 4 tokens on layers 0 and 2 and a global layer 1: on prompts of 20+ tokens the

@@ -48,7 +48,7 @@ def _upset(bars: Axes, dots: Axes, rows: pd.DataFrame, tasks: Sequence[str], col
     bars.set_ylabel("heads")
     bars.tick_params(axis="x", bottom=False, labelbottom=False)
     for yi, task in enumerate(tasks):
-        inside = np.array([task in m for m in members])
+        inside = np.array([task in m for m in members], dtype=bool)  # bool even for a model with no strong head
         dots.scatter(x[~inside], np.full((~inside).sum(), yi), color=ABSENT, s=18)
         dots.scatter(x[inside], np.full(inside.sum(), yi), color=colours[task], s=18)
     for xi, m in zip(x, members, strict=True):
