@@ -303,3 +303,16 @@ def test_the_published_prompt_forms_are_tasks(name, smol_tokenizer, gemma_spec) 
         c = (set(ref.at[pair_id, "context_words"]) - {a, b}).pop()
         assert ref.at[pair_id, "text"] == params.template.replace("{A}", "{C}", 2).replace("{C}", "{A}", 1).format(
             A=a, B=b, C=c)
+
+
+def test_the_run_metadata_names_a_users_task_by_its_name(examples_on_path) -> None:
+    """`tasks` may give a task by import path; the tables and the run's metadata name it by its name."""
+    from base_params import settings
+
+    from ioi_anti.run.metadata import run_metadata
+
+    per_head = pd.DataFrame({"model": ["m"], "family": ["gpt2"], "tuning": ["base"], "n_params": [1], "n_layers": [1],
+                             "n_heads": [1], "n_prompts_ioi": [3], "n_prompts_agreement": [4]})
+    base = settings()
+    metadata = run_metadata(per_head, ["ioi", "agreement_task:agreement"], ["m"], base.runtime, base.head_ablation, 0)
+    assert metadata["tasks"] == ["ioi", "agreement"] and metadata["n_prompts_agreement"] == 4
