@@ -14,9 +14,12 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from conftest import PROJECT
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 from tiny_models import tiny_config
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
@@ -44,6 +47,26 @@ def kedro(root: Path, *args: str, wait: bool = True, params: str = "", env: Mapp
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def run_in_process(root: Path, env: str | None = None, params: Mapping[str, Any] | None = None) -> None:
+    """``kedro run --env <env>`` of the project copy ``root`` in this process, through ``KedroSession``: for a
+    run that needs no second process, it saves the CLI's start and shares the models this process has
+    loaded (the model cache). The small settings apply, then ``params`` (nested as ``--params`` nests
+    dotted keys; a group given here is merged into theirs)."""
+    runtime: dict[str, Any] = {}
+    for setting in SMALL.split(","):  # the small settings, as kedro() gives them
+        dotted, value = setting.split("=")
+        *path, last = dotted.split(".")
+        target = runtime
+        for part in path:
+            target = target.setdefault(part, {})
+        target[last] = int(value)
+    for key, value in (params or {}).items():
+        runtime[key] = {**runtime[key], **value} if isinstance(value, dict) and key in runtime else value
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env=env, runtime_params=runtime) as session:
+        session.run()
 
 
 def latest(root: Path, pattern: str) -> Path:

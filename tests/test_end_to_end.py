@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
-from runs import SWEEP, copy_run, kedro, latest
+from runs import SWEEP, copy_run, kedro, latest, run_in_process
 from synthetic import published_format
 
 from ioi_anti.params import Published
@@ -304,10 +304,9 @@ def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: P
     assert log.count("Training toy model") == 1
 
 
-PAPER_PROTOCOL = ",".join(["models=[smollm2-135m]", *(f"data_generation.{task}.{key}={value}"
-                                                      for task in ("paper_ioi", "paper_anti")
-                                                      for key, value in (("n_prompts", 6),
-                                                                         ("mean_pool_per_template", 1)))])
+PAPER_PROTOCOL = {"models": ["smollm2-135m"],
+                  "data_generation": {task: {"n_prompts": 6, "mean_pool_per_template": 1}
+                                      for task in ("paper_ioi", "paper_anti")}}
 
 
 def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> None:
@@ -315,7 +314,7 @@ def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> N
     change of the logit difference (the sweep's own per-prompt effects, not divided by the gap), τ on raw
     values; the report states the protocol, and the published tables' audit is in it."""
     root = copy_project(tmp_path / "paper_protocol")
-    kedro(root, "--env", "paper_protocol", params=PAPER_PROTOCOL)
+    run_in_process(root, "paper_protocol", PAPER_PROTOCOL)  # in this process: SmolLM2 is loaded once
     per_head = pd.read_parquet(latest(root, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     assert len(per_head) == 30 * 9 and set(per_head["ablation"]) == {"zero"} and set(per_head["delta_unit"]) == {"raw"}
     effects = pd.concat(pd.read_parquet(p) for p in (root / SWEEP).glob("*/layer_*.parquet"))
