@@ -58,6 +58,7 @@ class TinyRun:
 
     root: Path
     cache: Path
+    log: str  # the run's output
 
     @property
     def env(self) -> dict[str, str]:
@@ -74,8 +75,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, smol_tokenizer) -> TinyRu
                 for model, (family, hf_name, _shape) in TINY.items()}
     (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({"models": list(TINY),
                                                                           "model_registry": registry}))
-    kedro(root, params=RAW, env=offline_env(cache))
-    return TinyRun(root, cache)
+    done = kedro(root, params=RAW, env=offline_env(cache))
+    return TinyRun(root, cache, done.stdout + done.stderr)
+
+
+def test_a_run_ends_by_saying_where_its_report_is(tiny_run: TinyRun) -> None:
+    last_lines = "\n".join(tiny_run.log.strip().splitlines()[-12:])
+    for name in ("report.md", "report.html"):
+        written = latest(tiny_run.root, f"data/08_reporting/{name}/*/{name}").relative_to(tiny_run.root)
+        assert f"written: {written}" in last_lines, last_lines
 
 
 def _per_head(root: Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
 """ioi-anti
 """
 
-__version__ = "0.1"
+__version__ = "0.9.0"

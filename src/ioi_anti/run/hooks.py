@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".run.lock"
 SETTINGS_DIR = ".settings"
 JSON_VALUES = (str, int, float, bool, list, dict, type(None))
+REPORTS = {"report": "Report", "report_html": "Report (one page, figures embedded)", "toy_report": "Toy-model report"}
 
 
 class RunLockedError(RuntimeError):
@@ -116,6 +117,7 @@ class RunGuard:
         self.lock: RunLock | None = None
         self.unstamped: set[str] = set()
         self.settings: RunSettings | None = None
+        self.report_paths: dict[str, str] = {}
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -123,6 +125,8 @@ class RunGuard:
         own parameter validation instantiates the typed groups the nodes take."""
         self.project = Path(context.project_path)
         self.settings = validate_settings(context.config_loader["parameters"])
+        catalog = context.config_loader["catalog"]
+        self.report_paths = {name: catalog[name]["filepath"] for name in REPORTS if name in catalog}
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -144,9 +148,17 @@ class RunGuard:
                 partial.replace(path)
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
+    def after_pipeline_run(self, pipeline: Any) -> None:
+        """Release the lock, and say where the run's report was written (its newest version)."""
         if self.lock:
             self.lock.release()
+        project = self.project or Path.cwd()
+        for name in REPORTS:
+            if name in pipeline.all_outputs() and name in self.report_paths:
+                versions = sorted((project / self.report_paths[name]).glob("*"))
+                if versions:
+                    written = versions[-1] / Path(self.report_paths[name]).name
+                    logger.info("%s written: %s", REPORTS[name], written.relative_to(project))
 
     @hook_impl
     def on_pipeline_error(self) -> None:
