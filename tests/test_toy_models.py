@@ -14,17 +14,19 @@ from base_params import raw_params, settings, with_
 from kedro.validation.exceptions import ParameterValidationError
 from kedro.validation.parameter_validator import ParameterValidator
 from pydantic import ValidationError
+from transformers import GPT2LMHeadModel
 
-from ioi_anti.params import Reporting, Runtime, ToyModels
+from ioi_anti.params import Reporting, Runtime, ToyModels, ToyTraining
 from ioi_anti.pipelines.toy_models.nodes import make_toy_prompts
 from ioi_anti.pipelines.toy_models.pipeline import create_pipeline
 from ioi_anti.toy import measure, train
 from ioi_anti.toy.language import BOS, ToyLanguage, encode, mixture
-from ioi_anti.toy.roles import categorise_learned, learned, model_roles, over_seeds
+from ioi_anti.toy.roles import categorise_learned, learned, model_roles, over_seeds, sharing_test
+from ioi_anti.toy.stacked import StackedGPT2
 
 BASE = settings()
 PARAMS = BASE.toy_models
-TRAINING = PARAMS.training.model_copy(update={"steps": 1200})  # enough for a model trained on one kind of sequence
+TRAINING = PARAMS.training.model_copy(update={"corpus_size": 4000})  # λ = 0 and 1 stop after a few hundred steps
 SMALL = PARAMS.grid.sizes[0]
 
 
@@ -50,12 +52,14 @@ def test_every_word_is_one_token_and_training_never_draws_a_held_out_combination
                 template = ("when", "then").index(words[1])
                 io, s = words[-1], words[words.index(",") + 1]
                 assert words[-1] in language.names and {words[2], words[4]} == {io, s}
-                assert not language.heldout(template, io, s)
+                assert not language.heldout(template, *sorted((io, s)))
             else:
                 items = [w for w in words if any(w in v for v in language.categories.values())]
                 listed = items if kind == "list" else items[: (len(items) + 1) // 2]
                 category = next(c for c, v in language.categories.items() if listed[0] in v)
-                assert not language.heldout(category, *listed)
+                assert not any(language.heldout(category, *listed[:n]) for n in language.list_lengths)
+                longest = max(language.list_lengths) + (kind == "list")
+                assert len(listed) - (kind == "list") in language.list_lengths and len(listed) <= longest
     ids, trained = encode([language.training_sequence(rng, "copy"), language.training_sequence(rng, "ioi")],
                           tokenizer.get_vocab())
     assert ids.shape[1] == trained.shape[1] + 1 and trained[1].sum() == 1
@@ -74,7 +78,7 @@ def test_toy_prompts_are_held_out_balanced_and_paired_with_their_reference(langu
         words = row.text.split()
         giver = words[words.index(",") + 1]
         template = 0 if words[0] == "when" else 1
-        assert giver == s and language.heldout(template, io, s)
+        assert giver == s and language.heldout(template, *sorted((io, s)))
         first = words[1] if row.template_kind == "ABBA" else words[3]
         assert first == io, "ABBA: the indirect object is named first"
         abc = ref.loc[row.pair_id, "text"].split()
@@ -88,78 +92,134 @@ def test_toy_prompts_are_held_out_balanced_and_paired_with_their_reference(langu
     assert tokens.groupby(["task", "role", "template_id"])["n_tokens"].nunique().max() == 1
 
 
+def _group(language: ToyLanguage, runs: list[train.ToyRun], training: ToyTraining) -> dict[train.ToyRun, train.Trained]:
+    """``runs`` trained together on the corpus and validation prompts of seed 0."""
+    tokenizer = language.tokenizer()
+    corpus = train.Corpus.generate(language, tokenizer.get_vocab(), training.corpus_size, 0)
+    validation = train.Validation.from_prompts(make_toy_prompts(PARAMS, 1)[1], tokenizer)
+    return {t.run: t for t in train.train_group(runs, corpus, validation, training, len(tokenizer))}
+
+
 @pytest.fixture(scope="module")
 def trained(language) -> dict[float, tuple]:
-    """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only)."""
+    """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only), together."""
     tokenizer = language.tokenizer()
-    out = {}
-    for mix in (0.0, 1.0):
-        run = train.ToyRun(SMALL, mix, 0)
-        model, losses = train.train(run, language, tokenizer, TRAINING)
-        out[mix] = run, train.loaded(run, model, tokenizer), losses
-    return out
+    runs = [train.ToyRun(SMALL, mix, 0) for mix in (0.0, 1.0)]
+    models = _group(language, runs, TRAINING)
+    return {run.mix: (run, train.loaded(run, models[run].model, tokenizer), models[run].curves) for run in runs}
+
+
+def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_model_trained_alone(language) -> None:
+    tokenizer = language.tokenizer()
+    config = train.toy_config(SMALL, len(tokenizer))
+    models = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        models.append(GPT2LMHeadModel(config).eval())
+    ids = torch.randint(0, len(tokenizer), (3, 5, 20))
+    with torch.no_grad():
+        stacked = StackedGPT2.stack(models).logits(ids)
+        for i, model in enumerate(models):
+            torch.testing.assert_close(stacked[i], model(ids[i]).logits, atol=1e-5, rtol=1e-5)
+    # a model stops once an evaluation brings no new best: models leave the group at different steps
+    short = PARAMS.training.model_copy(update={"steps": 40, "eval_every": 5, "warmup_steps": 5, "corpus_size": 500,
+                                               "stall_evaluations": 1})
+    runs = [train.ToyRun(SMALL, mix, seed) for mix, seed in ((0.5, 0), (0.0, 1), (1.0, 2))]
+    together = _group(language, runs, short)
+    assert len({len(t.curves) for t in together.values()}) > 1, "models left the group at different steps"
+    for run in runs:
+        alone = _group(language, [run], short)[run]
+        # the same arithmetic up to float32 rounding (batched products sum in another order; Adam's normalised
+        # step turns a rounding difference of a near-zero gradient into at most about lr x steps)
+        pd.testing.assert_frame_equal(together[run].curves, alone.curves, rtol=1e-4)
+        for name, value in alone.model.state_dict().items():
+            torch.testing.assert_close(together[run].model.state_dict()[name], value, atol=2e-4, rtol=1e-4)
+    one, alone = together[runs[0]], _group(language, runs[:1], short)[runs[0]]
+    assert not together[runs[1]].curves["loss"].equals(one.curves["loss"]), "another model, its own batches"
+    again = _group(language, runs[:1], short)[runs[0]]
+    assert all(torch.equal(a, b) for a, b in zip(alone.model.state_dict().values(), again.model.state_dict().values(),
+                                                 strict=True)), "the same seed trains the same model"
 
 
 @pytest.mark.integration
-def test_training_lowers_the_loss_and_each_model_solves_what_it_was_trained_on(trained) -> None:
+def test_training_lowers_the_loss_stops_when_learned_and_each_model_solves_what_it_was_trained_on(trained) -> None:
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
-    k = min(len(items) for items in PARAMS.language.categories.values())
-    lengths = PARAMS.language.list_lengths
-    # a list's next item is any unlisted one: at best ln(unlisted items) nats, averaged over trained positions
-    floor = {"list": np.mean([np.log(k - j) for n in lengths for j in range(1, n)]), "ioi": 0.0, "copy": 0.0}
     accuracy = {}
-    for mix, (run, lm, losses) in trained.items():
-        kinds = ["ioi"] if mix == 1.0 else ["list", "copy"]
-        for kind in kinds:
-            first, last = losses[f"loss_{kind}"].iloc[:20].mean(), losses[f"loss_{kind}"].iloc[-20:].mean()
-            assert last - floor[kind] < 0.25 * (first - floor[kind]), (mix, kind, first, last, floor[kind])
-        accuracy[mix] = measure.accuracy(lm, run, tokens, 64).set_index(["task", "role"])
-    ioi, listed, copied = ("toy_ioi", "clean"), ("toy_anti", "clean"), ("toy_anti", "ref")
-    assert accuracy[1.0].at[ioi, "accuracy"] > 0.8 > 10 * accuracy[1.0].at[ioi, "chance"]
-    # the top word an unlisted item of the category (several are right), or the item to copy (one is)
-    assert accuracy[0.0].at[listed, "accuracy"] > max(0.5, 10 * accuracy[0.0].at[listed, "chance"])
-    assert accuracy[0.0].at[copied, "accuracy"] > 0.8
-    assert accuracy[0.0].at[ioi, "accuracy"] < 0.5, "never trained on IOI-like sequences"
+    for mix, (run, lm, curves) in trained.items():
+        for kind in run.kinds:
+            first, last = curves[f"loss_{kind}"].iloc[:20].mean(), curves[f"loss_{kind}"].iloc[-20:].mean()
+            assert last < 0.5 * first, (mix, kind, first, last)
+        assert len(curves) < TRAINING.steps, "stopped early: converged or stalled"
+        accuracy[mix] = measure.accuracy(lm, run, tokens, 64).set_index("kind")["accuracy"]
+    assert accuracy[1.0]["ioi"] >= 0.9 and accuracy[0.0]["list"] >= 0.9 and accuracy[0.0]["copy"] >= 0.9
+    assert accuracy[0.0]["ioi"] < 0.5, "never trained on IOI-like sequences"
 
 
-def test_the_same_seed_trains_the_same_model_and_a_saved_model_reads_back(language) -> None:
-    short = PARAMS.training.model_copy(update={"steps": 40, "warmup_steps": 5})
-    model, losses, again, again_losses, _other, other_losses = (
-        part for seed in (0, 0, 1)
-        for part in train.train(train.ToyRun(SMALL, 0.5, seed), language, language.tokenizer(), short))
-    pd.testing.assert_frame_equal(losses, again_losses)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
-    assert not losses["loss"].equals(other_losses["loss"]), "another seed, another model"
-    restored, restored_losses = train.from_bytes(train.to_bytes(model, losses))
-    pd.testing.assert_frame_equal(losses, restored_losses)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values(),
-                                                 strict=True))
+def test_a_saved_model_reads_back_and_a_damaged_one_is_an_error(language) -> None:
+    short = PARAMS.training.model_copy(update={"steps": 10, "eval_every": 5, "warmup_steps": 2, "corpus_size": 200})
+    run = train.ToyRun(SMALL, 0.5, 0)
+    model = _group(language, [run], short)[run]
+    restored = train.from_bytes(train.to_bytes(model), run)
+    pd.testing.assert_frame_equal(model.curves, restored.curves)
+    assert restored.converged == model.converged
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(),
+                                                 restored.model.state_dict().values(), strict=True))
     with pytest.raises(Exception):  # noqa: B017, PT011 - torch raises one of several errors for a cut file
-        train.from_bytes(train.to_bytes(model, losses)[:1000])
+        train.from_bytes(train.to_bytes(model)[:1000], run)
 
 
 @pytest.mark.integration
 def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
-    run, lm, _losses = trained[1.0]
+    run, lm, _curves = trained[1.0]
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
     quick = PARAMS.measure.model_copy(update={"n_boot": 200})
     tables = {mix: measure.head_table(lm_, run_, tokens, quick, BASE.runtime, 0)
-              for mix, (run_, lm_, _losses) in trained.items()}
-    table, baseline = tables[1.0]
+              for mix, (run_, lm_, _curves) in trained.items()}
+    table, _baseline = tables[1.0]
     assert len(table) == lm.n_layers * lm.n_heads and {"delta_toy_ioi", "delta_toy_anti_low"} <= set(table.columns)
     assert table["mix"].eq(1.0).all() and np.isfinite(table["delta_toy_ioi"]).all()
     per_head = pd.concat([t for t, _b in tables.values()], ignore_index=True)
-    baselines = pd.concat([b for _t, b in tables.values()], ignore_index=True)
-    gaps = learned(baselines, 200, 0).set_index(["model", "task"])["learned"]
-    assert gaps[(run.model_id, "toy_ioi")] and gaps[(trained[0.0][0].model_id, "toy_anti")]
-    assert not gaps[(trained[0.0][0].model_id, "toy_ioi")], "λ = 0 never trains IOI: no IOI gap"
-    heads = categorise_learned(per_head, gaps.reset_index(), 0.05)
+    accuracy = pd.concat([measure.accuracy(lm_, run_, tokens, 64).assign(steps=100, converged=True)
+                          for run_, lm_, _curves in trained.values()], ignore_index=True)
+    gaps = learned(accuracy, PARAMS)
+    ok = gaps.set_index(["model", "task"])["learned"]
+    assert ok[(run.model_id, "toy_ioi")] and ok[(trained[0.0][0].model_id, "toy_anti")]
+    assert not ok[(trained[0.0][0].model_id, "toy_ioi")], "λ = 0 never trains IOI"
+    assert not gaps["falls_short"].any(), "each learned what it was trained on"
+    heads = categorise_learned(per_head, gaps, 0.05)
     assert not (heads["strong_toy_ioi"] & ~heads["learned_toy_ioi"]).any(), "an unlearned task has no strong head"
     roles = model_roles(heads).set_index("mix")
     assert np.isnan(roles.at[0.0, "n_strong_toy_ioi"]) and np.isnan(roles.at[0.0, "pearson"])
     assert roles.at[1.0, "n_strong_toy_ioi"] >= 1
-    summary = over_seeds(pd.concat([roles.reset_index(), roles.reset_index().assign(seed=1)]))
-    assert (summary["n_seeds"] == 2).all() and summary["n_strong_toy_ioi_low"].notna().sum() == 1
+
+
+def _roles(values: dict[float, list[float]], short: tuple[int, ...] = ()) -> pd.DataFrame:
+    """Per-model roles with the given shared fractions (and r) per mix, one seed per value."""
+    rows = [{"model": f"m{mix}-{seed}", "size": "small", "mix": mix, "seed": seed, "falls_short": seed in short,
+             "n_strong_toy_ioi": 4.0, "n_strong_toy_anti": 3.0, "n_shared": 2.0, "shared_fraction": value,
+             "pearson": value * 2 - 1} for mix, vals in values.items() for seed, value in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def test_intervals_over_seeds_stay_in_range_and_leave_out_models_that_fall_short() -> None:
+    roles = _roles({0.5: [0.0, 0.05, 1.0, 0.9, 0.95]}, short=(1,))
+    summary = over_seeds(roles, 500, 0).iloc[0]
+    assert summary["n_seeds"] == 5 and summary["n_falls_short"] == 1 and summary["n_shared_fraction"] == 4
+    assert summary["shared_fraction"] == pytest.approx(np.mean([0.0, 1.0, 0.9, 0.95]))
+    assert 0 <= summary["shared_fraction_low"] < summary["shared_fraction"] < summary["shared_fraction_high"] <= 1
+    assert -1 < summary["pearson_low"] < summary["pearson"] < summary["pearson_high"] < 1
+    single = over_seeds(_roles({0.5: [0.4]}), 500, 0).iloc[0]
+    assert single["shared_fraction_low"] == single["shared_fraction_high"] == 0.4
+
+
+def test_the_sharing_test_separates_both_objectives_from_mostly_one() -> None:
+    roles = _roles({0.1: [0.1, 0.05, 0.0, 0.1, 0.05], 0.5: [0.6, 0.7, 0.65, 0.8, 0.7],
+                    0.9: [0.0, 0.1, 0.05, 0.0, 0.1], 0.25: [0.5, 0.6, 0.55, 0.7, 0.6]})
+    test = sharing_test(roles, PARAMS, 0).iloc[0]
+    assert test["n_both"] == 10 and test["n_mostly_one"] == 10 and test["mixes_both"] == "0.25, 0.5"
+    assert test["difference"] > 0.4 and test["difference_low"] > 0.3 and test["p_value"] < 0.01
+    same = sharing_test(_roles({0.1: [0.5, 0.6, 0.4], 0.5: [0.6, 0.4, 0.5]}), PARAMS, 0).iloc[0]
+    assert same["p_value"] > 0.3 and same["difference_low"] < 0 < same["difference_high"]
 
 
 @pytest.mark.parametrize(("setting", "value", "error"), [

@@ -279,13 +279,18 @@ class ToyGrid(Settings):
 
 
 class ToyTraining(Settings):
-    """``toy_models.training``: the optimiser and its budget."""
+    """``toy_models.training``: the optimiser, its budget and when a model stops."""
 
     steps: Count
     batch_size: Count
     lr: Annotated[float, need("a learning rate > 0", gt=0)]
     warmup_steps: Size
     weight_decay: Annotated[float, need("a number >= 0", ge=0)]
+    corpus_size: Count
+    eval_every: Count
+    stop_accuracy: Annotated[float, need("an accuracy in (0, 1]", gt=0, le=1)]
+    patience: Count
+    stall_evaluations: Count
 
 
 class ToyPrompts(Settings):
@@ -312,6 +317,8 @@ class ToyModels(Settings):
     prompts: ToyPrompts
     measure: ToyMeasure
     tau: Tau
+    learned_accuracy: Annotated[float, need("an accuracy in (0, 1]", gt=0, le=1)]
+    required_share: Fraction
 
 
 class Baseline(Settings):

@@ -12,8 +12,9 @@ to toy models unchanged. Two kinds of sequence, as in the real datasets:
   where repeating is right.
 
 Training sequences carry the positions whose next token is trained (the answer of an IOI-like
-sequence, every next item of a list, every item of a copy's second half). A fixed share of all
-combinations (template and names, or category and items) is *held out*: training never draws them,
+sequence, every next item of a list, every item of a copy's second half); a training list is one item
+longer than the prompts' lists, so that the next item after each prompt's list is trained somewhere.
+A fixed share of all combinations (template and names, or category and items) is *held out*: training never draws them,
 and the toy tasks' prompts and the accuracy checks draw only them.
 """
 
@@ -97,7 +98,9 @@ class ToyLanguage:
         while True:
             template = int(rng.integers(len(IOI_TEMPLATES)))
             io, s, c = (str(w) for w in rng.choice(self.names, size=3, replace=False))
-            if self.heldout(template, io, s) == heldout:
+            # the pair is held out in both orders: were one order trained, a model could pass training by
+            # remembering which name of the pair is the answer, and fail every held-out prompt of that pair
+            if self.heldout(template, *sorted((io, s))) == heldout:
                 break
         order = "ABBA" if rng.random() < 0.5 else "BABA"
         return {"template": template, "io": io, "s": s, "c": c, "order": order,
@@ -108,13 +111,16 @@ class ToyLanguage:
         a, b = (draw["io"], draw["s"]) if draw["order"] == "ABBA" else (draw["s"], draw["io"])
         return IOI_TEMPLATES[draw["template"]].format(a=a, b=b, s=giver, place=draw["place"], obj=draw["obj"])
 
-    def items(self, rng: np.random.Generator, heldout: bool, length: int | None = None) -> tuple[str, list[str]]:
-        """One list draw: a category and ``length`` distinct items of it (a random length by default)."""
+    def items(self, rng: np.random.Generator, heldout: bool, length: int) -> tuple[str, list[str]]:
+        """One list draw: a category and ``length`` distinct items of it. A held-out draw is a held-out
+        combination; a training draw has no held-out combination as a prefix (of a prompt's length), so that
+        no prompt's list is ever trained, not even as the start of a longer one."""
         while True:
             category = str(rng.choice(sorted(self.categories)))
-            n = int(rng.choice(self.list_lengths)) if length is None else length
-            items = [str(w) for w in rng.choice(self.categories[category], size=n, replace=False)]
-            if self.heldout(category, *items) == heldout:
+            items = [str(w) for w in rng.choice(self.categories[category], size=length, replace=False)]
+            if heldout and self.heldout(category, *items):
+                return category, items
+            if not heldout and not any(self.heldout(category, *items[:n]) for n in self.list_lengths if n <= length):
                 return category, items
 
     def training_sequence(self, rng: np.random.Generator, kind: str) -> TrainingSequence:
@@ -123,11 +129,13 @@ class ToyLanguage:
             draw = self.ioi(rng, heldout=False)
             words = [BOS, *self.ioi_text(draw, draw["s"]).split(), draw["io"]]
             return TrainingSequence(kind, tuple(words), (len(words) - 2,))
-        _category, items = self.items(rng, heldout=False)
-        if kind == "list":
+        length = int(rng.choice(self.list_lengths))
+        if kind == "list":  # one item longer than a prompt's list: every prompt's next item is trained somewhere
+            _category, items = self.items(rng, heldout=False, length=length + 1)
             words = [BOS, *LIST_PHRASE.format(items=" , ".join(items)).split()[:-1]]
             # the comma before every item after the first: there the next item must be a new one
             return TrainingSequence(kind, tuple(words), tuple(i - 1 for i, w in enumerate(words) if w in items[1:]))
+        _category, items = self.items(rng, heldout=False, length=length)
         head = " , ".join(items)
         words = [BOS, *COPY_PHRASE.format(items=head, head=head).split()[:-1]]
         second = len(words) - (2 * len(items) - 1)  # where the repeated list starts

@@ -15,13 +15,13 @@ from ioi_anti.measure.sweep import ModelSweep, baseline_table
 from ioi_anti.models.loading import LoadedModel
 from ioi_anti.params import Runtime, ToyMeasure, ToyModels
 from ioi_anti.toy.language import ToyLanguage
-from ioi_anti.toy.tasks import TOY_TASKS
+from ioi_anti.toy.tasks import KIND_PROMPTS, TOY_TASKS, right_answers
 from ioi_anti.toy.train import ToyRun, from_bytes, grid, loaded, partition_key
 
-ACCURACY = {  # what a right answer is, per task and prompt role (top-1 over the whole vocabulary)
-    ("toy_ioi", "clean"): "the indirect object",
-    ("toy_anti", "clean"): "an item of the category not yet listed",
-    ("toy_anti", "ref"): "the listed item to copy next",
+ANSWERS = {  # what a right answer is, per kind of prompt (top-1 over the whole vocabulary)
+    "ioi": "the indirect object",
+    "list": "an item of the category not yet listed",
+    "copy": "the listed item to copy next",
 }
 
 
@@ -42,47 +42,44 @@ def head_table(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, measure: ToyM
 
 
 def accuracy(lm: LoadedModel, run: ToyRun, tokens: pd.DataFrame, max_batch: int) -> pd.DataFrame:
-    """Top-1 accuracy over the whole vocabulary on the held-out prompts, per task and role (see
-    :data:`ACCURACY`), with the chance level of guessing uniformly among the vocabulary's tokens."""
+    """Top-1 accuracy over the whole vocabulary on the held-out prompts of each kind (see
+    :data:`~ioi_anti.toy.tasks.KIND_PROMPTS`, :func:`~ioi_anti.toy.tasks.right_answers`), with the chance
+    level of guessing uniformly among the vocabulary's tokens."""
     rows = []
-    stop = lm.tokenizer.convert_tokens_to_ids(".")
-    for (task, role), meaning in ACCURACY.items():
+    for kind, (task, role) in KIND_PROMPTS.items():
         prompts = tokens[(tokens["task"] == task) & (tokens["role"] == role)]
-        right, n_answers = [], []
+        answers = dict(zip(prompts["prompt_id"], right_answers(prompts, lm.tokenizer), strict=True))
+        right = []
         for group in make_groups(prompts, lm.device, max_batch):
             with torch.no_grad():
-                top = lm.bridge(group.input_ids)[:, -1].argmax(-1)
-            if role == "ref":
-                # copy prompts (`copy : i1 , ... , in . copy : i1 , ... ,`): next is in, the token before the "."
-                ids = group.input_ids.tolist()
-                answers = torch.tensor([[row[row.index(stop) - 1]] for row in ids])
-            else:  # the candidates of positive weight: IO, or the items not yet listed
-                answers = torch.where(group.weights > 0, group.tokens, -1)
-            right += (answers == top[:, None]).any(-1).tolist()
-            n_answers += (answers >= 0).sum(-1).tolist()
-        rows.append({"model": run.model_id, "size": run.size.name, "mix": run.mix, "seed": run.seed, "task": task,
-                     "role": role, "answer": meaning, "n_prompts": len(right), "accuracy": float(np.mean(right)),
-                     "chance": float(np.mean(n_answers)) / len(lm.tokenizer)})
+                top = lm.bridge(group.input_ids)[:, -1].argmax(-1).tolist()
+            right += [top_id in answers[p] for p, top_id in zip(group.prompt_ids, top, strict=True)]
+        rows.append({"model": run.model_id, "size": run.size.name, "mix": run.mix, "seed": run.seed, "kind": kind,
+                     "task": task, "role": role, "answer": ANSWERS[kind], "n_prompts": len(right),
+                     "accuracy": float(np.mean(right)),
+                     "chance": float(np.mean([len(a) for a in answers.values()])) / len(lm.tokenizer)})
     return pd.DataFrame(rows)
 
 
 def measure_grid(trained: Mapping[str, Callable[[], bytes]], tokens: pd.DataFrame, settings: ToyModels,
                  runtime: Runtime, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every model of the grid measured like a pretrained one: the per-head table, the baseline per prompt,
-    the accuracy on held-out prompts, and the training loss curves."""
+    the accuracy on held-out prompts (with the step training stopped at and whether it converged), and the
+    training curves (loss per step, validation accuracy per evaluation)."""
     language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
-    tables, baselines, accuracies, losses = [], [], [], []
+    tables, baselines, accuracies, curves = [], [], [], []
     for run in grid(settings.grid):
-        key = partition_key(settings, run)
+        key = partition_key(settings, run, seed)
         if key not in trained:
             raise KeyError(f"Toy model {run.model_id} is not trained with these settings; run "
                            "`kedro run --pipeline toy_models`.")
-        model, loss = from_bytes(trained[key]())
-        lm = loaded(run, model, tokenizer)
+        model = from_bytes(trained[key](), run)
+        lm = loaded(run, model.model, tokenizer)
         table, baseline = head_table(lm, run, tokens, settings.measure, runtime, seed)
         tables.append(table)
         baselines.append(baseline)
-        accuracies.append(accuracy(lm, run, tokens, runtime.max_batch))
-        losses.append(loss.assign(model=run.model_id, size=run.size.name, mix=run.mix, seed=run.seed))
-    return tuple(pd.concat(frames, ignore_index=True) for frames in (tables, baselines, accuracies, losses))
+        steps = int(model.curves["step"].max()) + 1
+        accuracies.append(accuracy(lm, run, tokens, runtime.max_batch).assign(steps=steps, converged=model.converged))
+        curves.append(model.curves.assign(model=run.model_id, size=run.size.name, mix=run.mix, seed=run.seed))
+    return tuple(pd.concat(frames, ignore_index=True) for frames in (tables, baselines, accuracies, curves))

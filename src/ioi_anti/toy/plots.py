@@ -13,6 +13,7 @@ from ioi_anti.toy.roles import TOY_PAIR
 
 SIZE_COLOURS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7")
 TASK_LINES = {"toy_ioi": "-", "toy_anti": "--"}
+KIND_LINES = {"ioi": "-", "list": "--", "copy": ":"}
 KINDS = {"ioi": "IOI-like", "list": "list (new item next)", "copy": "copy (listed item next)"}
 
 
@@ -27,31 +28,37 @@ def _band(ax, rows: pd.DataFrame, column: str, colour: str, line: str, label: st
                 label=label)
 
 
-def roles_against_mix(summary: pd.DataFrame, accuracy: pd.DataFrame, style: FigureStyle) -> Figure:
+def roles_against_mix(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, learned_accuracy: float,
+                      style: FigureStyle) -> Figure:
     """Four panels against the mix λ (share of IOI-like training sequences), a colour per model size:
-    held-out accuracy, strong heads per learned task, the shared share of strong heads, and the
-    Pearson r of Δ_toy_ioi with Δ_toy_anti; error bars: 95 % t intervals over seeds."""
+    held-out accuracy per kind, strong heads per learned task, the shared share of strong heads, and the
+    Pearson r of Δ_toy_ioi with Δ_toy_anti. Means over the seeds kept, with 95 % intervals over seeds; each
+    model a small dot, a model that falls short of a task it was trained on a cross (left out of the means)."""
     colours = _sizes(summary)
     with styled(style):
-        fig = new_figure(style.width_in, 2 * style.panel_height_in + 1.4)
+        fig = new_figure(style.width_in, 2 * style.panel_height_in + 1.6)
         axes = fig.subplots(2, 2, sharex=True).ravel()
-        acc = accuracy[accuracy["role"] == "clean"].groupby(["size", "mix", "task"])["accuracy"].agg(
-            ["mean", "min", "max"]).reset_index()
+        acc = accuracy.groupby(["size", "mix", "kind"])["accuracy"].agg(["mean", "min", "max"]).reset_index()
         for size, colour in colours.items():
-            for task, line in TASK_LINES.items():
-                rows = acc[(acc["size"] == size) & (acc["task"] == task)]
+            for kind, line in KIND_LINES.items():
+                rows = acc[(acc["size"] == size) & (acc["kind"] == kind)]
                 spread = np.clip([rows["mean"] - rows["min"], rows["max"] - rows["mean"]], 0, None)
                 axes[0].errorbar(rows["mix"], rows["mean"], yerr=spread, color=colour, linestyle=line, marker="o",
                                  ms=3.5, capsize=2)
-                rows = summary[summary["size"] == size]
-                _band(axes[1], rows.dropna(subset=[f"n_strong_{task}"]), f"n_strong_{task}", colour, line, None)
             rows = summary[summary["size"] == size]
+            for task, line in TASK_LINES.items():
+                _band(axes[1], rows.dropna(subset=[f"n_strong_{task}"]), f"n_strong_{task}", colour, line, None)
             _band(axes[2], rows.dropna(subset=["shared_fraction"]), "shared_fraction", colour, "-", size)
             _band(axes[3], rows.dropna(subset=["pearson"]), "pearson", colour, "-", None)
-        chance = accuracy[accuracy["role"] == "clean"].groupby("task")["chance"].mean()
-        for task, line in TASK_LINES.items():
-            axes[0].axhline(chance[task], color="#888888", linestyle=line, linewidth=0.7)
-        axes[0].set(ylabel="held-out top-1 accuracy\n(range over seeds; grey: chance)", ylim=(-0.02, 1.02))
+            models = per_model[per_model["size"] == size]
+            for ax, column in ((axes[2], "shared_fraction"), (axes[3], "pearson")):
+                for short, marker in ((False, "."), (True, "x")):
+                    dots = models[models["falls_short"] == short]
+                    ax.scatter(dots["mix"], dots[column], color=colour, marker=marker, s=14 if short else 6,
+                               alpha=0.5, linewidths=0.8)
+        axes[0].axhline(learned_accuracy, color="#888888", linewidth=0.7)
+        axes[0].set(ylabel=f"held-out top-1 accuracy\n(range over seeds; grey: learned at {learned_accuracy:g})",
+                    ylim=(-0.02, 1.02))
         top = np.nan_to_num(summary[["n_strong_toy_ioi", "n_strong_toy_anti"]].max().max())
         axes[1].set(ylabel="strong heads (|Δ| ≥ τ)\nper learned task", ylim=(0, 1.6 * top + 1))
         axes[2].set(ylabel="shared heads / strong heads", ylim=(-0.02, 1.02))
@@ -61,10 +68,11 @@ def roles_against_mix(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Figu
             ax.set_xlabel("λ: share of IOI-like training sequences")
         handles = [Line2D([], [], color=c, marker="o", label=f"{size} model") for size, c in colours.items()] + [
             Line2D([], [], color="#444444", linestyle=line, label=label)
-            for line, label in (("-", "toy IOI"), ("--", "toy anti-repetition"))]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
-        fig.suptitle("Toy models: head roles against the objective mix\n(points: mean over seeds; bars: 95 % t "
-                     "interval over seeds, cut at the axes; a task counts only where its gap is learned)")
+            for line, label in (("-", "toy IOI / IOI-like"), ("--", "toy anti / list"), (":", "copy"))] + [
+            Line2D([], [], color="#444444", marker="x", linestyle="", label="falls short (left out)")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=3)
+        fig.suptitle("Toy models: head roles against the objective mix\n(mean over the seeds kept; bars: 95 % "
+                     "bootstrap (counts, shares) or Fisher-z (r) intervals over seeds; a task counts where learned)")
     return fig
 
 
@@ -87,7 +95,9 @@ def phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle) -> Figure:
                 ax.set_xlim(-limits[0], limits[0])
                 ax.set_ylim(-limits[1], limits[1])
                 missing = [t.short for t in TOY_PAIR.tasks if not bool(rows[f"learned_{t.name}"].iloc[0])]
-                note = "".join(f"\n(no {short} gap)" for short in missing)
+                note = "".join(f"\n({short} not learned)" for short in missing)
+                if bool(rows["falls_short"].iloc[0]):
+                    note += "\nFALLS SHORT (left out)"
                 ax.set_title(f"{size}, λ = {mix:g}{note}", fontsize="small")
         fig.supxlabel(delta_label(TOY_PAIR, x, hint=False))
         fig.supylabel(delta_label(TOY_PAIR, y, hint=False))

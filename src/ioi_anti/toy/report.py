@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from ioi_anti.params import ToyModels
@@ -13,7 +14,7 @@ from ioi_anti.report.markdown import markdown_table, with_interval
 FIGURES = (
     ("toy_roles_plot", "toy_roles.png", "held-out accuracy, strong heads per learned task, the shared share of "
      "strong heads and the Pearson r of Δ_toy_IOI with Δ_toy_anti against the mix λ, per size (95 % "
-     "intervals over seeds)"),
+     "intervals over seeds; a cross: a model that falls short, left out)"),
     ("toy_phase_space_plot", "toy_phase_space.png", "every head of the first seed's models, a row per size "
      "and a panel per λ, coloured by category at τ"),
     ("toy_training_plot", "toy_training.png", "the training loss of each kind of trained token against step"),
@@ -27,45 +28,66 @@ def _cell(row: pd.Series, name: str, fmt: str = "{:.2f}") -> str:
 
 
 def _accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Mean held-out accuracy over seeds per size and mix, for each task and role, with chance."""
-    labels = {("toy_ioi", "clean"): "IOI (IO next)", ("toy_anti", "clean"): "list (new item next)",
-              ("toy_anti", "ref"): "copy (listed item next)"}
-    table = accuracy.assign(kind=[labels[(t, r)] for t, r in zip(accuracy["task"], accuracy["role"], strict=True)])
+    """Mean held-out accuracy over seeds per size and mix, for each kind of prompt, with the training steps."""
+    labels = {"ioi": "IOI (IO next)", "list": "list (new item next)", "copy": "copy (listed item next)"}
+    table = accuracy.assign(kind=accuracy["kind"].map(labels))
     wide = table.pivot_table(index=["size", "mix"], columns="kind", values="accuracy", aggfunc="mean")
-    wide = wide[list(labels.values())].map("{:.0%}".format).reset_index()
+    wide = wide[list(labels.values())].map("{:.0%}".format)
+    per_model = accuracy.drop_duplicates("model")
+    steps = per_model.groupby(["size", "mix"])["steps"].agg(lambda s: f"{s.min()}–{s.max()}" if s.min() != s.max()
+                                                            else f"{s.min()}")
+    converged = per_model.groupby(["size", "mix"])["converged"].agg(lambda c: f"{int(c.sum())}/{len(c)}")
+    wide = wide.assign(**{"steps trained": steps, "converged": converged}).reset_index()
     return wide.assign(mix=wide["mix"].map("{:g}".format)).rename(columns={"mix": "λ"})
 
 
-def _answer(summary: pd.DataFrame) -> list[str]:
-    """The question answered in words, from the mixes where both tasks were learned."""
-    both = summary[(summary["n_shared_fraction"] > 0) & (summary["mix"] > 0) & (summary["mix"] < 1)]
+def _over_mix(rows: pd.DataFrame, name: str, fmt: str) -> str:
+    return ", ".join(f"{with_interval(r[name], r[f'{name}_low'], r[f'{name}_high'], fmt)} at λ = {r['mix']:g} "
+                     f"({r[f'n_{name}']} seeds)" for _, r in rows.iterrows() if r[f"n_{name}"] > 0)
+
+
+def _answer(summary: pd.DataFrame, test: pd.DataFrame) -> list[str]:
+    """The question answered in words: per size the shared fraction and r against λ, then the test."""
+    both = summary[summary["n_shared_fraction"] > 0]
     if both.empty:
-        return ["No model learned both tasks, so this grid cannot say whether training both makes heads shared."]
+        return ["No kept model learned both tasks, so this grid cannot say whether training both makes heads "
+                "shared."]
     lines = []
     for size, rows in both.groupby("size", sort=False):
-        shares = ", ".join(f"{row.shared_fraction:.0%} at λ = {row.mix:g}" for row in rows.itertuples())
-        r = ", ".join(f"{row.pearson:.2f} at λ = {row.mix:g}" for row in rows.itertuples())
-        lines.append(f"- **{size}**: shared heads are {shares} of the strong heads (mean over seeds); the Pearson r of "
-                     f"Δ_toy_IOI with Δ_toy_anti is {r}.")
-    means = both.groupby("size", sort=False)["shared_fraction"].mean()
-    if len(means) > 1:
-        most, least = means.idxmax(), means.idxmin()
-        lines.append(f"- Averaged over the mixes that train both, the {most} models share {means[most]:.0%} of their "
-                     f"strong heads and the {least} models {means[least]:.0%}; see the intervals in the table before "
-                     "reading a difference into this.")
+        lines.append(f"- **{size}**: shared heads are {_over_mix(rows, 'shared_fraction', '{:.0%}')} of the strong "
+                     f"heads; the Pearson r of Δ_toy_IOI with Δ_toy_anti is {_over_mix(rows, 'pearson', '{:.2f}')} "
+                     "(means over the seeds kept, 95 % intervals over seeds).")
+    for row in test.itertuples():
+        if np.isnan(row.p_value):
+            lines.append(f"- **{row.size}**: too few models with both tasks learned on each side (both objectives "
+                         f"trained: {row.n_both}, mostly one: {row.n_mostly_one}; two each needed) to test whether "
+                         "shared heads need both objectives.")
+            continue
+        verdict = ("more" if row.difference > 0 else "fewer") if row.p_value < 0.05 else "no clear difference in"
+        difference = with_interval(row.difference, row.difference_low, row.difference_high, "{:+.2f}")
+        lines.append(
+            f"- **{row.size}**, do shared heads need both objectives? Trained on both (λ ∈ {{{row.mixes_both}}}, "
+            f"{row.n_both} models) the shared fraction is {row.shared_both:.0%}; trained mostly on one (λ ∈ "
+            f"{{{row.mixes_mostly_one}}}, {row.n_mostly_one} models, both tasks learned all the same) "
+            f"{row.shared_mostly_one:.0%}: a difference of {difference} (bootstrap 95 % interval), "
+            f"permutation p = {row.p_value:.3f}: "
+            f"{verdict} shared heads when both objectives are trained.")
     return lines
 
 
 def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame,
-               settings: ToyModels, images: Mapping[str, str] | None = None) -> str:
+               test: pd.DataFrame, settings: ToyModels, images: Mapping[str, str] | None = None) -> str:
     """The Markdown report of the toy-models pipeline (figures shown where ``images`` gives their sources)."""
     grid, training = settings.grid, settings.training
     sizes = ", ".join(f"{s.name} ({s.n_layer} layers × {s.n_head} heads, d = {s.n_embd})" for s in grid.sizes)
-    learned = gaps.pivot(index="model", columns="task", values="learned")
-    not_learned = [f"{m} ({', '.join(t for t in learned.columns if not learned.at[m, t])})"
-                   for m in learned.index if not learned.loc[m].all()]
+    short = per_model[per_model["falls_short"]]
+    missed = gaps[gaps["falls_short"]].groupby("model")["task"].agg(", ".join)
+    short_text = (f"{len(short)} of {len(per_model)} models ({len(short) / len(per_model):.0%}) fall short and are "
+                  f"left out of the role statistics: " + "; ".join(f"{m} ({missed[m]})" for m in short["model"]) + "."
+                  if len(short) else f"every one of the {len(per_model)} models learned what it was required to.")
     roles = pd.DataFrame({
-        "size": summary["size"], "λ": summary["mix"].map("{:g}".format), "seeds": summary["n_seeds"],
+        "size": summary["size"], "λ": summary["mix"].map("{:g}".format),
+        "seeds kept": summary["n_seeds"] - summary["n_falls_short"], "left out": summary["n_falls_short"],
         "strong (toy IOI)": [_cell(r, "n_strong_toy_ioi", "{:.1f}") for _, r in summary.iterrows()],
         "strong (toy anti)": [_cell(r, "n_strong_toy_anti", "{:.1f}") for _, r in summary.iterrows()],
         "shared": [_cell(r, "n_shared", "{:.1f}") for _, r in summary.iterrows()],
@@ -86,35 +108,40 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
         "",
         f"- Sizes: {sizes}; λ: {', '.join(f'{m:g}' for m in grid.mixes)}; seeds: "
         f"{', '.join(str(s) for s in grid.seeds)} ({len(per_model)} models).",
-        f"- Training: {training.steps} steps of {training.batch_size} sequences, AdamW (lr "
-        f"{training.lr:g}), loss on the trained tokens only.",
-        f"- Held out of training: {settings.language.heldout_share:.0%} of the combinations (template and names, "
-        "or category and items); every prompt below is one of them.",
+        f"- Training: the models of a size together, each with its own initialisation and batches; up to "
+        f"{training.steps} steps of {training.batch_size} sequences, AdamW (lr {training.lr:g}), loss on the "
+        f"trained tokens only. Every {training.eval_every} steps each model's accuracy on held-out validation "
+        f"prompts (another draw than the measured ones) is taken; a model stops once every kind it is trained on "
+        f"is at least {training.stop_accuracy:.1%} accurate at {training.patience} evaluations in a row "
+        f"(converged), or after {training.stall_evaluations} evaluations without a new best (stalled).",
+        f"- Held out of training: {settings.language.heldout_share:.0%} of the combinations (template and name "
+        "pair, or category and items, also as the start of a longer list); every prompt below is one of them.",
+        f"- Learned: held-out top-1 accuracy of at least {settings.learned_accuracy:.0%} on every kind of prompt of "
+        f"the task. A model must learn each objective trained with a share of at least "
+        f"{settings.required_share:.0%}; {short_text}",
         "",
         "## The answer",
         "",
-        *_answer(summary),
-        "",
-        "A task counts only where a model has learned it (its gap's 95 % interval above 0): "
-        + (f"not learned: {'; '.join(not_learned)}." if not_learned else "every model learned both tasks."),
+        *_answer(summary, test),
         "",
         "## Held-out accuracy (top-1 over the vocabulary, mean over seeds)",
         "",
         markdown_table(_accuracy_table(accuracy)),
         "",
         "Chance (uniform over the vocabulary): " + ", ".join(
-            f"{task} {chance:.1%}" for task, chance in accuracy.groupby("task")["chance"].mean().items()) + ".",
+            f"{kind} {chance:.1%}" for kind, chance in accuracy.groupby("kind")["chance"].mean().items()) + ".",
         "",
-        "## Roles against the objective mix (mean over seeds, 95 % t interval over seeds)",
+        "## Roles against the objective mix (mean over the seeds kept, 95 % interval over seeds)",
         "",
-        "Each number is over the seeds where it exists (a count where the task is learned; shared heads, "
-        "their share and r where both are); with two or three seeds a t interval is wide, by design.",
+        "Counts and the shared share: percentile bootstrap over seeds; Pearson r: Fisher z with a t interval. "
+        "Each number is over the kept seeds where it exists (a count where the task is learned; shared heads, "
+        "their share and r where both are).",
         "",
         markdown_table(roles),
         "",
-        "Tables: `toy_roles` (this one, with every interval), `toy_model_roles` (one row per model), "
-        "`toy_head_categories` (every head's category at τ), `toy_per_head`, `toy_accuracy`, `toy_learned`, "
-        "`toy_losses`.",
+        "Tables: `toy_roles` (this one, with every interval), `toy_sharing_test` (the test above), "
+        "`toy_model_roles` (one row per model, `falls_short` flags), `toy_head_categories` (every head's category "
+        "at τ), `toy_per_head`, `toy_accuracy`, `toy_learned`, `toy_losses` (loss and validation curves).",
         "",
         "## Figures",
         "",

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from transformers import PreTrainedTokenizerFast
 
 from ioi_anti.params import ToyModels
 from ioi_anti.tasks import Task, Tokenizers, seed_for
@@ -21,6 +22,11 @@ from ioi_anti.tasks.prompts import check_template_lengths, numbered, tokenise_pr
 from ioi_anti.toy.language import COPY_PHRASE, IOI_TEMPLATES, LIST_PHRASE, ToyLanguage
 
 NO_DROPS = pd.DataFrame(columns=["list", "word", "tokenizer"])  # every toy word is one token by construction
+KIND_PROMPTS = {  # the prompts that test each kind of training sequence: (task, role)
+    "ioi": ("toy_ioi", "clean"),  # next: the indirect object
+    "list": ("toy_anti", "clean"),  # next: an item of the category not yet listed
+    "copy": ("toy_anti", "ref"),  # next: the listed item to copy
+}
 
 
 def ioi_prompts(settings: ToyModels, tokenizers: Tokenizers, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -71,6 +77,20 @@ TOY_ANTI = Task(name="toy_anti", label="toy anti-repetition", short="toy anti", 
                 description="toy anti-repetition: mean logit of new items − mean logit of listed items; "
                             "reference: copy prompts (held-out lists)")
 TOY_TASKS = (TOY_IOI, TOY_ANTI)
+
+
+def right_answers(prompts: pd.DataFrame, tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
+    """The right next tokens of each tokenised toy prompt (see :data:`KIND_PROMPTS`): the candidates of positive
+    metric weight (the IO; the items not yet listed), or for a copy prompt (``copy : i1 , ... , in . copy :
+    i1 , ... ,``) the item before the ``.``."""
+    stop = tokenizer.convert_tokens_to_ids(".")
+    answers = []
+    for role, ids, candidates, weights in zip(prompts["role"], prompts["input_ids"], prompts["metric_token_ids"],
+                                              prompts["metric_weights"], strict=True):
+        ids = list(ids)
+        answers.append([ids[ids.index(stop) - 1]] if role == "ref" else
+                       [int(t) for t, w in zip(candidates, weights, strict=True) if w > 0])
+    return answers
 
 
 def toy_prompts(settings: ToyModels, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,10 +1,16 @@
-"""Training toy GPT-2 models from scratch on the toy language, deterministically by seed.
+"""Training the toy GPT-2 models of the grid from scratch, many at once, deterministically by seed.
 
 A toy model is a Hugging Face ``GPT2LMHeadModel`` (an architecture the study already measures), so a
 trained one is wrapped by :func:`ioi_anti.models.loading.wrap_model` and measured by the same code as the
-pretrained models. Training is next-token cross-entropy at the trained positions of each sequence
-(:class:`ioi_anti.toy.language.TrainingSequence`), AdamW with a linear warm-up and decay; the loss
-of every step is kept for the loss curve.
+pretrained models. The models of one size train together as one :class:`~ioi_anti.toy.stacked.StackedGPT2`:
+each keeps its own initialisation (``torch.manual_seed(seed)``), its own stream of batches drawn from a
+corpus pre-generated as tensors (:class:`Corpus`), and its own optimiser state, and gives the same weights
+as trained alone. Training is next-token cross-entropy at the trained positions of each sequence, AdamW
+with a linear warm-up and decay. Every ``eval_every`` steps each model's top-1 accuracy on held-out
+validation prompts is measured (:class:`Validation`); a model whose accuracies have reached
+``stop_accuracy`` on every kind it is trained on, at ``patience`` evaluations in a row (converged), or
+whose best accuracy on those kinds has not improved for ``stall_evaluations`` evaluations (stalled),
+stops there and leaves the group. Each model keeps its loss and validation curves and the step it stopped at.
 """
 
 from __future__ import annotations
@@ -13,19 +19,24 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ioi_anti.models.loading import LoadedModel, wrap_model
 from ioi_anti.models.spec import ModelSpec
-from ioi_anti.params import ToyGrid, ToyLanguageSettings, ToyModels, ToySize, ToyTraining
+from ioi_anti.params import ToyGrid, ToyModels, ToySize, ToyTraining
+from ioi_anti.tasks import seed_for
 from ioi_anti.toy.language import KINDS, ToyLanguage, encode, mixture
+from ioi_anti.toy.stacked import StackedGPT2, masked_means
+from ioi_anti.toy.tasks import KIND_PROMPTS, right_answers, toy_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,17 @@ class ToyRun:
         """``toy-<size>-mix<λ>-seed<seed>``, e.g. ``toy-small-mix0.50-seed1``."""
         return f"toy-{self.size.name}-mix{self.mix:.2f}-seed{self.seed}"
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of sequence it is trained on (IOI-like for λ > 0; list and copy for λ < 1)."""
+        return tuple(kind for kind in KINDS if share(self.mix, kind) > 0)
+
+
+def share(mix: float, kind: str) -> float:
+    """The share of a kind's sequences in training at mix λ: λ IOI-like, the rest anti-repetition-like
+    (list and copy sequences half and half, one objective)."""
+    return mix if kind == "ioi" else 1 - mix
+
 
 def grid(grid: ToyGrid) -> list[ToyRun]:
     """Every model of ``toy_models.grid``: sizes x mixes x seeds, in that order."""
@@ -58,54 +80,175 @@ def toy_config(size: ToySize, vocab_size: int) -> GPT2Config:
                       eos_token_id=1)
 
 
-def train(run: ToyRun, language: ToyLanguage, tokenizer: PreTrainedTokenizerFast,
-          training: ToyTraining) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
-    """A model of ``run`` trained on the language's mix λ; and its loss per step (columns step, loss,
-    loss_ioi, loss_list, loss_copy: the mean cross-entropy of each kind's trained tokens in the batch)."""
-    torch.manual_seed(run.seed)
-    rng = np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7])
-    model = GPT2LMHeadModel(toy_config(run.size, len(tokenizer))).train()
-    steps, batch = training.steps, training.batch_size
-    optimiser = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+@dataclass(frozen=True)
+class Corpus:
+    """Training sequences of every kind, generated once as padded tensors (drawing words in Python at each
+    step of each model would cost more than the step), from which each model draws its own batches."""
+
+    ids: Int[Tensor, "n w"]
+    trained: Bool[Tensor, "n w-1"]
+    lengths: Int[np.ndarray, " n"]
+    kind: Int[np.ndarray, " n"]
+    size: int  # sequences per kind; kind k holds rows k * size ... (k + 1) * size - 1
+
+    @classmethod
+    def generate(cls, language: ToyLanguage, vocab: Mapping[str, int], size: int, seed: int) -> Corpus:
+        """``size`` training sequences of each kind (never a held-out combination), from ``seed``."""
+        rng = np.random.default_rng(seed_for(seed, "toy_corpus"))
+        sequences = [language.training_sequence(rng, kind) for kind in KINDS for _ in range(size)]
+        ids, trained = encode(sequences, vocab)
+        lengths = np.array([len(s.words) for s in sequences])
+        return cls(torch.from_numpy(ids), torch.from_numpy(trained), lengths, np.repeat(np.arange(len(KINDS)), size),
+                   size)
+
+    def batch(self, rng: np.random.Generator, n: int, mix: float) -> Int[np.ndarray, " n"]:
+        """The rows of one batch: ``n`` kinds drawn for mix λ (:func:`~ioi_anti.toy.language.mixture`), then a
+        sequence of each kind uniformly."""
+        kinds = np.array([KINDS.index(k) for k in mixture(rng, n, mix)])
+        return kinds * self.size + (rng.random(n) * self.size).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Held-out validation prompts of each kind (drawn like the measured prompts, from another seed), padded,
+    with the position of each prompt's last token and the mask of its right next tokens."""
+
+    ids: dict[str, Int[Tensor, "n w"]]
+    last: dict[str, Int[Tensor, " n"]]
+    right: dict[str, Bool[Tensor, "n v"]]
+
+    @classmethod
+    def from_prompts(cls, tokens: pd.DataFrame, tokenizer: PreTrainedTokenizerFast) -> Validation:
+        """The validation set of toy prompts ``tokens`` (as :func:`~ioi_anti.toy.tasks.toy_prompts` makes)."""
+        ids, last, right = {}, {}, {}
+        for kind, (task, role) in KIND_PROMPTS.items():
+            prompts = tokens[(tokens["task"] == task) & (tokens["role"] == role)]
+            rows = list(prompts["input_ids"])
+            width = max(len(r) for r in rows)
+            ids[kind] = torch.tensor([list(r) + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+            last[kind] = torch.tensor([len(r) - 1 for r in rows])
+            right[kind] = torch.zeros(len(rows), len(tokenizer), dtype=torch.bool)
+            for row, answers in enumerate(right_answers(prompts, tokenizer)):
+                right[kind][row, answers] = True
+        return cls(ids, last, right)
+
+    def accuracy(self, group: StackedGPT2) -> Float[Tensor, "m kind"]:
+        """Every model's top-1 accuracy on each kind's prompts (columns in the order of ``KINDS``)."""
+        scores = []
+        with torch.no_grad():
+            for kind in KINDS:
+                ids = self.ids[kind].expand(len(group), -1, -1)
+                logits = group.logits(ids)[:, torch.arange(len(ids[0])), self.last[kind]]
+                scores.append(self.right[kind].gather(1, logits.argmax(-1).T).float().mean(0))
+        return torch.stack(scores, -1)
+
+
+@dataclass
+class Trained:
+    """A trained toy model, its curves (per step: loss, loss of each kind; per evaluation: validation
+    accuracy of each kind) and whether it reached the stopping accuracy."""
+
+    run: ToyRun
+    model: GPT2LMHeadModel
+    curves: pd.DataFrame
+    converged: bool
+
+
+def _learning_rate(training: ToyTraining, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then linear decay to 0 at ``steps``."""
     warmup = max(1, training.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
-    vocab = tokenizer.get_vocab()
-    rows = []
-    for step in tqdm(range(steps), desc=run.model_id, unit="step", leave=False):
-        kinds = mixture(rng, batch, run.mix)
-        ids, trained = encode([language.training_sequence(rng, kind) for kind in kinds], vocab)
-        ids_t, mask = torch.from_numpy(ids), torch.from_numpy(trained)
-        logits = model(ids_t).logits[:, :-1]
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids_t[:, 1:], reduction="none")
-        loss = losses[mask].mean()
+    return training.lr * min((step + 1) / warmup, max(0.0, (training.steps - step) / max(1, training.steps - warmup)))
+
+
+def _optimiser(group: StackedGPT2, training: ToyTraining) -> torch.optim.AdamW:
+    # AdamW is elementwise, so one optimiser over the stacked tensors is every model's own optimiser.
+    return torch.optim.AdamW(list(group.params.values()), lr=training.lr, weight_decay=training.weight_decay)
+
+
+def _leave(group: StackedGPT2, optimiser: torch.optim.AdamW, keep: list[int],
+           training: ToyTraining) -> tuple[StackedGPT2, torch.optim.AdamW]:
+    """The group and its optimiser state without the models that stopped."""
+    smaller = group.keep(keep)
+    moved = _optimiser(smaller, training)
+    picked = torch.tensor(keep)
+    for old, new in zip(group.params.values(), smaller.params.values(), strict=True):
+        moved.state[new] = {name: value.clone() if name == "step" else value[picked].clone()
+                            for name, value in optimiser.state[old].items()}
+    return smaller, moved
+
+
+def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, training: ToyTraining,
+                vocab_size: int) -> Iterator[Trained]:
+    """Train ``runs`` (one size) together; yield each model when it stops (converged, or at ``steps``)."""
+    config = toy_config(runs[0].size, vocab_size)
+    models = []
+    for run in runs:
+        torch.manual_seed(run.seed)
+        models.append(GPT2LMHeadModel(config))
+    group, active = StackedGPT2.stack(models), list(range(len(runs)))
+    optimiser = _optimiser(group, training)
+    streams = [np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7]) for run in runs]
+    curves: list[list[dict[str, float]]] = [[] for _ in runs]
+    streak, best, stalled = [0] * len(runs), torch.zeros(len(runs), len(KINDS)), [0] * len(runs)
+    needs = torch.tensor([[kind in run.kinds for kind in KINDS] for run in runs])
+    progress = tqdm(range(training.steps), desc=f"toy {runs[0].size.name} x{len(runs)}", unit="step", leave=False)
+    for step in progress:
+        for param_group in optimiser.param_groups:
+            param_group["lr"] = _learning_rate(training, step)
+        rows = np.stack([corpus.batch(streams[i], training.batch_size, runs[i].mix) for i in active])
+        width = int(corpus.lengths[rows].max())
+        ids, mask = corpus.ids[rows][..., :width], corpus.trained[rows][..., : width - 1]
+        losses = group.token_losses(ids)
+        loss = masked_means(losses, mask)
         optimiser.zero_grad()
-        loss.backward()
+        loss.sum().backward()  # each model's gradient is its own loss's: the others' do not depend on it
         optimiser.step()
-        schedule.step()
-        by_kind, detached = {}, losses.detach()
-        for kind in KINDS:
-            rows_of_kind = torch.tensor([k == kind for k in kinds])
-            picked = detached[rows_of_kind][mask[rows_of_kind]]
-            by_kind[f"loss_{kind}"] = float(picked.mean()) if picked.numel() else float("nan")
-        rows.append({"step": step, "loss": float(loss), **by_kind})
-    return model.eval(), pd.DataFrame(rows)
+        kinds = torch.from_numpy(corpus.kind[rows])
+        by_kind = torch.stack([masked_means(losses.detach(), mask & (kinds == k)[..., None])
+                               for k in range(len(KINDS))], -1).tolist()
+        for slot, i in enumerate(active):
+            curves[i].append({"step": step, "loss": float(loss[slot].detach()),
+                              **{f"loss_{kind}": by_kind[slot][k] for k, kind in enumerate(KINDS)}})
+        last = step + 1 == training.steps
+        if (step + 1) % training.eval_every and not last:
+            continue
+        accuracy = validation.accuracy(group)
+        reached = ((accuracy >= training.stop_accuracy) | ~needs[active]).all(-1).tolist()
+        stopping = []
+        for slot, i in enumerate(active):
+            curves[i][-1] |= {f"val_{kind}": float(accuracy[slot, k]) for k, kind in enumerate(KINDS)}
+            streak[i] = streak[i] + 1 if reached[slot] else 0
+            improved = bool(((accuracy[slot] > best[i]) & needs[i]).any())
+            best[i] = torch.maximum(best[i], accuracy[slot])
+            stalled[i] = 0 if improved else stalled[i] + 1
+            if last or streak[i] >= training.patience or stalled[i] >= training.stall_evaluations:
+                stopping.append(slot)
+                yield Trained(runs[i], group.model(slot), pd.DataFrame(curves[i]), streak[i] >= training.patience)
+        if stopping:
+            keep = [slot for slot in range(len(active)) if slot not in stopping]
+            active = [active[slot] for slot in keep]
+            if not active:
+                return
+            group, optimiser = _leave(group, optimiser, keep, training)
+            progress.set_description(f"toy {runs[0].size.name} x{len(active)}")
 
 
-def to_bytes(model: GPT2LMHeadModel, losses: pd.DataFrame) -> bytes:
-    """A trained model's config, weights and loss curve as one file's bytes (``torch.save``)."""
+def to_bytes(trained: Trained) -> bytes:
+    """A trained model's config, weights, curves and convergence as one file's bytes (``torch.save``)."""
     buffer = io.BytesIO()
-    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict(),
-                "losses": {column: losses[column].tolist() for column in losses.columns}}, buffer)
+    curves = trained.curves
+    torch.save({"config": trained.model.config.to_dict(), "state_dict": trained.model.state_dict(),
+                "curves": {column: curves[column].tolist() for column in curves.columns},
+                "converged": trained.converged}, buffer)
     return buffer.getvalue()
 
 
-def from_bytes(data: bytes) -> tuple[GPT2LMHeadModel, pd.DataFrame]:
-    """The model and loss curve saved by :func:`to_bytes` (an error for a damaged file)."""
+def from_bytes(data: bytes, run: ToyRun) -> Trained:
+    """The model of ``run`` saved by :func:`to_bytes` (an error for a damaged file)."""
     saved = torch.load(io.BytesIO(data), weights_only=True)
     model = GPT2LMHeadModel(GPT2Config.from_dict(saved["config"]))
     model.load_state_dict(saved["state_dict"])
-    return model.eval(), pd.DataFrame(saved["losses"])
+    return Trained(run, model.eval(), pd.DataFrame(saved["curves"]), bool(saved["converged"]))
 
 
 def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
@@ -114,47 +257,73 @@ def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFa
     return wrap_model(spec, model, tokenizer, torch.device("cpu"))
 
 
-def settings_fingerprint(language: ToyLanguageSettings, training: ToyTraining) -> str:
-    """What a trained model depends on besides its size, mix and seed: the language and the training (a hash of
-    their settings' sorted JSON)."""
-    settings = json.dumps({"language": language.model_dump(), "training": training.model_dump()}, sort_keys=True)
-    return "t" + hashlib.sha256(settings.encode()).hexdigest()[:11]
+def settings_fingerprint(settings: ToyModels, seed: int) -> str:
+    """What a trained model depends on besides its size, mix and seed: the language, the training, the
+    prompt settings and the run's seed (its corpus and validation prompts): a hash of their sorted JSON."""
+    parts = {"language": settings.language.model_dump(), "training": settings.training.model_dump(),
+             "prompts": settings.prompts.model_dump(), "seed": seed}
+    return "t" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:11]
 
 
-def partition_key(settings: ToyModels, run: ToyRun) -> str:
-    """The partition a trained model is saved under: the fingerprint of the language and training settings,
-    then the model id."""
-    return f"{settings_fingerprint(settings.language, settings.training)}/{run.model_id}"
+def partition_key(settings: ToyModels, run: ToyRun, seed: int) -> str:
+    """The partition a trained model is saved under: the settings' fingerprint, then the model id."""
+    return f"{settings_fingerprint(settings, seed)}/{run.model_id}"
 
 
-def is_intact(load: Callable[[], bytes], key: str) -> bool:
+def is_intact(load: Callable[[], bytes], key: str, run: ToyRun) -> bool:
     """Whether a saved model can be read back (a damaged file is logged and trained again)."""
     try:
-        from_bytes(load())
+        from_bytes(load(), run)
     except Exception as error:  # noqa: BLE001 - any unreadable file is retrained, whatever the reader raises
         logger.warning("Trained toy model %s is damaged (%s): it is trained again.", key, error)
         return False
     return True
 
 
-def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels) -> dict[str, Callable[[], bytes]]:
-    """One partition per model of the grid not trained yet with these settings, each trained when it is
-    saved (so an interrupted grid keeps every finished model, and a re-run trains only the rest)."""
+class GroupTraining:
+    """The lazy training of one size's models: asking for a model trains the group until it stops, keeping
+    the models that stopped before it for when they are asked for (so each is saved as soon as its turn
+    comes, and an interrupted grid keeps every model saved)."""
+
+    def __init__(self, runs: list[ToyRun], start: Callable[[list[ToyRun]], Iterator[Trained]]) -> None:
+        self.runs, self._start = runs, start
+        self._training: Iterator[Trained] | None = None
+        self._done: dict[ToyRun, bytes] = {}
+
+    def saved(self, run: ToyRun) -> bytes:
+        """The file of ``run``, training the group as far as needed."""
+        if self._training is None:
+            logger.info("Training %d toy model(s) of size %s together.", len(self.runs), run.size.name)
+            self._training = self._start(self.runs)
+        while run not in self._done:
+            trained = next(self._training)
+            state = "converged" if trained.converged else "did not converge"
+            steps = int(trained.curves["step"].max()) + 1
+            logger.info("Toy model %s %s at step %d.", trained.run.model_id, state, steps)
+            self._done[trained.run] = to_bytes(trained)
+        return self._done.pop(run)
+
+
+def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
+                  seed: int) -> dict[str, Callable[[], bytes]]:
+    """One partition per model of the grid not trained yet with these settings, each trained (with the other
+    models of its size) when it is saved; a re-run trains only the rest."""
     language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
-    keys = {run: partition_key(settings, run) for run in grid(settings.grid)}
-    todo = [run for run, key in keys.items() if key not in done or not is_intact(done[key], key)]
-    total = len(keys)
-    if len(todo) < total:
-        logger.info("Toy models: %d of %d already trained with these settings; training %d.", total - len(todo),
-                    total, len(todo))
+    keys = {run: partition_key(settings, run, seed) for run in grid(settings.grid)}
+    todo = [run for run, key in keys.items() if key not in done or not is_intact(done[key], key, run)]
+    if len(todo) < len(keys):
+        logger.info("Toy models: %d of %d already trained with these settings; training %d.", len(keys) - len(todo),
+                    len(keys), len(todo))
+    if not todo:
+        return {}
+    corpus = Corpus.generate(language, tokenizer.get_vocab(), settings.training.corpus_size, seed)
+    validation = Validation.from_prompts(toy_prompts(settings, seed_for(seed, "toy_validation"))[1], tokenizer)
 
-    def job(run: ToyRun, number: int) -> Callable[[], bytes]:
-        def trained() -> bytes:
-            logger.info("Training toy model %d of %d: %s.", number, len(todo), run.model_id)
-            model, losses = train(run, language, tokenizer, settings.training)
-            return to_bytes(model, losses)
-        return trained
+    def start(runs: list[ToyRun]) -> Iterator[Trained]:
+        return train_group(runs, corpus, validation, settings.training, len(tokenizer))
 
-    todo.sort(key=keys.__getitem__)  # the order the partitions are saved (and so trained) in
-    return {keys[run]: job(run, i + 1) for i, run in enumerate(todo)}
+    groups = {size.name: GroupTraining([run for run in todo if run.size == size], start)
+              for size in settings.grid.sizes}
+    todo.sort(key=keys.__getitem__)  # the order the partitions are saved in
+    return {keys[run]: (lambda run=run: groups[run.size.name].saved(run)) for run in todo}

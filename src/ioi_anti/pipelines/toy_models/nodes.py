@@ -27,31 +27,37 @@ def make_toy_prompts(params: ToyModels, seed: int) -> tuple[pd.DataFrame, pd.Dat
     return toy_prompts(params, seed)
 
 
-def train_toy_models(done: dict[str, Callable[[], bytes]], params: ToyModels) -> dict[str, Callable[[], bytes]]:
-    """One partition per model of the grid not trained yet with these settings, each trained when it is saved."""
-    return train.training_jobs(done, params)
+def train_toy_models(done: dict[str, Callable[[], bytes]], params: ToyModels,
+                     seed: int) -> dict[str, Callable[[], bytes]]:
+    """One partition per model of the grid not trained yet with these settings, each trained (with the other
+    models of its size) when it is saved."""
+    return train.training_jobs(done, params, seed)
 
 
 def measure_toy_models(trained: dict[str, Callable[[], bytes]], tokens: pd.DataFrame, params: ToyModels,
                        runtime: Runtime, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
                                                          pd.DataFrame]:
-    """Every model of the grid measured like a pretrained one: per-head table, baseline, accuracy, losses."""
+    """Every model of the grid measured like a pretrained one: per-head table, baseline, accuracy, curves."""
     return measure.measure_grid(trained, tokens, params, runtime, seed)
 
 
-def summarise_toy_roles(per_head: pd.DataFrame, baseline: pd.DataFrame, params: ToyModels,
-                        seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Whether each model learned each task, every head's category at τ (as ``head_categories`` of the real
-    models, on the toy pair), each model's roles, and the roles per size and mix over seeds."""
-    gaps = roles.learned(baseline, params.measure.n_boot, seed)
+def summarise_toy_roles(per_head: pd.DataFrame, accuracy: pd.DataFrame, params: ToyModels,
+                        seed: int) -> tuple[pd.DataFrame, ...]:
+    """Whether each model learned each task (held-out accuracy), every head's category at τ (as
+    ``head_categories`` of the real models, on the toy pair), each model's roles, the roles per size and mix
+    over seeds, and the test of whether shared heads need both objectives."""
+    gaps = roles.learned(accuracy, params)
     heads = roles.categorise_learned(per_head, gaps, params.tau)
     per_model = roles.model_roles(heads)
-    return gaps, heads, per_model, roles.over_seeds(per_model)
+    summary = roles.over_seeds(per_model, params.measure.n_boot, seed, params.measure.ci)
+    return gaps, heads, per_model, summary, roles.sharing_test(per_model, params, seed, params.measure.ci)
 
 
-def plot_toy_roles(summary: pd.DataFrame, accuracy: pd.DataFrame, style: Reporting) -> Figure:
+def plot_toy_roles(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, params: ToyModels,
+                   style: Reporting) -> Figure:
     """Roles against the objective mix, per size: accuracy, strong heads per task, shared share, r."""
-    return toy_plots.roles_against_mix(summary, accuracy, FigureStyle.from_params(style))
+    return toy_plots.roles_against_mix(summary, per_model, accuracy, params.learned_accuracy,
+                                       FigureStyle.from_params(style))
 
 
 def plot_toy_phase_space(heads: pd.DataFrame, params: ToyModels, style: Reporting) -> Figure:
@@ -66,7 +72,7 @@ def plot_toy_training(losses: pd.DataFrame, style: Reporting) -> Figure:
 
 
 def write_toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.DataFrame, gaps: pd.DataFrame,
-                     params: ToyModels, style: Reporting, **figures: SavedFigure) -> str:
+                     test: pd.DataFrame, params: ToyModels, style: Reporting, **figures: SavedFigure) -> str:
     """The toy-models report: the question, the numbers and the answer in words, with its figures."""
     images = {name: relative_link(figure.path, style.output_dir) for name, figure in figures.items()}
-    return toy_report(summary, per_model, accuracy, gaps, params, images)
+    return toy_report(summary, per_model, accuracy, gaps, test, params, images)
