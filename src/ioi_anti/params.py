@@ -291,6 +291,7 @@ class ToyTraining(Settings):
     stop_accuracy: Annotated[float, need("an accuracy in (0, 1]", gt=0, le=1)]
     patience: Count
     stall_evaluations: Count
+    group_size: Count
 
 
 class ToyPrompts(Settings):

@@ -6,7 +6,7 @@ pretrained models. The models of one size train together as one :class:`~ioi_ant
 each keeps its own initialisation (``torch.manual_seed(seed)``), its own stream of batches drawn from a
 corpus pre-generated as tensors (:class:`Corpus`), and its own optimiser state, and gives the same weights
 as trained alone. Training is next-token cross-entropy at the trained positions of each sequence, AdamW
-with a linear warm-up and decay. Every ``eval_every`` steps each model's top-1 accuracy on held-out
+with a linear warm-up, then a constant learning rate. Every ``eval_every`` steps each model's top-1 accuracy on held-out
 validation prompts is measured (:class:`Validation`); a model whose accuracies have reached
 ``stop_accuracy`` on every kind it is trained on, at ``patience`` evaluations in a row (converged), or
 whose best accuracy on those kinds has not improved for ``stall_evaluations`` evaluations (stalled),
@@ -155,9 +155,9 @@ class Trained:
 
 
 def _learning_rate(training: ToyTraining, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then linear decay to 0 at ``steps``."""
-    warmup = max(1, training.warmup_steps)
-    return training.lr * min((step + 1) / warmup, max(0.0, (training.steps - step) / max(1, training.steps - warmup)))
+    """A linear warm-up over ``warmup_steps``, then constant: a model stops when it has learned, not when a
+    decay runs out (a decay to 0 at ``steps`` slowed the late learning of copying at mixed λ)."""
+    return training.lr * min(1.0, (step + 1) / max(1, training.warmup_steps))
 
 
 def _optimiser(group: StackedGPT2, training: ToyTraining) -> torch.optim.AdamW:
@@ -281,8 +281,8 @@ def is_intact(load: Callable[[], bytes], key: str, run: ToyRun) -> bool:
 
 
 class GroupTraining:
-    """The lazy training of one size's models: asking for a model trains the group until it stops, keeping
-    the models that stopped before it for when they are asked for (so each is saved as soon as its turn
+    """The lazy training of a group of models of one size: asking for a model trains the group until it
+    stops, keeping the models that stopped before it for when they are asked for (so each is saved as soon as its turn
     comes, and an interrupted grid keeps every model saved)."""
 
     def __init__(self, runs: list[ToyRun], start: Callable[[list[ToyRun]], Iterator[Trained]]) -> None:
@@ -306,8 +306,8 @@ class GroupTraining:
 
 def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
                   seed: int) -> dict[str, Callable[[], bytes]]:
-    """One partition per model of the grid not trained yet with these settings, each trained (with the other
-    models of its size) when it is saved; a re-run trains only the rest."""
+    """One partition per model of the grid not trained yet with these settings, each trained (with up to
+    ``group_size`` models of its size) when it is saved; a re-run trains only the rest."""
     language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
     keys = {run: partition_key(settings, run, seed) for run in grid(settings.grid)}
@@ -323,7 +323,11 @@ def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
     def start(runs: list[ToyRun]) -> Iterator[Trained]:
         return train_group(runs, corpus, validation, settings.training, len(tokenizer))
 
-    groups = {size.name: GroupTraining([run for run in todo if run.size == size], start)
-              for size in settings.grid.sizes}
-    todo.sort(key=keys.__getitem__)  # the order the partitions are saved in
-    return {keys[run]: (lambda run=run: groups[run.size.name].saved(run)) for run in todo}
+    todo.sort(key=keys.__getitem__)  # the order the partitions are saved in: by size, then λ, then seed
+    groups: dict[ToyRun, GroupTraining] = {}
+    for size in settings.grid.sizes:
+        runs = [run for run in todo if run.size == size]
+        for first in range(0, len(runs), settings.training.group_size):
+            group = GroupTraining(runs[first : first + settings.training.group_size], start)
+            groups |= dict.fromkeys(group.runs, group)
+    return {keys[run]: (lambda run=run: groups[run].saved(run)) for run in todo}
