@@ -3,7 +3,6 @@ measurement with the study's own code."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -40,9 +39,8 @@ def test_every_word_is_one_token_and_training_never_draws_a_held_out_combination
     for word in language.vocabulary[3:]:
         assert len(tokenizer(" " + word, add_special_tokens=False).input_ids) == 1, word
     rng = np.random.default_rng(0)
-    kinds = mixture(rng, 2000, 0.5)
-    counts = Counter(kinds)
-    assert abs(counts["ioi"] / 2000 - 0.5) < 0.05 and abs(counts["list"] - counts["copy"]) < 150
+    assert mixture(128, 0.5) == {"ioi": 64, "list": 32, "copy": 32} and mixture(128, 0.1)["ioi"] == 13
+    assert mixture(128, 0.0) == {"ioi": 0, "list": 64, "copy": 64} and sum(mixture(127, 0.25).values()) == 127
     for kind in ("ioi", "list", "copy"):
         for _ in range(300):
             sequence = language.training_sequence(rng, kind)
@@ -105,7 +103,7 @@ def trained(language) -> dict[float, tuple]:
     """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only), together."""
     tokenizer = language.tokenizer()
     runs = [train.ToyRun(SMALL, mix, 0) for mix in (0.0, 1.0)]
-    models = _group(language, runs, TRAINING)
+    models = {run: trained for run in runs for trained in _group(language, [run], TRAINING).values()}
     return {run.mix: (run, train.loaded(run, models[run].model, tokenizer), models[run].curves) for run in runs}
 
 
@@ -124,7 +122,7 @@ def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_mode
     # a model stops once an evaluation brings no new best: models leave the group at different steps
     short = PARAMS.training.model_copy(update={"steps": 40, "eval_every": 5, "warmup_steps": 5, "corpus_size": 500,
                                                "stall_evaluations": 1})
-    runs = [train.ToyRun(SMALL, mix, seed) for mix, seed in ((0.5, 0), (0.0, 1), (1.0, 2))]
+    runs = [train.ToyRun(SMALL, 0.5, seed) for seed in (0, 1, 2)]
     together = _group(language, runs, short)
     assert len({len(t.curves) for t in together.values()}) > 1, "models left the group at different steps"
     for run in runs:
@@ -136,6 +134,8 @@ def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_mode
             torch.testing.assert_close(together[run].model.state_dict()[name], value, atol=2e-4, rtol=1e-4)
     one, alone = together[runs[0]], _group(language, runs[:1], short)[runs[0]]
     assert not together[runs[1]].curves["loss"].equals(one.curves["loss"]), "another model, its own batches"
+    with pytest.raises(ValueError, match="one size at one λ"):
+        next(train.train_group([runs[0], train.ToyRun(SMALL, 0.0, 0)], None, None, short, len(tokenizer)))
     again = _group(language, runs[:1], short)[runs[0]]
     assert all(torch.equal(a, b) for a, b in zip(alone.model.state_dict().values(), again.model.state_dict().values(),
                                                  strict=True)), "the same seed trains the same model"

@@ -142,11 +142,12 @@ class ToyLanguage:
         return TrainingSequence(kind, tuple(words), tuple(i - 1 for i in range(second, len(words), 2)))
 
 
-def mixture(rng: np.random.Generator, n: int, mix: float) -> list[str]:
-    """Kinds of ``n`` training sequences: a share ``mix`` (λ) IOI-like, the rest list and copy sequences
-    half and half."""
-    kinds = np.where(rng.random(n) < mix, "ioi", np.where(rng.random(n) < 0.5, "list", "copy"))
-    return [str(k) for k in kinds]
+def mixture(n: int, mix: float) -> dict[str, int]:
+    """How many of ``n`` training sequences are of each kind: a share ``mix`` (λ) IOI-like (rounded), the
+    rest list and copy sequences half and half (the odd one a list)."""
+    ioi = int(round(n * mix))
+    copy = (n - ioi) // 2
+    return {"ioi": ioi, "list": n - ioi - copy, "copy": copy}
 
 
 def encode(sequences: Sequence[TrainingSequence], vocab: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:

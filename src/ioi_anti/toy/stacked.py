@@ -13,7 +13,7 @@ trained in a group follows the same arithmetic as trained alone.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812 - torch's own convention
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -92,7 +92,3 @@ class StackedGPT2:
         return F.cross_entropy(logits.flatten(0, 2), ids[:, :, 1:].flatten(), reduction="none").view(ids.shape[0],
                                                                                                   ids.shape[1], -1)
 
-
-def masked_means(losses: Float[Tensor, "m b s"], mask: Bool[Tensor, "m b s"]) -> Float[Tensor, " m"]:
-    """Each model's mean loss over the positions of ``mask`` (NaN where it has none)."""
-    return (losses * mask).sum((1, 2)) / mask.sum((1, 2))

@@ -35,7 +35,7 @@ from ioi_anti.models.spec import ModelSpec
 from ioi_anti.params import ToyGrid, ToyModels, ToySize, ToyTraining
 from ioi_anti.tasks import seed_for
 from ioi_anti.toy.language import KINDS, ToyLanguage, encode, mixture
-from ioi_anti.toy.stacked import StackedGPT2, masked_means
+from ioi_anti.toy.stacked import StackedGPT2
 from ioi_anti.toy.tasks import KIND_PROMPTS, right_answers, toy_prompts
 
 logger = logging.getLogger(__name__)
@@ -101,11 +101,11 @@ class Corpus:
         return cls(torch.from_numpy(ids), torch.from_numpy(trained), lengths, np.repeat(np.arange(len(KINDS)), size),
                    size)
 
-    def batch(self, rng: np.random.Generator, n: int, mix: float) -> Int[np.ndarray, " n"]:
-        """The rows of one batch: ``n`` kinds drawn for mix λ (:func:`~ioi_anti.toy.language.mixture`), then a
-        sequence of each kind uniformly."""
-        kinds = np.array([KINDS.index(k) for k in mixture(rng, n, mix)])
-        return kinds * self.size + (rng.random(n) * self.size).astype(np.int64)
+    def batch(self, rng: np.random.Generator, n: int, mix: float) -> dict[str, Int[np.ndarray, " k"]]:
+        """The rows of one batch per kind: as many of each kind as :func:`~ioi_anti.toy.language.mixture`
+        says for mix λ, each drawn uniformly from that kind's sequences."""
+        return {kind: KINDS.index(kind) * self.size + (rng.random(count) * self.size).astype(np.int64)
+                for kind, count in mixture(n, mix).items() if count}
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,10 @@ def _leave(group: StackedGPT2, optimiser: torch.optim.AdamW, keep: list[int],
 
 def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, training: ToyTraining,
                 vocab_size: int) -> Iterator[Trained]:
-    """Train ``runs`` (one size) together; yield each model when it stops (converged, or at ``steps``)."""
+    """Train ``runs`` (one size, one λ) together; yield each model when it stops (converged, stalled, or at
+    ``steps``)."""
+    if len({(run.size, run.mix) for run in runs}) != 1:
+        raise ValueError("A group of toy models trains one size at one λ (their batches hold the same kinds).")
     config = toy_config(runs[0].size, vocab_size)
     models = []
     for run in runs:
@@ -195,20 +198,27 @@ def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, trai
     for step in progress:
         for param_group in optimiser.param_groups:
             param_group["lr"] = _learning_rate(training, step)
-        rows = np.stack([corpus.batch(streams[i], training.batch_size, runs[i].mix) for i in active])
-        width = int(corpus.lengths[rows].max())
-        ids, mask = corpus.ids[rows][..., :width], corpus.trained[rows][..., : width - 1]
-        losses = group.token_losses(ids)
-        loss = masked_means(losses, mask)
+        # one pass per kind, each only as wide as its longest sequence (a copy is half again as long as the
+        # others): the models of a group share λ, so they draw as many sequences of each kind
+        draws = [corpus.batch(streams[i], training.batch_size, runs[i].mix) for i in active]
+        sums, counts = [], []
+        for kind in draws[0]:
+            rows = np.stack([draw[kind] for draw in draws])
+            width = int(corpus.lengths[rows].max())
+            mask = corpus.trained[rows][..., : width - 1]
+            losses = group.token_losses(corpus.ids[rows][..., :width]) * mask
+            sums.append(losses.sum((1, 2)))
+            counts.append(mask.sum((1, 2)))
+        loss = torch.stack(sums).sum(0) / torch.stack(counts).sum(0)
         optimiser.zero_grad()
         loss.sum().backward()  # each model's gradient is its own loss's: the others' do not depend on it
         optimiser.step()
-        kinds = torch.from_numpy(corpus.kind[rows])
-        by_kind = torch.stack([masked_means(losses.detach(), mask & (kinds == k)[..., None])
-                               for k in range(len(KINDS))], -1).tolist()
+        by_kind = {kind: (total.detach() / count).tolist() for kind, total, count in zip(draws[0], sums, counts,
+                                                                                          strict=True)}
         for slot, i in enumerate(active):
             curves[i].append({"step": step, "loss": float(loss[slot].detach()),
-                              **{f"loss_{kind}": by_kind[slot][k] for k, kind in enumerate(KINDS)}})
+                              **{f"loss_{kind}": by_kind[kind][slot] if kind in by_kind else float("nan")
+                                 for kind in KINDS}})
         last = step + 1 == training.steps
         if (step + 1) % training.eval_every and not last:
             continue
@@ -293,7 +303,8 @@ class GroupTraining:
     def saved(self, run: ToyRun) -> bytes:
         """The file of ``run``, training the group as far as needed."""
         if self._training is None:
-            logger.info("Training %d toy model(s) of size %s together.", len(self.runs), run.size.name)
+            logger.info("Training %d toy model(s) of size %s at λ = %g together.", len(self.runs), run.size.name,
+                        run.mix)
             self._training = self._start(self.runs)
         while run not in self._done:
             trained = next(self._training)
@@ -307,7 +318,7 @@ class GroupTraining:
 def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
                   seed: int) -> dict[str, Callable[[], bytes]]:
     """One partition per model of the grid not trained yet with these settings, each trained (with up to
-    ``group_size`` models of its size) when it is saved; a re-run trains only the rest."""
+    ``group_size`` models of its size and λ) when it is saved; a re-run trains only the rest."""
     language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()
     keys = {run: partition_key(settings, run, seed) for run in grid(settings.grid)}
@@ -325,8 +336,8 @@ def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
 
     todo.sort(key=keys.__getitem__)  # the order the partitions are saved in: by size, then λ, then seed
     groups: dict[ToyRun, GroupTraining] = {}
-    for size in settings.grid.sizes:
-        runs = [run for run in todo if run.size == size]
+    for size, mix in dict.fromkeys((run.size, run.mix) for run in todo):
+        runs = [run for run in todo if (run.size, run.mix) == (size, mix)]
         for first in range(0, len(runs), settings.training.group_size):
             group = GroupTraining(runs[first : first + settings.training.group_size], start)
             groups |= dict.fromkeys(group.runs, group)
