@@ -25,7 +25,7 @@ from ioi_anti.toy.stacked import StackedGPT2
 
 BASE = settings()
 PARAMS = BASE.toy_models
-TRAINING = PARAMS.training.model_copy(update={"corpus_size": 4000})  # λ = 0 and 1 stop after a few hundred steps
+TRAINING = PARAMS.training  # λ = 0 and 1 stop after a few hundred steps
 SMALL = PARAMS.grid.sizes[0]
 
 
