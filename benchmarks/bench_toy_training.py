@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--mix", type=float, default=0.5)
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 5, 10])
     args = parser.parse_args()
-    settings = project_settings(ROOT).toy_models
+    settings = project_settings(ROOT / "conf").toy_models
     training = settings.training
     language = ToyLanguage.from_settings(settings.language)
     tokenizer = language.tokenizer()

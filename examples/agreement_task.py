@@ -1,7 +1,7 @@
 """A task of one's own: subject-verb agreement ("The keys near the door" -> " are", not " is").
 
 Run it beside the paper's pair with ``tasks: [ioi, anti, agreement_task:agreement]`` in a run config
-file (README, "Tasks"), this folder on ``PYTHONPATH``. Its settings live under
+file (docs/tasks.md, "Writing a task"), this folder on ``PYTHONPATH``. Its settings live under
 ``data_generation.agreement`` and are declared by :class:`AgreementSettings` (here: ``n_pool``, optional:
 a task of one's own has no section in conf/base, so its model may give defaults).
 """

@@ -49,6 +49,11 @@ def kedro(root: Path, *args: str, wait: bool = True, params: str = "", env: Mapp
     return done
 
 
+def jupyter_dirs(root: Path) -> dict[str, str]:
+    """Jupyter's data, runtime and config folders under ``root``, so a test installs no kernel in the user's."""
+    return {f"JUPYTER_{kind}_DIR": str(root / kind.lower()) for kind in ("DATA", "RUNTIME", "CONFIG")}
+
+
 def run_in_process(root: Path, env: str | None = None, params: Mapping[str, Any] | None = None) -> None:
     """``kedro run --env <env>`` of the project copy ``root`` in this process, through ``KedroSession``: for a
     run that needs no second process, it saves the CLI's start and shares the models this process has

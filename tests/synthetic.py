@@ -24,6 +24,7 @@ class SyntheticModel:
     n_heads: int
     gap_ok: bool = True
     tuning: str = "base"
+    quantisation: str = "none"
 
 
 FOUR_MODELS = (
@@ -44,10 +45,10 @@ NINE_MODELS = (
     SyntheticModel("pythia-1b", "pythia", 1_011_781_632, 16, 8),
 )
 OFFLINE_FOUR = (  # the four embedded models: three families, qwen2 at two sizes, base and instruction-tuned
-    SyntheticModel("smollm2-135m", "llama", 134_515_008, 30, 9, tuning="instruct"),
-    SyntheticModel("gemma3-270m", "gemma", 268_098_176, 18, 4),
-    SyntheticModel("qwen2.5-coder-0.5b", "qwen2", 630_167_424, 24, 14, tuning="instruct"),
-    SyntheticModel("qwen2.5-coder-1.5b", "qwen2", 1_777_088_000, 28, 12, tuning="instruct"),
+    SyntheticModel("smollm2-135m", "llama", 134_515_008, 30, 9, tuning="instruct", quantisation="Q4_1"),
+    SyntheticModel("gemma3-270m", "gemma", 268_098_176, 18, 4, quantisation="Q4_K_M"),
+    SyntheticModel("qwen2.5-coder-0.5b", "qwen2", 630_167_424, 24, 14, tuning="instruct", quantisation="Q4_K_M"),
+    SyntheticModel("qwen2.5-coder-1.5b", "qwen2", 1_777_088_000, 28, 12, tuning="instruct", quantisation="Q4_K_M"),
 )
 GAPS = {"ioi": 2.5, "anti": 1.2}
 N_PROMPTS = {"ioi": 40, "anti": 45}
@@ -61,7 +62,8 @@ def _model_heads(spec: SyntheticModel, rng: np.random.Generator, ablation: str, 
     delta["anti"] = 0.3 * delta["ioi"] + rng.laplace(0.0, scale, n)
     gaps = {"ioi": GAPS["ioi"], "anti": GAPS["anti"] if spec.gap_ok else -0.05}
     frame = {
-        "model": spec.model, "family": spec.family, "tuning": spec.tuning, "n_params": spec.n_params,
+        "model": spec.model, "family": spec.family, "tuning": spec.tuning, "quantisation": spec.quantisation,
+        "n_params": spec.n_params,
         "n_layers": spec.n_layers, "n_heads": spec.n_heads, "layer": np.repeat(np.arange(spec.n_layers), spec.n_heads),
         "head": np.tile(np.arange(spec.n_heads), spec.n_layers),
     }
@@ -94,7 +96,8 @@ def make_baseline(per_head: pd.DataFrame) -> pd.DataFrame:
             gap = float(first[f"gap_{task}"])
             clean = 1.0 + gap
             rows.append({
-                "model": model, "family": first["family"], "tuning": first["tuning"], "n_params": first["n_params"],
+                "model": model, "family": first["family"], "tuning": first["tuning"],
+                "quantisation": first["quantisation"], "n_params": first["n_params"],
                 "task": task,
                 "n_prompts": N_PROMPTS[task], "clean_metric": clean, "clean_low": clean - 0.2,
                 "clean_high": clean + 0.2, "ref_metric": 1.0, "ref_low": 0.8, "ref_high": 1.2, "gap": gap,
@@ -131,7 +134,8 @@ def make_attribution_agreement(per_head: pd.DataFrame) -> pd.DataFrame:
 
 HERO_MODELS = {"gpt2": 3, "pythia-160m": 2}  # models with hero heads -> automatic heroes (plus one named)
 ATTENTION_TARGETS = {"ioi": ("IO", "S1", "S2"), "anti": ("all list items", "last list item")}
-HERO_COLUMNS = ["model", "family", "tuning", "n_params", "hero", "layer", "head", "delta_ioi", "delta_ioi_low",
+HERO_COLUMNS = ["model", "family", "tuning", "quantisation",
+                "n_params", "hero", "layer", "head", "delta_ioi", "delta_ioi_low",
                 "delta_ioi_high", "delta_anti", "delta_anti_low", "delta_anti_high", "category", "category_robust",
                 "selected_by"]
 STUDY_COLUMNS = {  # as ioi_anti.pipelines.hero_heads.nodes.STUDY_COLUMNS (not imported: that module loads torch)

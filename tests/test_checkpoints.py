@@ -27,7 +27,8 @@ from ioi_anti.params import Registry
 
 REPO = "test-org/tiny-neox"
 REVISIONS = ("step1", "step2", "step4")
-ENTRY = {"family": "pythia", "source": "hub", "hf_name": REPO, "prepend_bos": True}
+ENTRY = {"family": "pythia", "source": "hub", "hf_name": REPO, "prepend_bos": True, "quantisation": "none",
+         "licence": "Apache-2.0"}
 
 
 def test_model_ids_name_checkpoints() -> None:
@@ -39,7 +40,8 @@ def test_model_ids_name_checkpoints() -> None:
         parse_model_id("pythia-160m@")
     registry = Registry.model_validate({"tiny": ENTRY, "embedded": {"family": "llama", "source": "gguf", "hf_name": "x",
                                                                     "package": "p", "gguf_file": "f.gguf",
-                                                                    "prepend_bos": False}})
+                                                                    "prepend_bos": False, "quantisation": "Q4_0",
+                                                                    "licence": "MIT"}})
     assert ModelSpec.from_registry("tiny@step2", registry).revision == "step2"
     with pytest.raises(ModelConfigError, match="needs a Hub model"):
         ModelSpec.from_registry("embedded@step2", registry)

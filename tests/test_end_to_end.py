@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -20,7 +22,7 @@ import pytest
 import yaml
 from conftest import PROJECT, copy_project
 from nbclient import NotebookClient
-from runs import SWEEP, copy_run, kedro, latest, run_in_process
+from runs import SWEEP, copy_run, jupyter_dirs, kedro, latest, run_in_process
 from synthetic import published_format
 
 from ioi_anti.params import Published
@@ -30,17 +32,32 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project after a full small `kedro run`."""
+    """A copy of the project after a full small `kedro run` (its log in run.log)."""
     root = copy_project(tmp_path_factory.mktemp("ioi-anti"))
-    kedro(root)
+    done = kedro(root)
+    (root / "run.log").write_text(done.stdout + done.stderr)
     return root
 
 
 GRIDS = {"smollm2-135m": (30, 9), "gemma3-270m": (18, 4)}
 
 
+def test_a_fresh_run_warns_of_nothing_false_and_ends_naming_its_report(project: Path) -> None:
+    """No stale-stamp warning, no deprecation noise from the libraries; the project's logging config is the one
+    used; the last lines name report.md and report.html, and both exist."""
+    log = (project / "run.log").read_text()
+    for noise in ("carries no settings stamp", "register_new_resolver", "KedroDeprecationWarning"):
+        assert noise not in log, noise
+    assert "conf/logging.yml" in log
+    written = re.findall(r"Report(?: \(one page, figures embedded\))? written: (\S+)", log)
+    assert [Path(p).name for p in written] == ["report.md", "report.html"], log[-2000:]
+    assert all((project / p).is_file() for p in written)
+
+
 def test_run_writes_every_table_figure_and_the_report(project: Path) -> None:
     per_head = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    assert per_head.groupby("model")["quantisation"].first().to_dict() == {"smollm2-135m": "Q4_1",
+                                                                           "gemma3-270m": "Q4_K_M"}
     for model, (n_layers, n_heads) in GRIDS.items():
         rows = per_head[per_head["model"] == model]
         assert len(rows) == n_layers * n_heads == len(rows[["layer", "head"]].drop_duplicates()), model
@@ -97,14 +114,22 @@ def test_the_default_tasks_give_the_per_head_table_of_the_code_before_tasks(proj
                                    rtol=0, err_msg=column)
 
 
-def test_example_notebook_runs(project: Path) -> None:
+def test_example_notebook_runs(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notebook runs top to bottom in the kernel `kedro jupyter lab` opens it with, on the run's catalog:
+    the per-head scatter, the phase space and a hero head's dose-response."""
+    for name, folder in jupyter_dirs(tmp_path).items():
+        monkeypatch.setenv(name, folder)
+    setup = subprocess.run([sys.executable, "-m", "kedro", "jupyter", "setup"], cwd=project, capture_output=True,
+                           text=True, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}, timeout=300)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
     notebook = nbformat.read(project / "notebooks" / "explore_per_head.ipynb", as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+    client = NotebookClient(notebook, timeout=300, kernel_name="kedro_ioi_anti",
                             resources={"metadata": {"path": str(project)}})
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook draws a figure"
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= 3, "the notebook draws the per-head scatter, the phase space and a hero's dose-response"
 
 
 def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path, tmp_path: Path) -> None:
@@ -112,7 +137,7 @@ def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path
     heads at both τ of the run, and their values, are the exact run's."""
     project = copy_run(project, tmp_path / "run")
     exact = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    kedro(project, "--pipeline", "head_ablation", params="head_ablation.mode=screen")
+    kedro(project, "--pipelines", "head_ablation", params="head_ablation.mode=screen")
     screened = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     assert set(screened["mode"]) == {"screen"}
     keys = ["model", "layer", "head"]
@@ -284,7 +309,7 @@ def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: P
     env = root / "conf" / "toy"
     env.mkdir()
     (env / "parameters.yml").write_text(yaml.safe_dump(TOY_GRID))
-    first = kedro(root, "--pipeline", "toy_models", "--env", "toy")
+    first = kedro(root, "--pipelines", "toy_models", "--env", "toy")
     log = first.stdout + first.stderr
     assert all(f"Training 1 toy model(s) of size small at λ = {mix} together" in log for mix in (0, 1))
     assert len(re.findall(r"Toy model toy-small-mix[01]\.00-seed0 (converged|did not converge) at step", log)) == 2
@@ -303,7 +328,7 @@ def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: P
     for figure in ("toy_roles", "toy_phase_space", "toy_training"):
         assert latest(root, f"data/08_reporting/{figure}.png/*/{figure}.png").stat().st_size > 10_000
     models[0].write_bytes(models[0].read_bytes()[:1000])
-    second = kedro(root, "--pipeline", "toy_models", "--env", "toy")
+    second = kedro(root, "--pipelines", "toy_models", "--env", "toy")
     log = second.stdout + second.stderr
     assert "toy-small-mix0.00-seed0 is damaged" in log and "1 of 2 already trained" in log
     assert "Training 1 toy model(s) of size small at λ = 0 together" in log and log.count("Toy model toy-small") == 1

@@ -20,7 +20,8 @@ def _inputs(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     baseline = pd.DataFrame([
         {"task": task, "pair_id": i, "m_clean": 3.0 + rng.normal(), "m_ref": rng.normal(), "model_id": "tiny",
-         "family": "gpt2", "tuning": "base", "n_params": 1000, "n_layers": N_LAYERS, "n_heads": N_HEADS}
+         "family": "gpt2", "tuning": "base", "quantisation": "none",
+         "n_params": 1000, "n_layers": N_LAYERS, "n_heads": N_HEADS}
         for task in ("ioi", "anti") for i in range(N_PROMPTS)
     ])
     long = pd.DataFrame([
@@ -157,7 +158,8 @@ def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -
     base = settings(runtime__device="cpu")
     runtime, sweep = base.runtime, base.head_ablation.model_copy(update={"n_boot": N_BOOT})
     registry = Registry.model_validate({"tiny": {"family": "gpt2", "source": "hub", "hf_name": "tiny",
-                                                 "tuning": "instruct", "prepend_bos": True}})
+                                                 "tuning": "instruct", "prepend_bos": True,
+                                                 "quantisation": "none", "licence": "MIT"}})
     baselines, effects = {}, {}
     for task in ("ioi", "anti"):
         rows = tokens[tokens["task"] == task]

@@ -260,7 +260,7 @@ def test_hero_figures_and_synthetic_tables_match_the_pipeline_and_catalog() -> N
                            induction_score=0.5)
     with_tasks = select_hero_heads(more, 0.05, HEROES, *PAIR_RUN)
     extra = ["delta_induction", "delta_induction_low", "delta_induction_high", "induction_score"]
-    assert list(with_tasks.columns) == HERO_COLUMNS[:13] + extra + HERO_COLUMNS[13:], "every task's Δ beside the pair's"
+    assert list(with_tasks.columns) == HERO_COLUMNS[:14] + extra + HERO_COLUMNS[14:], "every task's Δ beside the pair's"
     assert all(list(CASES["several"][name].columns) == STUDY_COLUMNS[name] for name in STUDY_COLUMNS)
 
     outputs = hero_heads.create_pipeline().all_outputs()

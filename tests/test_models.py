@@ -154,6 +154,17 @@ def test_registry_chunks_name_installed_packages_that_assemble_to_the_checksum(m
     if spec.chunks.missing():
         pytest.skip(f"{model_id}: chunk packages not installed ({spec.install})")
     assert spec.chunks.is_intact(sources.gguf_path(spec))
+    assert sources.gguf_quantisation(sources.gguf_path(spec)) == spec.quantisation  # the provenance every table shows
+
+
+def test_registry_quantisation_is_the_files_and_a_wrong_one_is_refused_at_load(registry, tmp_path: Path) -> None:
+    """SmolLM2's file declares Q4_1, as the registry says (the chunked models: the test above); a registry that
+    says otherwise is refused when the model loads, naming the file's type and what to write."""
+    spec = ModelSpec.from_registry("smollm2-135m", registry)
+    path = sources.gguf_path(spec)
+    assert sources.gguf_quantisation(path) == spec.quantisation == "Q4_1"
+    with pytest.raises(ModelConfigError, match="declares 'Q4_1'. Write `quantisation: Q4_1`.*conf/local"):
+        sources.check_quantisation(dataclasses.replace(spec, quantisation="Q4_K_M"), path)
 
 
 def test_unreachable_hub_model_fails_with_instructions(monkeypatch: pytest.MonkeyPatch, registry) -> None:
@@ -176,6 +187,9 @@ def test_registry_entries_are_valid(registry) -> None:
     instruct = {s.model_id for s in specs if s.tuning == "instruct"}
     assert instruct == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     assert set(PAPER_MODELS) <= set(registry)
+    assert {s.model_id: s.quantisation for s in specs if s.source == "gguf"} == {
+        "smollm2-135m": "Q4_1", "gemma3-270m": "Q4_K_M", "qwen2.5-coder-0.5b": "Q4_K_M", "qwen2.5-coder-1.5b": "Q4_K_M"}
+    assert all(s.quantisation == "none" and s.licence for s in specs if s.source == "hub")
 
 
 @pytest.mark.integration
@@ -242,7 +256,8 @@ def test_models_stay_loaded_within_the_budget_and_are_released_for_a_big_one(mon
     monkeypatch.setattr(loading, "_load", fake_load)
     monkeypatch.setattr(loading, "estimated_bytes", lambda spec: sizes[spec.model_id])
     monkeypatch.setattr(loading, "weights_bytes", lambda lm: 1_000 if loads[-1] != "big" else 10_000)
-    spec = {m: ModelSpec(model_id=m, family="gpt2", source="gguf", hf_name=m, prepend_bos=True) for m in sizes}
+    spec = {m: ModelSpec(model_id=m, family="gpt2", source="gguf", hf_name=m, prepend_bos=True, quantisation="Q4_0",
+                         licence="MIT") for m in sizes}
     cache = loading.ModelCache(budget_bytes=2_500)
     a = cache.get(spec["a"], "cpu", "float32")
     assert cache.get(spec["b"], "cpu", "float32") is not a and cache.get(spec["a"], "cpu", "float32") is a

@@ -1,4 +1,5 @@
-"""The project assembles: pipelines register, configuration loads, kedro-viz serves the lineage."""
+"""The project assembles: pipelines register, configuration loads, kedro-viz serves the lineage, and
+`kedro jupyter lab` / `notebook` serve the project's kernel."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import PROJECT
 from kedro.framework.project import configure_project, pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from runs import jupyter_dirs
 
 PIPELINES = ("data_generation", "head_ablation", "categorisation", "reporting", "hero_heads")
 
@@ -81,11 +83,12 @@ def _free_port() -> int:
     raise RuntimeError("no free TCP port below 49152")
 
 
-def _serve_viz(project: Path, log: Path) -> dict | None:
-    """Start `kedro viz run` on a free port and return /api/main, or None if the server exits."""
+def _serve(project: Path, log: Path, command: list[str], path: str, env: dict[str, str] | None = None) -> dict | None:
+    """Start ``kedro <command>`` on a free port (``{port}`` in the command) and return the JSON of ``path``
+    on it, or None if the server exits first."""
     port = _free_port()
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-    cmd = [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "kedro", *(word.format(port=port) for word in command)]
     with log.open("w") as out:
         # its own session, so that the server's worker processes are stopped with it
         server = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -94,13 +97,36 @@ def _serve_viz(project: Path, log: Path) -> dict | None:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and server.poll() is None:
                 try:
-                    return requests.get(f"http://127.0.0.1:{port}/api/main", timeout=5).json()
+                    return requests.get(f"http://127.0.0.1:{port}{path}", timeout=5).json()
                 except requests.RequestException:
                     time.sleep(2)
             return None
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def _serve_viz(project: Path, log: Path) -> dict | None:
+    return _serve(project, log, ["viz", "run", "--no-browser", "--host", "127.0.0.1", "--port", "{port}"], "/api/main")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("app", ["lab", "notebook"])
+def test_kedro_jupyter_serves_the_project_kernel(project: Path, tmp_path: Path, app: str) -> None:
+    """`kedro jupyter lab` and `kedro jupyter notebook` start (their packages are installed by `make install`)
+    with the project's kernel as the default; the kernel loads the kedro extension (catalog, context)."""
+    token = "ioi-anti-test"
+    command = ["jupyter", app, "--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port={port}",
+               f"--IdentityProvider.token={token}", *(["--allow-root"] if os.geteuid() == 0 else [])]  # CI runs as root
+    log = tmp_path / "jupyter.log"
+    env = jupyter_dirs(tmp_path)
+    specs = (_serve(project, log, command, f"/api/kernelspecs?token={token}", env)
+             or _serve(project, log, command, f"/api/kernelspecs?token={token}", env))
+    assert specs is not None, f"kedro jupyter {app} did not serve:\n{log.read_text()[-3000:]}"
+    assert specs["default"] == "kedro_ioi_anti", specs["default"]
+    argv = specs["kernelspecs"]["kedro_ioi_anti"]["spec"]["argv"]
+    assert "kedro.ipython" in argv and Path(argv[0]).resolve() == Path(sys.executable).resolve(), argv
 
 
 def test_kedro_viz_serves_the_lineage(project: Path, tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, smol_tokenizer) -> TinyRu
     for seed, (family, hf_name, shape) in enumerate(TINY.values()):
         save_hub_model(cache, hf_name, "main", family, smol_tokenizer, seed, **shape)
     root = copy_project(tmp_path_factory.mktemp("tiny-run"))
-    registry = {model: {"family": family, "source": "hub", "hf_name": hf_name, "prepend_bos": False}
+    registry = {model: {"family": family, "source": "hub", "hf_name": hf_name, "prepend_bos": False,
+                        "quantisation": "none", "licence": "random weights"}
                 for model, (family, hf_name, _shape) in TINY.items()}
     (root / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({"models": list(TINY),
                                                                           "model_registry": registry}))
@@ -105,7 +106,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(tiny_run: Tin
     sweep = next(p for p in (root / SWEEP).iterdir() if p.name.startswith("tiny-gpt2__ioi__"))
     jobs = GRIDS["tiny-gpt2"][0] + 1  # the attribution and one job per layer
     shutil.rmtree(sweep)
-    run = kedro(root, "--pipeline", "head_ablation", wait=False, params=SLOW, env=tiny_run.env)
+    run = kedro(root, "--pipelines", "head_ablation", wait=False, params=SLOW, env=tiny_run.env)
     try:
         _wait_for_layers(run, sweep, "layer_*.parquet", 3)
     finally:
@@ -115,7 +116,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(tiny_run: Tin
     assert 3 <= len(kept) < jobs, "the run was interrupted part way"
     for name in kept:  # killed at any moment, a partition is whole or absent (written, then renamed)
         pd.read_parquet(sweep / name)
-    done = kedro(root, "--pipeline", "head_ablation", params=RAW, env=tiny_run.env)
+    done = kedro(root, "--pipelines", "head_ablation", params=RAW, env=tiny_run.env)
     assert f"resuming the sweep, {jobs - len(kept)} of {jobs} jobs left" in done.stdout + done.stderr
     for name, mtime in kept.items():
         assert (sweep / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
@@ -129,7 +130,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_layers(tiny_run: Tin
     pd.read_parquet(short).iloc[::2].to_parquet(short)
     (sweep / "layer_007.parquet.partial-99999").write_bytes(b"half")
     kept = {p.name: p.stat().st_mtime_ns for p in sweep.glob("*.parquet") if p not in (truncated, short)}
-    mended = kedro(root, "--pipeline", "head_ablation", params=RAW, env=tiny_run.env)
+    mended = kedro(root, "--pipelines", "head_ablation", params=RAW, env=tiny_run.env)
     log = mended.stdout + mended.stderr
     assert re.search(r"layer_005 is damaged \(unreadable", log) and "layer_006 is damaged" in log, log[-3000:]
     assert f"resuming the sweep, 2 of {jobs} jobs left" in log and "layer_007.parquet.partial-99999" in log
@@ -143,34 +144,34 @@ def test_a_step_refuses_results_computed_with_other_settings(tiny_run: TinyRun, 
     """A table saved under one setting and read under another stops the step, naming the difference and
     the command that fixes it, before anything is written; re-running that step mends it."""
     root = copy_run(tiny_run.root, tmp_path / "run")
-    kedro(root, "--pipeline", "head_ablation", params=f"{RAW},head_ablation.n_boot=100", env=tiny_run.env)
-    refused = kedro(root, "--pipeline", "categorisation", params=RAW, env=tiny_run.env, check=False)
+    kedro(root, "--pipelines", "head_ablation", params=f"{RAW},head_ablation.n_boot=100", env=tiny_run.env)
+    refused = kedro(root, "--pipelines", "categorisation", params=RAW, env=tiny_run.env, check=False)
     log = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "SettingsMismatchError" in log, log[-3000:]
-    assert "head_ablation.n_boot: 100 there, 200 now" in log and "kedro run --pipeline head_ablation" in log
+    assert "head_ablation.n_boot: 100 there, 200 now" in log and "kedro run --pipelines head_ablation" in log
     assert not (root / "data" / ".run.lock").exists(), "a failed run releases the lock"
-    kedro(root, "--pipeline", "head_ablation", params=RAW, env=tiny_run.env)
-    kedro(root, "--pipeline", "categorisation", params=RAW, env=tiny_run.env)
+    kedro(root, "--pipelines", "head_ablation", params=RAW, env=tiny_run.env)
+    kedro(root, "--pipelines", "categorisation", params=RAW, env=tiny_run.env)
 
 
 def test_a_second_run_of_the_project_is_refused_while_one_is_running(tiny_run: TinyRun, tmp_path: Path) -> None:
     root = copy_run(tiny_run.root, tmp_path / "run")
     lock = root / "data" / ".run.lock"
     shutil.rmtree(root / SWEEP)  # the first run sweeps every head again, one at a time: long enough to overlap
-    first = kedro(root, "--pipeline", "head_ablation", wait=False, params=SLOW, env=tiny_run.env)
+    first = kedro(root, "--pipelines", "head_ablation", wait=False, params=SLOW, env=tiny_run.env)
     try:
         deadline = time.monotonic() + 120
         while not lock.exists():
             assert first.poll() is None and time.monotonic() < deadline, "the first run took no lock"
             time.sleep(0.2)
-        second = kedro(root, "--pipeline", "reporting", params=RAW, env=tiny_run.env, check=False)
+        second = kedro(root, "--pipelines", "reporting", params=RAW, env=tiny_run.env, check=False)
         assert first.poll() is None, "the first run should still be sweeping"
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert second.returncode != 0 and "Another run is writing this project's data/" in second.stdout + second.stderr
     assert lock.exists(), "a killed run leaves its lock behind"
-    resumed = kedro(root, "--pipeline", "data_generation", params=RAW, env=tiny_run.env)
+    resumed = kedro(root, "--pipelines", "data_generation", params=RAW, env=tiny_run.env)
     assert "Taking over" in resumed.stdout + resumed.stderr and not lock.exists()
 
 

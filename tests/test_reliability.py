@@ -121,7 +121,8 @@ def test_each_seed_changes_what_it_names_and_nothing_else(smol_tokenizer, dg_par
 
     rng = np.random.default_rng(0)
     baseline = pd.DataFrame([{"task": t, "pair_id": i, "m_clean": 3 + rng.normal(), "m_ref": rng.normal(),
-                              "model_id": "m", "family": "gpt2", "tuning": "base", "n_params": 1, "n_layers": 1,
+                              "model_id": "m", "family": "gpt2", "tuning": "base", "quantisation": "none",
+                              "n_params": 1, "n_layers": 1,
                               "n_heads": 2}
                              for t in ("ioi", "anti") for i in range(8)])
     long = pd.DataFrame([{"task": t, "layer": 0, "head": h, "pair_id": i, "method": m, "effect": rng.normal()}
@@ -203,6 +204,28 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
         assert "no CUDA device" in problem and "runtime.device=auto" in problem
 
 
+def test_a_model_of_your_own_gets_what_to_do_for_every_mistake() -> None:
+    """An entry of one's own with an unknown family, no BOS setting, no quantisation or licence, or a GGUF type on
+    a Hub model: one message naming each problem, what it must be, and conf/local as its place."""
+    from ioi_anti.run.validation import SettingsError, validate_settings
+
+    base = raw_params()
+    mine = {"family": "mistral", "source": "hub", "hf_name": "mistralai/Mistral-7B-v0.1"}
+    with pytest.raises(SettingsError) as error:
+        validate_settings(with_(with_(base, "model_registry.mine", mine), "models", ["mine"]))
+    message = str(error.value)
+    for expected in ("`model_registry.mine.family` = 'mistral': must be one of gpt2, gpt-neo", "docs/models.md",
+                     "`model_registry.mine.prepend_bos` is missing (true or false",
+                     "`model_registry.mine.quantisation` is missing", "`model_registry.mine.licence` is missing",
+                     "conf/local/parameters.yml"):
+        assert expected in message, message
+    wrong = {**mine, "family": "llama", "prepend_bos": True, "quantisation": "Q4_0", "licence": "Apache-2.0"}
+    with pytest.raises(SettingsError, match="`quantisation` is `none` for a Hub model"):
+        validate_settings(with_(with_(base, "model_registry.mine", wrong), "models", ["mine"]))
+    with pytest.raises(SettingsError, match="Unknown model id 'yours'.*conf/local/parameters.yml"):
+        validate_settings(with_(base, "models", ["yours"]))
+
+
 def test_named_heroes_of_a_model_outside_the_run_are_warned_loudly(caplog) -> None:
     from ioi_anti.run.validation import settings_problems
 
@@ -259,7 +282,7 @@ def test_the_guard_stamps_tables_and_records_only_and_refuses_other_settings(tmp
     with pytest.raises(SettingsMismatchError, match=r"head_ablation\.ablation: 'zero' there, 'mean' now"):
         guard.before_node_run({"per_head": table.assign(settings_id=other)})
     wrapped = guard.before_node_run({"tokenised_prompts": {"m": lambda: parts["m"].assign(settings_id=other)}})
-    with pytest.raises(SettingsMismatchError, match="kedro run --pipeline head_ablation"):
+    with pytest.raises(SettingsMismatchError, match="kedro run --pipelines head_ablation"):
         wrapped["tokenised_prompts"]["m"]()
 
 

@@ -492,14 +492,14 @@ def test_scale_figures_tell_base_from_instruction_tuned_models() -> None:
     assert "qwen2 · 2 sizes · 630M base, 1.8B instruct" in [h.get_label() for h in scaling.legends[0].legend_handles]
 
 
-def test_tuning_is_a_column_of_every_per_model_table() -> None:
+def test_tuning_and_quantisation_are_columns_of_every_per_model_table() -> None:
     tables = tables_for(OFFLINE_FOUR)
-    expected = {m.model: m.tuning for m in OFFLINE_FOUR}
-    for name in ("per_head", "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline"):
-        table = tables[name]
-        assert table.groupby("model")["tuning"].first().to_dict() == expected, name
+    for column in ("tuning", "quantisation"):
+        expected = {m.model: getattr(m, column) for m in OFFLINE_FOUR}
+        for name in ("per_head", "head_categories", "strong_head_counts", "layer_counts", "correlations", "baseline"):
+            assert tables[name].groupby("model")[column].first().to_dict() == expected, (name, column)
     corr_table = nodes.corr_vs_scale_table(tables["correlations"])
-    assert list(corr_table.columns[:4]) == ["model", "family", "tuning", "n_params"]
+    assert list(corr_table.columns[:5]) == ["model", "family", "tuning", "quantisation", "n_params"]
     with pytest.raises(ValueError, match="tuning"):
         categorise_heads(tables["per_head"].drop(columns="tuning"), TASKS, CAT_PARAMS)
 
@@ -512,11 +512,17 @@ def test_report_compares_the_four_offline_models_in_one_table_first() -> None:
                                "Pearson r | IOI-only | anti-only | shared |")
     rows = [line.split(" | ") for line in table[2:]]
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
-        ("| smollm2-135m", "llama", "instruction-tuned", "135M", "30 × 9"),
-        ("| gemma3-270m", "gemma", "base", "268M", "18 × 4"),
-        ("| qwen2.5-coder-0.5b", "qwen2", "instruction-tuned", "630M", "24 × 14"),
-        ("| qwen2.5-coder-1.5b", "qwen2", "instruction-tuned", "1.8B", "28 × 12"),
+        ("| smollm2-135m (Q4_1)", "llama", "instruction-tuned", "135M", "30 × 9"),
+        ("| gemma3-270m (Q4_K_M)", "gemma", "base", "268M", "18 × 4"),
+        ("| qwen2.5-coder-0.5b (Q4_K_M)", "qwen2", "instruction-tuned", "630M", "24 × 14"),
+        ("| qwen2.5-coder-1.5b (Q4_K_M)", "qwen2", "instruction-tuned", "1.8B", "28 × 12"),
     ]
+    # every table of the report names a quantised model with its type, never bare; the run section and a
+    # sentence say how the weights are stored
+    cells = [cell.strip() for line in report.splitlines() if line.startswith("|") for cell in line.split("|")]
+    assert not {m.model for m in OFFLINE_FOUR} & set(cells)
+    assert sum(cell.endswith("(Q4_K_M)") for cell in cells) > 12
+    assert "Weights: smollm2-135m Q4_1, gemma3-270m Q4_K_M" in compared and "weights Q4_1" in report
     assert compared.index("| model |") < compared.index("Instruction-tuned: smollm2-135m, qwen2.5-coder-0.5b, "
                                                         "qwen2.5-coder-1.5b.")
     assert "Base (pretrained only): gemma3-270m." in compared and "also one between families" in compared

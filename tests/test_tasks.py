@@ -311,7 +311,8 @@ def test_the_run_metadata_names_a_users_task_by_its_name(examples_on_path) -> No
 
     from ioi_anti.run.metadata import run_metadata
 
-    per_head = pd.DataFrame({"model": ["m"], "family": ["gpt2"], "tuning": ["base"], "n_params": [1], "n_layers": [1],
+    per_head = pd.DataFrame({"model": ["m"], "family": ["gpt2"], "tuning": ["base"], "quantisation": ["none"],
+                             "n_params": [1], "n_layers": [1],
                              "n_heads": [1], "n_prompts_ioi": [3], "n_prompts_agreement": [4]})
     base = settings()
     metadata = run_metadata(per_head, ["ioi", "agreement_task:agreement"], ["m"], base.runtime, base.head_ablation, 0)

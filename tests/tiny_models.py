@@ -86,6 +86,7 @@ def tiny_model(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
                     param.normal_(0.0, 0.1)
     spec = ModelSpec(
         model_id=f"tiny-{family}", family=family, source="hub",
-        hf_name=f"tiny-{family}", prepend_bos=family not in ("llama", "qwen2"),
+        hf_name=f"tiny-{family}", prepend_bos=family not in ("llama", "qwen2"), quantisation="none",
+        licence="random weights",
     )
     return wrap_model(spec, hf_model, tokenizer, torch.device("cpu"), precision)

@@ -80,14 +80,21 @@ class Chunks(Settings):
 
 
 class RegistryEntry(Settings):
-    """One model of ``model_registry``; a GGUF model names its file and the package(s) that carry it."""
+    """One model of ``model_registry``: family, where its weights come from (a GGUF model names its file and the
+    package(s) that carry it), how they are stored (``quantisation``) and under which licence."""
 
-    family: Annotated[Family, need(one_of(FAMILIES))]
+    family: Annotated[Family, need(one_of(FAMILIES, "the architectures whose fast sweep is tested against the naive "
+                                             "reference; another needs a tiny model of its own first: docs/models.md"))]
     source: Annotated[Source, need(one_of(SOURCES))]
     hf_name: Annotated[str, need("the model's Hugging Face name", min_length=1)]
     prepend_bos: Annotated[bool, need("true or false: whether the model's prompts start with BOS (its "
                                       "tokenizer config says; Gemma's IOI collapses without it)")]
     tuning: Annotated[Tuning, need(one_of(TUNINGS))] = "base"
+    quantisation: Annotated[str, need("how the weights are stored: `none` for a Hub model's float weights, else the "
+                                      "GGUF file's type (Q4_1, Q4_K_M, Q8_0, F16, ...), checked against the file "
+                                      "when it loads", pattern=r"^(none|[A-Z0-9_]+)$")]
+    licence: Annotated[str, need("the licence of the weights, e.g. Apache-2.0 (shown beside every result)",
+                                 min_length=1)]
     package: str | None = None
     gguf_file: str | None = None
     chunks: Chunks | None = None
@@ -97,6 +104,9 @@ class RegistryEntry(Settings):
     def _gguf_has_a_file(self) -> RegistryEntry:
         if self.source == "gguf" and not (self.gguf_file and (self.package or self.chunks)):
             raise ValueError("a gguf model needs `gguf_file`, and `package` or `chunks`")
+        if (self.source == "gguf") == (self.quantisation == "none"):
+            raise ValueError("`quantisation` is `none` for a Hub model (float weights) and the GGUF file's type "
+                             "(e.g. Q4_K_M) for a gguf model")
         return self
 
 

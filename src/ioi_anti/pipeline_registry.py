@@ -13,7 +13,7 @@ OPTIONAL = ("toy_models",)
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the pipelines found under ``ioi_anti.pipelines``; ``__default__`` runs all but ``toy_models``
-    (which trains toy models of its own: ``kedro run --pipeline toy_models``)."""
+    (which trains toy models of its own: ``kedro run --pipelines toy_models``)."""
     pipelines = find_pipelines(raise_errors=True)
     pipelines["__default__"] = sum(p for name, p in pipelines.items() if name not in OPTIONAL)
     return pipelines
@@ -21,7 +21,7 @@ def register_pipelines() -> dict[str, Pipeline]:
 
 def stage_outputs() -> dict[str, set[str]]:
     """Every stage's output datasets (a stage is a pipeline: :mod:`ioi_anti.run.stages`), built here rather
-    than found by Kedro, whose discovery holds only the pipelines a ``kedro run --pipeline X`` asked for."""
+    than found by Kedro, whose discovery holds only the pipelines a ``kedro run --pipelines X`` asked for."""
     modules = {"data_generation": data_generation, "head_ablation": head_ablation, "categorisation": categorisation,
                "hero_heads": hero_heads, "reporting": reporting}
     return {stage: modules[stage].create_pipeline().all_outputs() for stage in STAGES}

@@ -24,7 +24,7 @@ SHARED, WEAK = "shared", "weak"
 SHARED_COLOUR, WEAK_COLOUR = "#009E73", "#AAAAAA"
 # Okabe–Ito colours (colour-blind safe) a pair's task takes when its own would clash with another category's
 SPARE_COLOURS = ("#0072B2", "#D55E00", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-MODEL_COLUMNS = ("model", "family", "tuning", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
+MODEL_COLUMNS = ("model", "family", "tuning", "quantisation", "n_params", "n_layers", "n_heads", "ablation", "gap_ok")
 CHECKPOINT_COLUMNS = ("base_model", "checkpoint", "training_step")  # carried along where the per-head table has them
 REQUIRED_COLUMNS = (*MODEL_COLUMNS, "layer", "head")
 

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from ioi_anti.analysis.categories import PAPER_PAIR, Pair, pair_roles
 from ioi_anti.figures.study import meaningful_rows
 from ioi_anti.figures.style import ablation_label, delta_unit, ordered_families, unit_words
+from ioi_anti.models.spec import weights_word
 from ioi_anti.tasks import Task
 
 # Plotly marker symbols in the spirit of the static figure's family markers (matplotlib names differ).
@@ -116,8 +117,11 @@ def phase_space(heads: pd.DataFrame, tau: float, pairs: Sequence[Pair] = (PAPER_
     for model, trace in first["models"].items():
         family = trace["family"]
         tunings = shown.loc[shown["family"] == family, "tuning"].astype(str).unique()
+        weights = shown.loc[shown["model"] == model, "quantisation"] if "quantisation" in shown else pd.Series()
+        quantised = len(weights) and weights.iloc[0] != "none"  # as in the report's tables: quantised ones' type
         fig.add_trace(go.Scatter(
-            x=trace["x"], y=trace["y"], mode="markers", name=str(model), legendgroup=family,
+            x=trace["x"], y=trace["y"], mode="markers", legendgroup=family,
+            name=f"{model} ({weights_word(str(weights.iloc[0]))})" if quantised else str(model),
             legendgrouptitle_text=f"{family} · {' / '.join(sorted(tunings))}",  # e.g. qwen2 · instruct
             customdata=trace["customdata"], hovertemplate=first["hover"],
             marker={"color": trace["color"], "size": 9, "symbol": trace["symbol"], "line": {"width": 1.5}},

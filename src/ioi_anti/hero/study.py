@@ -39,7 +39,7 @@ STUDY_COLUMNS = {
 logger = logging.getLogger(__name__)
 
 
-MODEL_COLUMNS = ["model", "family", "tuning", "n_params", "layer", "head"]
+MODEL_COLUMNS = ["model", "family", "tuning", "quantisation", "n_params", "layer", "head"]
 
 
 def _strength(frame: pd.DataFrame, category: str, pair: Pair) -> pd.Series:

@@ -18,7 +18,8 @@ def baseline_row(frame: pd.DataFrame, task: str, seed: int, n_boot: int) -> dict
     checkpoint = parse_model_id(str(first["model_id"]))
     row: dict[str, Any] = {"model": first["model_id"], "checkpoint": checkpoint.label,
                            "training_step": checkpoint.training_step, "family": first["family"],
-                           "tuning": first["tuning"], "n_params": int(first["n_params"]), "task": task,
+                           "tuning": first["tuning"], "quantisation": first["quantisation"],
+                           "n_params": int(first["n_params"]), "task": task,
                            "n_prompts": len(frame)}
     series = {
         "clean": frame["m_clean"].to_numpy(), "ref": frame["m_ref"].to_numpy(),

@@ -30,7 +30,7 @@ def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: di
     no_exact_needed = exact_heads is not None and not any(exact_heads.values())
     for method in ("exact", "attribution"):
         if method not in set(long["method"]) and not (method == "exact" and no_exact_needed):
-            raise ValueError(f"{model}: no {method} measurements; re-run `kedro run --pipeline head_ablation`.")
+            raise ValueError(f"{model}: no {method} measurements; re-run `kedro run --pipelines head_ablation`.")
     for task in n_prompts:
         for method in ("exact", "attribution"):
             frame = long[(long["task"] == task) & (long["method"] == method)]
@@ -44,7 +44,8 @@ def validate_grid(long: pd.DataFrame, n_layers: int, n_heads: int, n_prompts: di
             missing = expected.difference(counts.index)
             if len(missing):
                 raise ValueError(f"{model}: {task}/{method} misses {len(missing)} heads (e.g. L{missing[0][0]}"
-                                 f"H{missing[0][1]}); re-run `kedro run --pipeline head_ablation` to finish the sweep.")
+                                 f"H{missing[0][1]}); re-run `kedro run --pipelines head_ablation` to finish the "
+                                 "sweep.")
             if (counts != n_prompts[task]).any():
                 raise ValueError(f"{model}: {task}/{method} has heads measured on other than "
                                  f"{n_prompts[task]} prompts (duplicate or partial partitions).")
@@ -91,13 +92,14 @@ def model_head_table(long: pd.DataFrame, baseline: pd.DataFrame, tasks: list[str
     for task, column in (score_names or {}).items():
         rows = long[(long["task"] == task) & (long["method"] == "score")]
         if rows.empty:
-            raise ValueError(f"{facts['model_id']}: no {column} measured; re-run `kedro run --pipeline head_ablation`.")
+            raise ValueError(f"{facts['model_id']}: no {column} measured; re-run "
+                             "`kedro run --pipelines head_ablation`.")
         out[column] = rows.groupby(["layer", "head"])["effect"].mean().reindex(grid).to_numpy()
     checkpoint = parse_model_id(str(facts["model_id"]))
     return out.assign(model=facts["model_id"], base_model=checkpoint.base_model, checkpoint=checkpoint.label,
                       training_step=checkpoint.training_step, family=facts["family"],
-                      tuning=facts["tuning"], n_params=int(facts["n_params"]), n_layers=n_layers, n_heads=n_heads,
-                      gap_ok=gap_ok, delta_unit=unit)
+                      tuning=facts["tuning"], quantisation=facts["quantisation"], n_params=int(facts["n_params"]),
+                      n_layers=n_layers, n_heads=n_heads, gap_ok=gap_ok, delta_unit=unit)
 
 
 def attribution_agreement(table: pd.DataFrame, tasks: list[str], taus: list[float],

@@ -39,7 +39,7 @@ def task_tokens(tokens: pd.DataFrame, task: str) -> pd.DataFrame:
     """One task's rows of a model's tokenised prompts, or a clear error when the task has none."""
     rows = tokens[tokens["task"] == task]
     if rows.empty:
-        raise KeyError(f"No tokenised {task} prompts: run `kedro run --pipeline data_generation` first.")
+        raise KeyError(f"No tokenised {task} prompts: run `kedro run --pipelines data_generation` first.")
     return rows.reset_index(drop=True)
 
 
@@ -51,7 +51,7 @@ def tasks_of(tokens: pd.DataFrame) -> list[str]:
 def model_tokens(tokenised: Mapping[str, Callable[[], pd.DataFrame]], model_id: str) -> pd.DataFrame:
     """A model's tokenised prompts from the partitioned dataset, or a clear error."""
     if model_id not in tokenised:
-        raise KeyError(f"No tokenised prompts for {model_id}: run `kedro run --pipeline data_generation` first.")
+        raise KeyError(f"No tokenised prompts for {model_id}: run `kedro run --pipelines data_generation` first.")
     return tokenised[model_id]()
 
 
@@ -118,7 +118,7 @@ def task_baseline(baseline_partitions: Mapping[str, Callable[[], pd.DataFrame]],
     key = baseline_key(model_id, tokens, runtime)
     if key not in baseline_partitions:
         raise KeyError(f"Baseline of {model_id} on {tokens['task'].iloc[0]} is missing ({key}): run "
-                       "`kedro run --pipeline data_generation`.")
+                       "`kedro run --pipelines data_generation`.")
     return baseline_partitions[key]()
 
 

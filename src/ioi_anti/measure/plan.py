@@ -149,10 +149,10 @@ def head_tables(
             keys = sorted(k for k in effects if k.startswith(f"{prefix}/"))
             if not keys:
                 raise KeyError(f"{spec.model_id}: no head measurements of {task}; run "
-                               "`kedro run --pipeline head_ablation`.")
+                               "`kedro run --pipelines head_ablation`.")
             longs += [effects[k]() for k in keys]
-        # tuning is the registry's: a baseline saved before it was recorded lacks the column
-        baseline = pd.concat(baselines, ignore_index=True).assign(tuning=spec.tuning)
+        # tuning and quantisation are the registry's: a baseline saved before they were recorded lacks them
+        baseline = pd.concat(baselines, ignore_index=True).assign(tuning=spec.tuning, quantisation=spec.quantisation)
         long = pd.concat(longs, ignore_index=True)
         selected = None
         if screen is not None:

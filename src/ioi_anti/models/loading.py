@@ -16,7 +16,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ioi_anti.models.precision import HALF_TYPES, half_matrix_products, set_tf32
-from ioi_anti.models.sources import check_available, estimated_bytes, gguf_path, hub_is_cached
+from ioi_anti.models.sources import check_available, check_quantisation, estimated_bytes, gguf_path, hub_is_cached
 from ioi_anti.models.spec import ModelConfigError, ModelSpec
 from ioi_anti.params import PRECISIONS, Runtime
 
@@ -47,6 +47,8 @@ class LoadedModel:
             "training_step": checkpoint.training_step,
             "family": self.spec.family,
             "tuning": self.spec.tuning,
+            "quantisation": self.spec.quantisation,
+            "licence": self.spec.licence,
             "source": self.spec.source,
             "hf_name": self.spec.hf_name,
             "n_layers": self.n_layers,
@@ -224,6 +226,7 @@ def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
                 torch_device, dtype)
     if spec.source == "gguf":
         path = gguf_path(spec)
+        check_quantisation(spec, path)
         hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     else:
         local = hub_is_cached(spec.hf_name, spec.revision)

@@ -126,7 +126,7 @@ def check_available(spec: ModelSpec) -> None:
     raise ModelUnavailableError(
         f"{spec.model_id}: {spec.where} is neither in the Hugging Face cache nor reachable on the Hub. "
         f"Run on a machine with network, or pre-download it with `{download}` and copy the cache "
-        "(HF_HOME) here."
+        "(HF_HOME) here. A model of your own: check its `hf_name` in `model_registry` (conf/local/parameters.yml)."
     )
 
 
@@ -139,6 +139,30 @@ def estimated_bytes(spec: ModelSpec) -> int | None:
     from gguf import GGUFReader
 
     return 4 * sum(int(t.n_elements) for t in GGUFReader(gguf_path(spec)).tensors)
+
+
+def gguf_quantisation(path: Path) -> str:
+    """The type a GGUF file declares for its weights (``general.file_type``: Q4_1, Q4_K_M, F16, ...), read from
+    its header (a memory-mapped read, no tensor data); its largest tensors are stored so, while llama.cpp keeps
+    norms and biases in F32 and may keep the embeddings at a higher precision."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(path).fields.get("general.file_type")
+    if field is None:
+        return "unknown"
+    name = LlamaFileType(int(field.parts[field.data[0]][0])).name
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def check_quantisation(spec: ModelSpec, path: Path) -> None:
+    """A GGUF model's registry ``quantisation`` is the type its file declares: the provenance every table
+    shows is the file's, not a guess."""
+    declared = gguf_quantisation(path)
+    if declared != spec.quantisation:
+        raise ModelConfigError(
+            f"{spec.model_id}: `quantisation` is {spec.quantisation!r} in `model_registry`, but {path.name} declares "
+            f"{declared!r}. Write `quantisation: {declared}` for it (your own models: conf/local/parameters.yml)."
+        )
 
 
 def check_run_models(models: Sequence[str], registry: Registry) -> list[ModelSpec]:

@@ -11,7 +11,7 @@ from ioi_anti.models.chunks import ChunkedFile
 from ioi_anti.params import FAMILIES, SOURCES, TUNINGS, Registry
 
 __all__ = ["FAMILIES", "SOURCES", "TUNINGS", "ModelConfigError", "ModelSpec", "ModelUnavailableError",
-           "resolve_models"]
+           "resolve_models", "weights_word"]
 
 
 class ModelConfigError(ValueError):
@@ -31,6 +31,8 @@ class ModelSpec:
     source: str
     hf_name: str
     prepend_bos: bool
+    quantisation: str
+    licence: str
     tuning: str = "base"
     package: str | None = None
     gguf_file: str | None = None
@@ -62,6 +64,8 @@ class ModelSpec:
             source=entry.source,
             hf_name=entry.hf_name,
             prepend_bos=entry.prepend_bos,
+            quantisation=entry.quantisation,
+            licence=entry.licence,
             tuning=entry.tuning,
             package=entry.package,
             gguf_file=entry.gguf_file,
@@ -80,6 +84,11 @@ class ModelSpec:
         """The Hub name, with the revision when there is one (for messages)."""
         return f"{self.hf_name} at revision {self.revision!r}" if self.revision else self.hf_name
 
+
+
+def weights_word(quantisation: str) -> str:
+    """How a model's weights are stored, in a word for tables and legends: the GGUF type, or "unquantised"."""
+    return "unquantised" if quantisation == "none" else quantisation
 
 
 def resolve_models(models: Sequence[str], registry: Registry) -> list[ModelSpec]:

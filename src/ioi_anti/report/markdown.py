@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
+from ioi_anti.models.spec import weights_word
 from ioi_anti.report.registry import SavedFigure
 
 
@@ -31,6 +34,20 @@ def markdown_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(_cell(v, float_format) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def label_models(markdown: str, quantisation: Mapping[str, str]) -> str:
+    """Every table cell of ``markdown`` that names a model with quantised weights followed by their type
+    ("smollm2-135m (Q4_1)"), so that no table of the report shows a quantised model as if it were the original
+    (a model in its original float weights keeps its plain name; the report's model section says so)."""
+    quantisation = {model: q for model, q in quantisation.items() if q != "none"}
+    if not quantisation:
+        return markdown
+    names = "|".join(re.escape(model) for model in sorted(quantisation, key=len, reverse=True))
+    cell = re.compile(rf"(?<=\| )({names})(?= \|)")
+    label = {model: f"{model} ({weights_word(q)})" for model, q in quantisation.items()}
+    return "\n".join(cell.sub(lambda m: label[m.group(1)], line) if line.startswith("|") else line
+                     for line in markdown.split("\n"))
 
 
 def with_interval(value: float, low: float, high: float, float_format: str = "{:.3f}") -> str:

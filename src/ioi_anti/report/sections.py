@@ -23,7 +23,14 @@ from ioi_anti.figures.training import series, with_steps
 from ioi_anti.hero.routes import REMAINDER, route_names, shared_hero_answers
 from ioi_anti.measure.metrics import delta_unit_words
 from ioi_anti.models.precision import precision_words
-from ioi_anti.report.markdown import INTERACTIVE_MARK, markdown_table, percent_text, with_interval
+from ioi_anti.models.spec import weights_word
+from ioi_anti.report.markdown import (
+    INTERACTIVE_MARK,
+    label_models,
+    markdown_table,
+    percent_text,
+    with_interval,
+)
 from ioi_anti.report.registry import (
     DECOMPOSITION_DIR,
     FIGURES,
@@ -77,10 +84,34 @@ def _precision(metadata: Mapping[str, Any]) -> str:
     return precision_words(str(runtime["dtype"]), bool(runtime.get("tf32")), str(metadata.get("device", "cpu")))
 
 
+def quantisations(heads: pd.DataFrame) -> dict[str, str]:
+    """Each model's quantisation (the registry's: ``none`` or a GGUF type); empty for a table saved before it was
+    recorded."""
+    if "quantisation" not in heads.columns:
+        return {}
+    return {str(m): str(q) for m, q in heads.groupby("model")["quantisation"].first().items()}
+
+
+def weights_sentence(heads: pd.DataFrame) -> str:
+    """How the run's models' weights are stored, and what 4-bit weights mean for the numbers."""
+    weights = quantisations(heads)
+    quantised = {m: weights[m] for m in model_order(heads) if weights.get(m, "none") != "none"}
+    if not weights:
+        return f"Weights: {NOT_RECORDED} (a table saved before quantisation was recorded; re-run `kedro run`)."
+    if not quantised:
+        return "Weights: every model is measured in its original (unquantised) floating-point weights."
+    listed = ", ".join(f"{m} {q}" for m, q in quantised.items())
+    return (f"Weights: {listed} are quantised GGUF files de-quantised to float32 when loaded, not the 16- or "
+            "32-bit weights most published results use; every table of this report writes their type beside their "
+            "name, and a model without one is measured in its original float weights (docs/models.md, "
+            "\"Quantisation\").")
+
+
 def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
     """Models, prompt counts, ablation, τ values, seed, device, package versions and other settings."""
     models = model_order(heads)
     facts = heads.groupby("model")[["family", "tuning", "n_params", "n_layers", "n_heads"]].first()
+    weights = quantisations(heads)
     taus = sorted(heads["tau"].unique())
     _rows, tau = default_tau_rows(heads)
     listed = [str(m) for m in metadata.get("models") or []]
@@ -92,7 +123,8 @@ def run_section(metadata: Mapping[str, Any], heads: pd.DataFrame) -> str:
         f"- Models ({len(models)}, by family and size):",
         *(f"  - {m}: {facts.at[m, 'family']}, {tuning_word(facts.at[m, 'tuning'])}, "
           f"{format_params(facts.at[m, 'n_params'])} parameters, {facts.at[m, 'n_layers']} layers × "
-          f"{facts.at[m, 'n_heads']} heads" for m in models),
+          f"{facts.at[m, 'n_heads']} heads, weights {weights_word(weights[m]) if m in weights else NOT_RECORDED}"
+          for m in models),
         "- Clean prompts per task: " + ", ".join(f"{task} {_setting(metadata, f'n_prompts_{task}')}" for task in tasks),
         f"- Ablation: {metadata.get('ablation') or ablation_label(heads)}",
         f"- Δ: {delta_unit_words(str(metadata.get('delta', 'normalised')))}",
@@ -181,6 +213,8 @@ def comparison_section(baseline: pd.DataFrame, heads: pd.DataFrame, corr: pd.Dat
         markdown_table(table),
         "",
         _tuning_sentence(heads, models),
+        "",
+        weights_sentence(heads),
     ]
     if len(models) > 1:
         share = heads.assign(strong=heads["category"] != WEAK).groupby("model")["strong"].mean()
@@ -472,7 +506,7 @@ def build_report(
         hero_section(*hero, output_dir, images, pair) if hero is not None else "",
         published[1],
     ]
-    return "\n\n".join(s for s in sections if s) + "\n"
+    return label_models("\n\n".join(s for s in sections if s), quantisations(heads)) + "\n"
 
 
 def routes_section(hero_routes: pd.DataFrame, output_dir: str, images: Mapping[str, str],

@@ -184,9 +184,10 @@ class RunGuard:
         """Check the stamp of every loaded result; partitions are checked when they are loaded."""
         lazy: dict[str, Any] = {}
         for name, value in inputs.items():
-            if name not in self.stage_of or name.startswith("params:"):
+            # an empty partitioned output (a run without checkpoints draws no training figure) holds nothing to check
+            if name not in self.stage_of or name.startswith("params:") or (isinstance(value, dict) and not value):
                 continue
-            if isinstance(value, dict) and value and all(callable(v) for v in value.values()):
+            if isinstance(value, dict) and all(callable(v) for v in value.values()):
                 lazy[name] = {key: self._checked(name, key, load) for key, load in value.items()}
             else:
                 self._check(name, value)
@@ -211,7 +212,7 @@ class RunGuard:
             if not partition and name not in self.unstamped:
                 self.unstamped.add(name)
                 logger.warning("`%s` carries no settings stamp (saved by an older version): it cannot be checked "
-                               "against this run's settings; re-run `kedro run --pipeline %s` to stamp it.",
+                               "against this run's settings; re-run `kedro run --pipelines %s` to stamp it.",
                                name, stage)
             return
         expected = self.ids[stage]
@@ -228,7 +229,7 @@ class RunGuard:
         listed = "\n".join(f"  - {line}" for line in lines)
         return (f"`{name}` (its latest saved version) was computed with other settings than this run's:\n{listed}\n"
                 f"Re-run from the first step these settings change, with the settings you want: "
-                f"`kedro run --pipeline {start}`, then the steps after it; or run everything with `kedro run`.")
+                f"`kedro run --pipelines {start}`, then the steps after it; or run everything with `kedro run`.")
 
 
 class ClusterLifetime:

@@ -24,7 +24,8 @@ def run_metadata(per_head: pd.DataFrame, tasks: list[str], models: list[str], ru
     first = per_head.groupby("model").first()
     return {
         "tasks": names, "models": list(models),
-        "model_config": first[["family", "tuning", "n_params", "n_layers", "n_heads"]].reset_index().to_dict("records"),
+        "model_config": first[["family", "tuning", "quantisation", "n_params", "n_layers", "n_heads"]]
+        .reset_index().to_dict("records"),
         "ablation": params.ablation, "mode": params.mode, "delta": params.delta, "n_boot": params.n_boot,
         "ci": params.ci, "seed": seed,
         **{f"n_prompts_{task}": int(first[f"n_prompts_{task}"].max()) for task in names},

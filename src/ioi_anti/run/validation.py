@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -37,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 # How the project reads its configuration (settings.py): `--env paper` overrides single keys (the model
 # list, prompt counts) of nested parameters.
+# Kedro 1.7's OmegaConfigLoader registers its `globals` and `runtime_params` resolvers with OmegaConf's
+# register_new_resolver(), which OmegaConf 2.4 deprecates: three UserWarnings at every start, about Kedro's
+# code, not this project's or the user's, and nothing to act on. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+
 CONFIG_LOADER_ARGS = {"base_env": "base", "default_run_env": "local", "merge_strategy": {"parameters": "soft"}}
 
 
@@ -231,7 +237,9 @@ def validate_settings(params: Mapping[str, Any]) -> RunSettings:
     problems = settings_problems(params)
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
-        raise SettingsError(f"The run's settings have {len(problems)} problem(s); nothing was run:\n{listed}")
+        hint = ("\nA model of your own belongs under `model_registry` in conf/local/parameters.yml (docs/models.md, "
+                "\"Adding a model\")." if any("model_registry" in problem for problem in problems) else "")
+        raise SettingsError(f"The run's settings have {len(problems)} problem(s); nothing was run:\n{listed}{hint}")
     return RunSettings.model_validate(params)
 
 

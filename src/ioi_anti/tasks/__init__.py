@@ -23,7 +23,7 @@ and at least the columns of :data:`PROMPT_COLUMNS` (``task`` is added from the t
 
 Built in: ``ioi``, ``anti`` (the paper's pair), ``induction``, ``factual``, and ``paper_ioi`` and
 ``paper_anti``, the published study's own prompt forms (``--env paper_protocol``). A task of one's own is
-a :class:`Task` object named by import path, ``my_package.my_module:my_task`` (README, "Tasks").
+a :class:`Task` object named by import path, ``my_package.my_module:my_task`` (docs/tasks.md, "Writing a task").
 """
 
 from __future__ import annotations

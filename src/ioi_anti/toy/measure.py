@@ -73,7 +73,7 @@ def measure_grid(trained: Mapping[str, Callable[[], bytes]], tokens: pd.DataFram
         key = partition_key(settings, run, seed)
         if key not in trained:
             raise KeyError(f"Toy model {run.model_id} is not trained with these settings; run "
-                           "`kedro run --pipeline toy_models`.")
+                           "`kedro run --pipelines toy_models`.")
         model = from_bytes(trained[key](), run)
         lm = loaded(run, model.model, tokenizer)
         table, baseline = head_table(lm, run, tokens, settings.measure, runtime, seed)

@@ -263,7 +263,8 @@ def from_bytes(data: bytes, run: ToyRun) -> Trained:
 
 def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> LoadedModel:
     """A trained toy model wrapped like any model of the study (family gpt2, prompts with BOS)."""
-    spec = ModelSpec(model_id=run.model_id, family="gpt2", source="hub", hf_name="gpt2", prepend_bos=True)
+    spec = ModelSpec(model_id=run.model_id, family="gpt2", source="hub", hf_name="gpt2", prepend_bos=True,
+                     quantisation="none", licence="trained here (MIT)")
     return wrap_model(spec, model, tokenizer, torch.device("cpu"))
 
 

@@ -98,8 +98,8 @@ def summarise_baselines(
     rows = []
     for spec in resolve_models(models, registry):
         table = model_baseline(baseline_partitions, spec.model_id, model_tokens(tokenised, spec.model_id), runtime)
-        # tuning is the registry's: a baseline saved before it was recorded lacks the column
-        for task, frame in table.assign(tuning=spec.tuning).groupby("task", sort=False):
+        # tuning and quantisation are the registry's: a baseline saved before they were recorded lacks them
+        for task, frame in table.assign(tuning=spec.tuning, quantisation=spec.quantisation).groupby("task", sort=False):
             rows.append(baseline_row(frame, task, seed, n_boot))
     result = pd.DataFrame(rows)
     for row in result[~result["gap_ok"]].itertuples():

@@ -23,7 +23,7 @@ from ioi_anti.report.sections import build_report
 from ioi_anti.tasks import load_tasks
 
 CORR_TABLE_COLUMNS = (
-    "model", "family", "tuning", "n_params", "n_layers", "n_heads", "task_x", "task_y",
+    "model", "family", "tuning", "quantisation", "n_params", "n_layers", "n_heads", "task_x", "task_y",
     "pearson", "pearson_low", "pearson_high",
     "spearman", "spearman_low", "spearman_high", "n_boot", "level", "ablation", "gap_ok",
 )
