@@ -250,9 +250,9 @@ def test_a_run_of_five_tasks_has_every_tasks_delta_gap_and_roles(tasks_project: 
     report = latest(root, "data/08_reporting/report.md/*/report.md").read_text()
     section = report.split("## Roles over all tasks")[1].split("\n## ")[0]
     assert "This run measured 5 tasks (ioi, anti, induction, factual, agreement)" in section
-    assert "task_roles.png" in section and "| gemma3-270m | agreement vs" not in section
-    assert "| gemma3-270m | induction vs agreement |" in section
-    assert "| gemma3-270m | factual |" in report.split("## Baseline")[1].split("\n## ")[0]
+    assert "task_roles.png" in section and "| gemma3-270m (Q4_K_M) | agreement vs" not in section
+    assert "| gemma3-270m (Q4_K_M) | induction vs agreement |" in section
+    assert "| gemma3-270m (Q4_K_M) | factual |" in report.split("## Baseline")[1].split("\n## ")[0]
 
 
 def test_categories_heroes_and_report_follow_the_runs_pair_of_tasks(tasks_project: tuple[Path, str]) -> None:
@@ -363,7 +363,7 @@ def test_the_published_protocol_runs_offline_as_a_task_pair(tmp_path: Path) -> N
     assert "## The published tables, audited" in report and "No model of this run is one the study published" in report
     shortcut = pd.read_parquet(latest(root, "data/07_model_output/published_comparison.parquet/*/*.parquet"))
     assert shortcut["model"].tolist() == ["smollm2-135m"] and shortcut["top_k"].tolist() == [20]
-    assert f"| smollm2-135m | {shortcut['r'].iloc[0]:.3f} [" in report
+    assert f"| smollm2-135m (Q4_1) | {shortcut['r'].iloc[0]:.3f} [" in report
     # the run's own heads in the published format (the published top-k join): the side by side agrees
     # exactly; with one published column shuffled, it shows the disagreement
     correlations = pd.read_parquet(latest(root, "data/07_model_output/correlations.parquet/*/*.parquet"))

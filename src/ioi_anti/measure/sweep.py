@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 def model_facts(lm: LoadedModel) -> dict[str, Any]:
     """Columns every per-model table carries, from the loaded model's config."""
-    keep = ("model_id", "base_model", "checkpoint", "training_step", "family", "tuning", "n_params", "n_layers",
-            "n_heads")
+    keep = ("model_id", "base_model", "checkpoint", "training_step", "family", "tuning", "quantisation", "n_params",
+            "n_layers", "n_heads")
     return {k: v for k, v in lm.describe().items() if k in keep}
 
 
