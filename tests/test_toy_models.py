@@ -95,7 +95,8 @@ def _group(language: ToyLanguage, runs: list[train.ToyRun], training: ToyTrainin
     tokenizer = language.tokenizer()
     corpus = train.Corpus.generate(language, tokenizer.get_vocab(), training.corpus_size, 0)
     validation = train.Validation.from_prompts(make_toy_prompts(PARAMS, 1)[1], tokenizer)
-    return {t.run: t for t in train.train_group(runs, corpus, validation, training, len(tokenizer))}
+    return {t.run: t for t in train.train_group(runs, corpus, validation, training, len(tokenizer),
+                                                            PARAMS.required_share)}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_mode
     one, alone = together[runs[0]], _group(language, runs[:1], short)[runs[0]]
     assert not together[runs[1]].curves["loss"].equals(one.curves["loss"]), "another model, its own batches"
     with pytest.raises(ValueError, match="one size at one λ"):
-        next(train.train_group([runs[0], train.ToyRun(SMALL, 0.0, 0)], None, None, short, len(tokenizer)))
+        next(train.train_group([runs[0], train.ToyRun(SMALL, 0.0, 0)], None, None, short, len(tokenizer), 0.25))
     again = _group(language, runs[:1], short)[runs[0]]
     assert all(torch.equal(a, b) for a, b in zip(alone.model.state_dict().values(), again.model.state_dict().values(),
                                                  strict=True)), "the same seed trains the same model"
@@ -153,6 +154,19 @@ def test_training_lowers_the_loss_stops_when_learned_and_each_model_solves_what_
         accuracy[mix] = measure.accuracy(lm, run, tokens, 64).set_index("kind")["accuracy"]
     assert accuracy[1.0]["ioi"] >= 0.9 and accuracy[0.0]["list"] >= 0.9 and accuracy[0.0]["copy"] >= 0.9
     assert accuracy[0.0]["ioi"] < 0.5, "never trained on IOI-like sequences"
+
+
+def test_a_model_must_learn_and_waits_for_the_kinds_of_an_objective_of_at_least_the_required_share() -> None:
+    assert train.required_kinds(0.9, 0.25) == ("ioi",) and train.required_kinds(0.1, 0.25) == ("list", "copy")
+    assert train.required_kinds(0.25, 0.25) == train.required_kinds(0.75, 0.25) == ("ioi", "list", "copy")
+    assert train.required_kinds(1.0, 0.25) == ("ioi",) and train.required_kinds(0.0, 0.25) == ("list", "copy")
+    rows = [{"model": f"m{mix}", "size": "small", "mix": mix, "seed": 0, "kind": kind, "steps": 500,
+             "converged": True, "accuracy": 0.5 if kind == "copy" else 1.0}
+            for mix in (0.75, 0.9) for kind in train.KINDS]
+    gaps = learned(pd.DataFrame(rows), PARAMS).set_index(["mix", "task"])
+    assert gaps.loc[(0.75, "toy_anti"), "falls_short"], "λ = 0.75: the anti objective has a 25 % share"
+    assert not gaps.loc[(0.9, "toy_anti"), ["required", "learned", "falls_short"]].any(), "10 %: not required"
+    assert not gaps["falls_short"].loc[:, "toy_ioi"].any()
 
 
 def test_a_saved_model_reads_back_and_a_damaged_one_is_an_error(language) -> None:

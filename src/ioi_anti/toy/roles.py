@@ -20,7 +20,7 @@ from scipy import stats
 from ioi_anti.analysis.categories import Pair, categorise, pair_roles, rowwise_pearson
 from ioi_anti.params import ToyModels
 from ioi_anti.toy.tasks import TOY_ANTI, TOY_IOI
-from ioi_anti.toy.train import share
+from ioi_anti.toy.train import required_kinds
 
 TOY_PAIR = Pair(TOY_IOI, TOY_ANTI)
 TASK_KINDS = {TOY_IOI.name: ("ioi",), TOY_ANTI.name: ("list", "copy")}
@@ -38,7 +38,7 @@ def learned(accuracy: pd.DataFrame, settings: ToyModels) -> pd.DataFrame:
         first = frame.iloc[0]
         for task, kinds in TASK_KINDS.items():
             score = float(min(by_kind[kind] for kind in kinds))
-            required = share(float(first["mix"]), kinds[0]) >= settings.required_share
+            required = kinds[0] in required_kinds(float(first["mix"]), settings.required_share)
             ok = score >= settings.learned_accuracy
             rows.append({"model": model, "size": first["size"], "mix": first["mix"], "seed": first["seed"],
                          "task": task, "accuracy": score, "learned": ok, "required": required,
