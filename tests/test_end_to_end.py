@@ -302,10 +302,10 @@ TOY_GRID = {"toy_models": {"grid": {"mixes": [0.0, 1.0], "seeds": [0], "sizes": 
     "prompts": {"n_prompts": 16}, "measure": {"n_boot": 200}}}
 
 
-def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: Path) -> None:
+def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(project: Path, tmp_path: Path) -> None:
     """A grid of two toy models end to end; then one model's file damaged and the other's kept: the re-run
-    trains only the damaged one."""
-    root = copy_project(tmp_path / "toy")
+    trains only the damaged one. Then the quantisation pipeline on them and on the finished run's SmolLM2."""
+    root = copy_run(project, tmp_path / "toy")
     env = root / "conf" / "toy"
     env.mkdir()
     (env / "parameters.yml").write_text(yaml.safe_dump(TOY_GRID))
@@ -332,6 +332,33 @@ def test_the_toy_models_pipeline_trains_measures_reports_and_resumes(tmp_path: P
     log = second.stdout + second.stderr
     assert "toy-small-mix0.00-seed0 is damaged" in log and "1 of 2 already trained" in log
     assert "Training 1 toy model(s) of size small at λ = 0 together" in log and log.count("Toy model toy-small") == 1
+    _the_quantisation_pipeline_measures_toy_models_and_the_runs_model_and_resumes(root)
+
+
+def _the_quantisation_pipeline_measures_toy_models_and_the_runs_model_and_resumes(root: Path) -> None:
+    settings = yaml.safe_load((root / "conf/toy/parameters.yml").read_text())
+    settings |= {"quantisation": {"toy_types": ["Q8_0", "Q4_0"], "requantise_to": "Q4_0"}}
+    (root / "conf/toy/parameters.yml").write_text(yaml.safe_dump(settings))
+    kedro(root, "--pipelines", "quantisation", "--env", "toy")
+    effects = pd.read_parquet(latest(root, "data/07_model_output/toy_quant_effects.parquet/*/*.parquet"))
+    by_type = effects.groupby("quantised_to")
+    assert sorted(by_type.groups) == ["Q4_0", "Q8_0"] and (by_type.size() == 2).all()
+    q8, q4 = (effects[effects["quantised_to"] == kind] for kind in ("Q8_0", "Q4_0"))
+    learned = q8[["pearson_toy_ioi", "pearson_toy_anti"]].max(axis=1)  # each model's one learned task (else NaN)
+    assert (q8["n_changed_settled"] == 0).all() and (learned > 0.999).all()
+    assert q4["max_abs_change_toy_anti"].max() > 3 * q8["max_abs_change_toy_anti"].max(), "Q4_0 moves Δ more"
+    heads = pd.read_parquet(latest(root, "data/07_model_output/quant_heads.parquet/*/*.parquet"))
+    assert heads.groupby("model").size().to_dict() == {model: n * h for model, (n, h) in GRIDS.items()}
+    assert heads["quant_sensitive"].dtype == bool
+    tensors = pd.read_parquet(latest(root, "data/07_model_output/quant_tensors.parquet/*/*.parquet"))
+    ratio = tensors["rel_change"] / tensors["fresh_rel_change"]
+    assert tensors.groupby("model").size().to_dict() == {"smollm2-135m": 30 * 7 + 1, "gemma3-270m": 18 * 7 + 1}
+    assert 0.5 < ratio.median() < 2, "a perturbation of a fresh 4-bit quantisation's size"
+    report = latest(root, "data/08_reporting/quantisation_report.md/*/quantisation_report.md").read_text()
+    assert report.startswith("# Quantised weights") and "## Verdict" in report and "smollm2-135m (Q4_1)" in report
+    assert "- Toy models in Q8_0: 0 of 16 heads clear of τ change category" in report
+    again = kedro(root, "--pipelines", "quantisation", "--env", "toy")
+    assert "smollm2-135m re-quantised: already measured" in again.stdout + again.stderr
 
 
 PAPER_PROTOCOL = {"models": ["smollm2-135m"],

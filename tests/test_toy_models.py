@@ -15,6 +15,7 @@ from kedro.validation.parameter_validator import ParameterValidator
 from pydantic import ValidationError
 from transformers import GPT2LMHeadModel
 
+from ioi_anti.models.quantise import quantise_weights
 from ioi_anti.params import Reporting, Runtime, ToyModels, ToyTraining
 from ioi_anti.pipelines.toy_models.nodes import make_toy_prompts
 from ioi_anti.pipelines.toy_models.pipeline import create_pipeline
@@ -101,11 +102,14 @@ def _group(language: ToyLanguage, runs: list[train.ToyRun], training: ToyTrainin
 
 @pytest.fixture(scope="module")
 def trained(language) -> dict[float, tuple]:
-    """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only), together."""
+    """A small model trained at λ = 1 (IOI-like only) and one at λ = 0 (anti-repetition-like only), together: per
+    λ its run, the wrapped model, its curves and its weights as trained (the bridge renames the wrapped ones)."""
     tokenizer = language.tokenizer()
     runs = [train.ToyRun(SMALL, mix, 0) for mix in (0.0, 1.0)]
     models = {run: trained for run in runs for trained in _group(language, [run], TRAINING).values()}
-    return {run.mix: (run, train.loaded(run, models[run].model, tokenizer), models[run].curves) for run in runs}
+    weights = {run: {k: v.clone() for k, v in models[run].model.state_dict().items()} for run in runs}  # unwrapped
+    return {run.mix: (run, train.loaded(run, models[run].model, tokenizer), models[run].curves, weights[run])
+            for run in runs}
 
 
 def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_model_trained_alone(language) -> None:
@@ -146,7 +150,7 @@ def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_mode
 def test_training_lowers_the_loss_stops_when_learned_and_each_model_solves_what_it_was_trained_on(trained) -> None:
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
     accuracy = {}
-    for mix, (run, lm, curves) in trained.items():
+    for mix, (run, lm, curves, _weights) in trained.items():
         for kind in run.kinds:
             first, last = curves[f"loss_{kind}"].iloc[:20].mean(), curves[f"loss_{kind}"].iloc[-20:].mean()
             assert last < 0.5 * first, (mix, kind, first, last)
@@ -184,17 +188,17 @@ def test_a_saved_model_reads_back_and_a_damaged_one_is_an_error(language) -> Non
 
 @pytest.mark.integration
 def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
-    run, lm, _curves = trained[1.0]
+    run, lm, _curves, _weights = trained[1.0]
     _prompts, tokens = make_toy_prompts(PARAMS, 0)
     quick = PARAMS.measure.model_copy(update={"n_boot": 200})
     tables = {mix: measure.head_table(lm_, run_, tokens, quick, BASE.runtime, 0)
-              for mix, (run_, lm_, _curves) in trained.items()}
+              for mix, (run_, lm_, _curves, _weights) in trained.items()}
     table, _baseline = tables[1.0]
     assert len(table) == lm.n_layers * lm.n_heads and {"delta_toy_ioi", "delta_toy_anti_low"} <= set(table.columns)
     assert table["mix"].eq(1.0).all() and np.isfinite(table["delta_toy_ioi"]).all()
     per_head = pd.concat([t for t, _b in tables.values()], ignore_index=True)
     accuracy = pd.concat([measure.accuracy(lm_, run_, tokens, 64).assign(steps=100, converged=True)
-                          for run_, lm_, _curves in trained.values()], ignore_index=True)
+                          for run_, lm_, _curves, _weights in trained.values()], ignore_index=True)
     gaps = learned(accuracy, PARAMS)
     ok = gaps.set_index(["model", "task"])["learned"]
     assert ok[(run.model_id, "toy_ioi")] and ok[(trained[0.0][0].model_id, "toy_anti")]
@@ -205,6 +209,26 @@ def test_a_toy_model_is_measured_like_a_pretrained_one(trained) -> None:
     roles = model_roles(heads).set_index("mix")
     assert np.isnan(roles.at[0.0, "n_strong_toy_ioi"]) and np.isnan(roles.at[0.0, "pearson"])
     assert roles.at[1.0, "n_strong_toy_ioi"] >= 1
+
+
+@pytest.mark.integration
+def test_a_toy_model_in_q8_0_measures_as_in_float32_and_in_q4_0_measurably_not(trained, language) -> None:
+    run, lm, _curves, weights = trained[1.0]
+    _prompts, tokens = make_toy_prompts(PARAMS, 0)
+    quick = PARAMS.measure.model_copy(update={"n_boot": 200})
+    tables = {"float32": measure.head_table(lm, run, tokens, quick, BASE.runtime, 0)[0]}
+    for kind in ("Q8_0", "Q4_0"):
+        copy = GPT2LMHeadModel(train.toy_config(run.size, len(language.tokenizer())))
+        copy.load_state_dict(weights)
+        changes = quantise_weights(copy, kind)
+        assert len(changes) == 1 + 4 * run.size.n_layer, "the embedding and four matrices per block"
+        lm_q = train.loaded(run, copy, language.tokenizer())
+        tables[kind] = measure.head_table(lm_q, run, tokens, quick, BASE.runtime, 0)[0]
+    # toy IOI, the task this λ = 1 model learned (Δ of an unlearned task is a fraction of a gap near zero)
+    change = {kind: (tables[kind]["delta_toy_ioi"] - tables["float32"]["delta_toy_ioi"]).abs().max()
+              for kind in ("Q8_0", "Q4_0")}
+    assert change["Q8_0"] < 0.01, "Q8_0 rounds each weight by < 0.4 % of its block's largest"
+    assert change["Q4_0"] > 3 * change["Q8_0"], change
 
 
 def _roles(values: dict[float, list[float]], short: tuple[int, ...] = ()) -> pd.DataFrame:

@@ -23,6 +23,7 @@ DeltaUnit = Literal["normalised", "raw"]
 Family = Literal["gpt2", "gpt-neo", "opt", "pythia", "llama", "gemma", "qwen2"]
 Source = Literal["hub", "gguf"]
 Tuning = Literal["base", "instruct"]  # pretrained only, or instruction-tuned after pretraining
+GgufType = Literal["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]  # the block types the `gguf` package quantises in Python
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ABLATIONS: tuple[str, ...] = get_args(Ablation)
 MODES: tuple[str, ...] = get_args(Mode)
@@ -30,6 +31,7 @@ DELTA_UNITS: tuple[str, ...] = get_args(DeltaUnit)
 FAMILIES: tuple[str, ...] = get_args(Family)
 SOURCES: tuple[str, ...] = get_args(Source)
 TUNINGS: tuple[str, ...] = get_args(Tuning)
+GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -332,6 +334,14 @@ class ToyModels(Settings):
     required_share: Fraction
 
 
+class Quantisation(Settings):
+    """``quantisation``: what quantised weights do to the study's measurements (docs/metrics.md, "Quantisation")."""
+
+    toy_types: Annotated[list[Annotated[GgufType, need(one_of(GGUF_TYPES))]],
+                         need(f"a non-empty list of GGUF types ({one_of(GGUF_TYPES)})", min_length=1)]
+    requantise_to: Annotated[GgufType, need(one_of(GGUF_TYPES, "the scheme the shipped models are re-quantised with"))]
+
+
 class Baseline(Settings):
     """``baseline``: the intervals of each model's clean behaviour."""
 
@@ -354,3 +364,4 @@ class RunSettings(Settings):
     published: Published
     reporting: Reporting
     toy_models: ToyModels
+    quantisation: Quantisation

@@ -8,12 +8,13 @@ from kedro.pipeline import Pipeline
 from ioi_anti.pipelines import categorisation, data_generation, head_ablation, hero_heads, reporting
 from ioi_anti.run.stages import STAGES
 
-OPTIONAL = ("toy_models",)
+OPTIONAL = ("toy_models", "quantisation")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the pipelines found under ``ioi_anti.pipelines``; ``__default__`` runs all but ``toy_models``
-    (which trains toy models of its own: ``kedro run --pipelines toy_models``)."""
+    (which trains toy models of its own: ``kedro run --pipelines toy_models``) and ``quantisation`` (which
+    measures the toy models and the run's models again with quantised weights)."""
     pipelines = find_pipelines(raise_errors=True)
     pipelines["__default__"] = sum(p for name, p in pipelines.items() if name not in OPTIONAL)
     return pipelines

@@ -11,11 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ioi_anti.models.precision import HALF_TYPES, half_matrix_products, set_tf32
+from ioi_anti.models.quantise import quantise_weights
 from ioi_anti.models.sources import check_available, check_quantisation, estimated_bytes, gguf_path, hub_is_cached
 from ioi_anti.models.spec import ModelConfigError, ModelSpec
 from ioi_anti.params import PRECISIONS, Runtime
@@ -219,17 +221,30 @@ def release_models() -> None:
     _CACHE.clear()
 
 
-def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
+def load_quantised(spec: ModelSpec, runtime: Runtime, kind: str, seed: int) -> tuple[LoadedModel, pd.DataFrame]:
+    """A registry model of its own (never the cache's) whose float weights are quantised to GGUF type ``kind``
+    (:func:`~ioi_anti.models.quantise.quantise_weights`) before it is wrapped, so a bfloat16 run rounds them
+    as it would the shipped ones; with the change made to every tensor."""
+    set_tf32(runtime.tf32)
+    hf_model = _hf_model(spec, resolve_device(runtime.device), runtime.dtype)
+    changes = quantise_weights(hf_model, kind, seed)
+    return wrap_model(spec, hf_model, load_tokenizer(spec), resolve_device(runtime.device), runtime.dtype), changes
+
+
+def _hf_model(spec: ModelSpec, device: torch.device, dtype: str) -> PreTrainedModel:
+    """The registry model's Hugging Face model in float32 (a GGUF file de-quantised), not yet wrapped."""
     check_available(spec)
-    torch_device = resolve_device(device)
     logger.info("Loading %s (%s%s) on %s as %s", spec.model_id, spec.where, ", GGUF" if spec.source == "gguf" else "",
-                torch_device, dtype)
+                device, dtype)
     if spec.source == "gguf":
         path = gguf_path(spec)
         check_quantisation(spec, path)
-        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    else:
-        local = hub_is_cached(spec.hf_name, spec.revision)
-        hf_model = AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch.float32,
-                                                        local_files_only=local)
-    return wrap_model(spec, hf_model, load_tokenizer(spec), torch_device, dtype)
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    local = hub_is_cached(spec.hf_name, spec.revision)
+    return AutoModelForCausalLM.from_pretrained(spec.hf_name, revision=spec.revision, dtype=torch.float32,
+                                                local_files_only=local)
+
+
+def _load(spec: ModelSpec, device: str, dtype: str) -> LoadedModel:
+    torch_device = resolve_device(device)
+    return wrap_model(spec, _hf_model(spec, torch_device, dtype), load_tokenizer(spec), torch_device, dtype)

@@ -46,6 +46,17 @@ def learned(accuracy: pd.DataFrame, settings: ToyModels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mask_unlearned(per_head: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+    """``per_head`` with the Δ (and interval) of every task a model has not learned set to NaN: a fraction of a
+    gap the model does not produce, it is no measurement (its heads count as weak, its correlations as none)."""
+    ok = gaps.pivot(index="model", columns="task", values="learned")
+    out = per_head.copy()
+    for task in TOY_PAIR.names:
+        unlearned = ~out["model"].map(ok[task]).astype(bool)
+        out.loc[unlearned, [f"delta_{task}", f"delta_{task}_low", f"delta_{task}_high"]] = np.nan
+    return out
+
+
 def categorise_learned(per_head: pd.DataFrame, gaps: pd.DataFrame, tau: float) -> pd.DataFrame:
     """Every head categorised on the toy pair at τ, a task a model has not learned counting as weak for all
     its heads (its Δ is a fraction of a gap it does not produce); ``learned_<task>`` says which, and

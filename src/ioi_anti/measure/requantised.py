@@ -1,0 +1,92 @@
+"""The run's models measured again with their weights re-quantised (docs/metrics.md, "Quantisation"): the
+sensitivity of every head's Δ and category to a second quantisation of the same size as the shipped one.
+
+One job per model: load it outside the model cache, quantise its weights (:func:`load_quantised`), and
+sweep every head exactly on the pair's tasks with the run's own ablation settings. Each job's result (the
+per-head table and the change of every weight tensor) is saved as one partition as soon as it is done, under
+a key that fingerprints the prompts and settings, so an interrupted run measures only the models left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ioi_anti.execution import Job
+from ioi_anti.measure.head_table import model_head_table
+from ioi_anti.measure.partitions import fingerprint, model_tokens
+from ioi_anti.measure.plan import partition_settings
+from ioi_anti.measure.sweep import ModelSweep, baseline_table
+from ioi_anti.models.loading import load_quantised
+from ioi_anti.models.sources import check_run_models
+from ioi_anti.models.spec import ModelSpec
+from ioi_anti.params import HeadAblation, Registry, Runtime
+from ioi_anti.tasks import load_task
+
+logger = logging.getLogger(__name__)
+
+Measured = dict[str, pd.DataFrame]  # "heads": the per-head table; "tensors": the change of every weight tensor
+
+
+def measure_requantised(spec: ModelSpec, tokens: pd.DataFrame, tasks: Sequence[str], runtime: Runtime,
+                        params: HeadAblation, kind: str, seed: int) -> Measured:
+    """One model's per-head table (every head measured exactly on ``tasks``) with its weights quantised to GGUF
+    type ``kind``, and the change made to each weight tensor."""
+    lm, tensors = load_quantised(spec, runtime, kind, seed)
+    baseline = baseline_table(lm, tokens, runtime.max_batch)
+    sweep = ModelSweep(spec, tokens, runtime, params.ablation, params.seed, lm=lm,
+                       roles={task: load_task(task).ablation_roles for task in tasks})
+    layers = tqdm(range(lm.n_layers), desc=f"{spec.model_id} re-quantised to {kind}", unit="layer", leave=False)
+    long = pd.concat([sweep.attribution_effects(), *(sweep.layer_effects(layer) for layer in layers)],
+                     ignore_index=True)
+    table = model_head_table(long, baseline, list(tasks), params.n_boot, params.ci, seed, unit=params.delta)
+    return {"heads": table.assign(ablation=params.ablation, mode="exact", quantised_to=kind),
+            "tensors": tensors.assign(model=spec.model_id, quantisation=spec.quantisation, quantised_to=kind)}
+
+
+def is_intact(load: Callable[[], Measured], key: str) -> bool:
+    """Whether a saved partition reads back as both tables (a damaged one is logged and measured again)."""
+    try:
+        saved = load()
+        intact = isinstance(saved, dict) and all(isinstance(saved.get(k), pd.DataFrame) for k in ("heads", "tensors"))
+    except Exception as error:  # noqa: BLE001 - any unreadable file is measured again, whatever the reader raises
+        logger.warning("Saved partition %s is damaged (%s): measuring it again.", key, error)
+        return False
+    if not intact:
+        logger.warning("Saved partition %s is damaged (not the per-head and tensor tables): measuring it again.", key)
+    return intact
+
+
+def requantised_key(spec: ModelSpec, tokens: pd.DataFrame, runtime: Runtime, params: HeadAblation, kind: str,
+                    seed: int) -> str:
+    """``<model>/<kind>-<fingerprint of its prompts and of every setting that can change a number>``."""
+    settings = partition_settings(runtime, params, None) | {"n_boot": params.n_boot, "ci": params.ci,
+                                                            "delta": params.delta, "seed": seed}
+    return f"{spec.model_id}/{kind}-{fingerprint(spec.model_id, tokens, settings)}"
+
+
+def requantised_plan(tokenised: dict[str, Callable[[], pd.DataFrame]], models: list[str], registry: Registry,
+                     runtime: Runtime, params: HeadAblation, tasks: Sequence[str], kind: str,
+                     seed: int) -> dict[str, Job]:
+    """Per model of the run, the key of its partition and the job that measures it."""
+    plan = {}
+    for spec in check_run_models(models, registry):
+        prompts = model_tokens(tokenised, spec.model_id)
+        tokens = prompts[prompts["task"].isin(tasks)]
+        key = requantised_key(spec, tokens, runtime, params, kind, seed)
+        plan[key] = Job(spec.model_id, measure_requantised, (spec, tokens, tuple(tasks), runtime, params, kind, seed))
+    return plan
+
+
+def requantised_jobs(done: dict[str, Callable[[], Measured]], plan: dict[str, Job]) -> dict[str, Job]:
+    """The jobs of ``plan`` not measured yet (or whose saved partition is damaged)."""
+    todo = {}
+    for key, job in plan.items():
+        if key in done and is_intact(done[key], key):
+            logger.info("%s re-quantised: already measured (%s): skipped.", job.model_id, key)
+        else:
+            todo[key] = job
+    return todo

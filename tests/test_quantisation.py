@@ -1,0 +1,129 @@
+"""Quantised weights: the GGUF round trip against a naive reference and a known answer, the tensors a model
+quantises, and the comparison of a per-head table with its quantised measurement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ioi_anti.analysis.categories import PAPER_PAIR
+from ioi_anti.analysis.quantisation import accuracy_changes, head_changes, model_effects, straddles
+from ioi_anti.models.quantise import quantisable, quantise_weights, round_trip
+from ioi_anti.params import GGUF_TYPES
+
+
+def naive_q4_0(values: np.ndarray) -> np.ndarray:
+    """llama.cpp's reference Q4_0 (``quantize_row_q4_0_ref`` and its de-quantiser), one block of 32 at a time:
+    d = the block's value of largest magnitude / -8 (stored as float16), q = min(15, trunc(x/d + 8.5)),
+    read back as (q - 8) * d."""
+    out = np.empty_like(values, dtype=np.float32)
+    for row in range(values.shape[0]):
+        for start in range(0, values.shape[1], 32):
+            block = values[row, start:start + 32].astype(np.float32)
+            d = np.float32(block[np.argmax(np.abs(block))] / np.float32(-8))
+            inverse = np.float32(1) / d if d else np.float32(0)
+            q = np.minimum(15, (block * inverse + np.float32(8.5)).astype(np.int8))
+            out[row, start:start + 32] = (q.astype(np.float32) - 8) * np.float32(np.float16(d))
+    return out
+
+
+def block_matrix() -> np.ndarray:
+    """2 × 64: each block of 32 along a row is s × (-8, ..., 7, -8, ..., 7) with its own power of two s, which
+    Q4_0 and Q4_1 represent exactly (d = s, and for Q4_1 the minimum -8s), block by block along the rows only."""
+    steps = np.tile(np.arange(-8, 8, dtype=np.float32), 2)
+    return np.array([[*(0.5 * steps), *(2.0 * steps)], [*(0.25 * steps), *(4.0 * steps)]], dtype=np.float32)
+
+
+def test_the_round_trip_is_ggufs_own_and_llama_cpps_reference() -> None:
+    values = np.random.default_rng(0).standard_normal((3, 96)).astype(np.float32)
+    for name in GGUF_TYPES:
+        kind = GGMLQuantizationType[name]
+        np.testing.assert_array_equal(round_trip(values, name), dequantize(quantize(values, kind), kind))
+    np.testing.assert_allclose(round_trip(values, "Q4_0"), naive_q4_0(values), rtol=0, atol=1e-6)
+    errors = [np.abs(round_trip(values, name) - values).mean() for name in GGUF_TYPES]
+    assert errors == sorted(errors) and errors[0] < 0.01 < errors[-1], "wider types are closer"
+    with pytest.raises(ValueError, match="not a whole number of Q4_0 blocks of 32"):
+        round_trip(values[:, :40], "Q4_0")
+    with pytest.raises(ValueError, match="Unknown quantisation type 'Q6_K'"):
+        round_trip(values, "Q6_K")
+
+
+def test_blocks_run_along_the_input_dimension_of_linear_and_conv1d_weights() -> None:
+    matrix = block_matrix()
+    for name in ("Q4_0", "Q4_1"):
+        np.testing.assert_array_equal(round_trip(matrix, name), matrix)
+        assert not np.array_equal(round_trip(np.ascontiguousarray(matrix.reshape(4, 32).T.reshape(2, 64)), name),
+                                  matrix.reshape(4, 32).T.reshape(2, 64)), "blocks across the scales are not exact"
+    linear, conv = nn.Linear(64, 2), Conv1D(2, 64)  # Conv1D(nf=out, nx=in) stores (in, out)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(matrix))
+        conv.weight.copy_(torch.from_numpy(matrix.T.copy()))
+    model = nn.ModuleDict({"linear": linear, "conv": conv, "wpe": nn.Embedding(4, 64), "ln_f": nn.LayerNorm(64)})
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    changes = quantise_weights(model, "Q4_0").set_index("tensor")
+    assert set(changes.index) == {"linear.weight", "conv.weight"}, "no bias, norm or position embedding"
+    assert (changes["rel_change"] == 0).all() and (changes["fresh_rel_change"] > 0.01).all()
+    after = dict(model.named_parameters())
+    for name in ("wpe.weight", "ln_f.weight", "linear.bias", "conv.bias"):
+        assert torch.equal(after[name], before[name]), name
+    random = nn.Linear(64, 8)
+    original = random.weight.detach().clone()
+    change = quantise_weights(random, "Q4_0").iloc[0]
+    assert 0.05 < change["rel_change"] < 0.2 and change["fresh_rel_change"] == pytest.approx(change["rel_change"],
+                                                                                              rel=0.3)
+    np.testing.assert_array_equal(random.weight.detach().numpy(), round_trip(original.numpy(), "Q4_0"))
+
+
+def test_what_llama_cpp_quantises() -> None:
+    matrix, vector = torch.zeros(4, 32), torch.zeros(32)
+    assert quantisable("model.layers.0.self_attn.q_proj.weight", matrix)
+    assert quantisable("transformer.wte.weight", matrix)
+    assert not quantisable("transformer.wpe.weight", matrix) and not quantisable("model.decoder.embed_positions.weight",
+                                                                                 matrix)
+    assert not quantisable("model.norm.weight", vector) and not quantisable("lm_head.bias", vector)
+
+
+def _heads(deltas: dict[str, list[float]], width: float, model: str = "m") -> pd.DataFrame:
+    """A per-head table of one model with the given Δ of both paper tasks and intervals of ± ``width``."""
+    n = len(deltas["ioi"])
+    table = pd.DataFrame({"model": model, "family": "gpt2", "tuning": "base", "quantisation": "none",
+                          "n_params": 1, "n_layers": 1, "n_heads": n, "ablation": "mean", "gap_ok": True,
+                          "layer": 0, "head": range(n)})
+    for task, values in deltas.items():
+        table[f"delta_{task}"] = values
+        table[f"delta_{task}_low"] = np.array(values) - width
+        table[f"delta_{task}_high"] = np.array(values) + width
+    return table
+
+
+def test_a_head_that_crosses_tau_changes_category_and_says_whether_its_interval_settled_it() -> None:
+    reference = _heads({"ioi": [-0.40, -0.105, 0.0, -0.30], "anti": [0.0, 0.0, -0.02, -0.30]}, width=0.01)
+    quantised = _heads({"ioi": [-0.41, -0.095, 0.0, -0.30], "anti": [0.0, 0.0, -0.12, -0.31]}, width=0.01)
+    heads = head_changes(reference, quantised.assign(quantised_to="Q4_0"), 0.1, PAPER_PAIR)
+    assert heads["changed"].tolist() == [False, True, True, False]
+    assert heads["straddling"].tolist() == [False, True, False, False], "only head 1's interval contains τ"
+    assert straddles(reference, "ioi", 0.1).tolist() == [False, True, False, False]
+    effects = model_effects(heads, PAPER_PAIR).iloc[0]
+    assert effects["n_changed"] == 2 and effects["n_changed_settled"] == 1 and effects["changed_heads"] == "L0H1, L0H2"
+    assert effects["max_abs_change_anti"] == pytest.approx(0.10)
+    assert effects["max_abs_change_ioi"] == pytest.approx(0.01)
+    assert effects["pearson_ioi"] > 0.99 and effects["r_change"] == pytest.approx(
+        np.corrcoef(quantised["delta_ioi"], quantised["delta_anti"])[0, 1]
+        - np.corrcoef(reference["delta_ioi"], reference["delta_anti"])[0, 1])
+    with pytest.raises(ValueError, match="no `quantised_to` column"):
+        head_changes(reference, quantised, 0.1, PAPER_PAIR)
+
+
+def test_the_accuracy_change_is_the_largest_fall_over_kinds() -> None:
+    reference = pd.DataFrame({"model": "m", "kind": ["ioi", "list"], "accuracy": [1.0, 0.95]})
+    quantised = pd.DataFrame({"model": "m", "quantised_to": ["Q8_0", "Q8_0", "Q4_0", "Q4_0"],
+                              "kind": ["ioi", "list"] * 2, "accuracy": [1.0, 0.95, 0.9, 0.95]})
+    changes = accuracy_changes(reference, quantised).set_index("quantised_to")
+    assert changes.at["Q8_0", "accuracy_change"] == 0 and changes.at["Q4_0", "accuracy_change"] == pytest.approx(-0.1)
+    assert changes.at["Q4_0", "accuracy_kind"] == "ioi"
