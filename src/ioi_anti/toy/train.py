@@ -70,7 +70,7 @@ def share(mix: float, kind: str) -> float:
 
 def required_kinds(mix: float, required_share: float) -> tuple[str, ...]:
     """The kinds a model trained at mix λ must learn: those of an objective with a share of at least
-    ``required_share`` (what training waits for, and what a model that misses falls short on)."""
+    ``required_share`` (a model that misses one falls short; training waits for every kind it is trained on)."""
     return tuple(kind for kind in KINDS if share(mix, kind) >= required_share)
 
 
@@ -184,9 +184,10 @@ def _leave(group: StackedGPT2, optimiser: torch.optim.AdamW, keep: list[int],
 
 
 def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, training: ToyTraining,
-                vocab_size: int, required_share: float) -> Iterator[Trained]:
-    """Train ``runs`` (one size, one λ) together; yield each model when it stops (converged or stalled on the
-    kinds it must learn, see :func:`required_kinds`, or at ``steps``)."""
+                vocab_size: int) -> Iterator[Trained]:
+    """Train ``runs`` (one size, one λ) together; yield each model when it stops (converged or stalled on
+    every kind it is trained on, or at ``steps``). A model waits for its minority objective too (e.g. the 5 %
+    of lists at λ = 0.9), so that models trained mostly on one objective can be asked whether they share heads."""
     if len({(run.size, run.mix) for run in runs}) != 1:
         raise ValueError("A group of toy models trains one size at one λ (their batches hold the same kinds).")
     config = toy_config(runs[0].size, vocab_size)
@@ -199,7 +200,7 @@ def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, trai
     streams = [np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7]) for run in runs]
     curves: list[list[dict[str, float]]] = [[] for _ in runs]
     streak, best, stalled = [0] * len(runs), torch.zeros(len(runs), len(KINDS)), [0] * len(runs)
-    needs = torch.tensor([[kind in required_kinds(run.mix, required_share) for kind in KINDS] for run in runs])
+    needs = torch.tensor([[kind in run.kinds for kind in KINDS] for run in runs])
     progress = tqdm(range(training.steps), desc=f"toy {runs[0].size.name} x{len(runs)}", unit="step", leave=False)
     for step in progress:
         for param_group in optimiser.param_groups:
@@ -276,10 +277,11 @@ def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFa
 
 def settings_fingerprint(settings: ToyModels, seed: int) -> str:
     """What a trained model depends on besides its size, mix and seed: the language, the training, the
-    prompt settings, the share that makes a kind required (when it stops) and the run's seed (its corpus and
-    validation prompts): a hash of their sorted JSON."""
+    prompt settings, the kinds training waits for (a rule of the code, named so that models trained under
+    another rule are not reused) and the run's seed (its corpus and validation prompts): a hash of their
+    sorted JSON."""
     parts = {"language": settings.language.model_dump(), "training": settings.training.model_dump(),
-             "prompts": settings.prompts.model_dump(), "required_share": settings.required_share, "seed": seed}
+             "prompts": settings.prompts.model_dump(), "waits_for": "every trained kind", "seed": seed}
     return "t" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:11]
 
 
@@ -340,7 +342,7 @@ def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
     validation = Validation.from_prompts(toy_prompts(settings, seed_for(seed, "toy_validation"))[1], tokenizer)
 
     def start(runs: list[ToyRun]) -> Iterator[Trained]:
-        return train_group(runs, corpus, validation, settings.training, len(tokenizer), settings.required_share)
+        return train_group(runs, corpus, validation, settings.training, len(tokenizer))
 
     todo.sort(key=keys.__getitem__)  # the order the partitions are saved in: by size, then λ, then seed
     groups: dict[ToyRun, GroupTraining] = {}
