@@ -57,11 +57,11 @@ def hf_seconds_per_step(size: ToySize, corpus: Corpus, vocab_size: int, training
 
 
 def group_seconds_per_model_step(runs: list[ToyRun], corpus: Corpus, validation: Validation, vocab_size: int,
-                                 training: ToyTraining, steps: int) -> float:
+                                 training: ToyTraining, required_share: float, steps: int) -> float:
     """Seconds per model and step of :func:`train_group` on ``runs`` (one evaluation, at the last step)."""
     fixed = training.model_copy(update={"steps": steps, "eval_every": steps, "stall_evaluations": steps})
     start = time.perf_counter()
-    for _trained in train_group(runs, corpus, validation, fixed, vocab_size):
+    for _trained in train_group(runs, corpus, validation, fixed, vocab_size, required_share):
         pass
     return (time.perf_counter() - start) / steps / len(runs)
 
@@ -86,7 +86,7 @@ def main() -> None:
         for m in args.groups:
             runs = [ToyRun(size, args.mix, seed) for seed in range(m)]
             per_model = group_seconds_per_model_step(runs, corpus, validation, len(tokenizer), training,
-                                                     args.steps)
+                                                     settings.required_share, args.steps)
             rows.append({"size": size.name, "how": "train_group: StackedGPT2, a pass per kind", "models": m,
                          "ms per model and step": 1000 * per_model, "speed-up": base / per_model})
     table = pd.DataFrame(rows)

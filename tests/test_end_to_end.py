@@ -357,8 +357,13 @@ def _the_quantisation_pipeline_measures_toy_models_and_the_runs_model_and_resume
     report = latest(root, "data/08_reporting/quantisation_report.md/*/quantisation_report.md").read_text()
     assert report.startswith("# Quantised weights") and "## Verdict" in report and "smollm2-135m (Q4_1)" in report
     assert "- Toy models in Q8_0: 0 of 16 heads clear of τ change category" in report
-    again = kedro(root, "--pipelines", "quantisation", "--env", "toy")
+    again = kedro(root, "--pipelines", "quantisation", "--env", "toy", "--nodes", "sweep_requantised")
     assert "smollm2-135m re-quantised: already measured" in again.stdout + again.stderr
+    kedro(root, "--pipelines", "head_ablation", "--env", "toy")  # the sweeps are saved: it re-tabulates
+    per_head = pd.read_parquet(latest(root, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
+    marked = per_head.merge(heads[["model", "layer", "head", "quant_sensitive"]], on=["model", "layer", "head"])
+    assert len(marked) == len(per_head) and marked["quant_sensitive_x"].notna().all()
+    assert (marked["quant_sensitive_x"].astype(bool) == marked["quant_sensitive_y"]).all()
 
 
 PAPER_PROTOCOL = {"models": ["smollm2-135m"],

@@ -169,6 +169,7 @@ def test_tuning_comes_from_the_registry_even_where_a_saved_baseline_lacks_it() -
     summary = summarise_baselines(baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime, seed=0, n_boot=50)
     assert set(summary["tuning"]) == {"instruct"}
     per_head, _agreement, metadata = summarise_heads(
-        ["ioi", "anti"], effects, baselines, {"tiny": lambda: tokens}, ["tiny"], registry, runtime,
-        sweep, base.categorisation.model_copy(update={"sensitivity_taus": [0.03]}), seed=0)
+        ["ioi", "anti"], effects, baselines, {"tiny": lambda: tokens}, {}, ["tiny"], registry, runtime,
+        sweep, base.categorisation.model_copy(update={"sensitivity_taus": [0.03]}), base.quantisation, seed=0)
     assert set(per_head["tuning"]) == {"instruct"} and metadata["model_config"][0]["tuning"] == "instruct"
+    assert per_head["quant_sensitive"].isna().all(), "not measured re-quantised: missing, not False"

@@ -13,7 +13,15 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ioi_anti.analysis.categories import PAPER_PAIR
-from ioi_anti.analysis.quantisation import accuracy_changes, head_changes, model_effects, straddles
+from ioi_anti.analysis.quantisation import (
+    accuracy_changes,
+    head_changes,
+    mark_quant_sensitive,
+    model_effects,
+    straddles,
+)
+from ioi_anti.execution import Job
+from ioi_anti.measure.requantised import saved_requantised
 from ioi_anti.models.quantise import quantisable, quantise_weights, round_trip
 from ioi_anti.params import GGUF_TYPES
 
@@ -127,3 +135,28 @@ def test_the_accuracy_change_is_the_largest_fall_over_kinds() -> None:
     changes = accuracy_changes(reference, quantised).set_index("quantised_to")
     assert changes.at["Q8_0", "accuracy_change"] == 0 and changes.at["Q4_0", "accuracy_change"] == pytest.approx(-0.1)
     assert changes.at["Q4_0", "accuracy_kind"] == "ioi"
+
+
+def test_per_head_marks_the_heads_re_quantisation_moves_and_leaves_unmeasured_models_missing() -> None:
+    reference = pd.concat([_heads({"ioi": [-0.40, -0.105, 0.0], "anti": [0.0, 0.0, -0.02]}, 0.01),
+                           _heads({"ioi": [-0.40], "anti": [0.0]}, 0.01, model="other")], ignore_index=True)
+    quantised = _heads({"ioi": [-0.41, -0.095, 0.0], "anti": [0.0, 0.0, -0.12]}, 0.01).assign(quantised_to="Q4_0")
+    marked = mark_quant_sensitive(reference, quantised, 0.1, PAPER_PAIR)
+    assert str(marked["quant_sensitive"].dtype) == "boolean"
+    flags = marked["quant_sensitive"]
+    assert flags.tolist()[:3] == [False, True, True]
+    assert flags.isna().tolist() == [False, False, False, True], "a model not measured re-quantised: missing, not False"
+    assert mark_quant_sensitive(reference, None, 0.1, PAPER_PAIR)["quant_sensitive"].isna().all()
+    assert marked.drop(columns="quant_sensitive").equals(reference), "nothing else changes"
+
+
+def test_only_intact_partitions_saved_for_these_settings_are_read(caplog: pytest.LogCaptureFixture) -> None:
+    tables = {"heads": _heads({"ioi": [0.0], "anti": [0.0]}, 0.01), "tensors": pd.DataFrame({"name": ["w"]})}
+    plan = {f"{m}/Q4_0-abc": Job(m, print, ()) for m in ("good", "damaged", "unmeasured")}
+
+    def damaged() -> dict:
+        raise EOFError("truncated")
+
+    done = {"good/Q4_0-abc": lambda: tables, "damaged/Q4_0-abc": damaged, "good/Q4_0-old": lambda: tables}
+    assert list(saved_requantised(done, plan)) == ["good"]
+    assert "damaged/Q4_0-abc is damaged (truncated)" in caplog.text

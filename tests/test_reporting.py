@@ -341,6 +341,31 @@ def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
         pd.Series(sorted(families)))]
 
 
+def test_the_phase_spaces_cross_the_quant_sensitive_heads_and_say_so() -> None:
+    """Heads whose category moves when their model is re-quantised get a black cross in both static phase
+    spaces (with a counted legend entry) and say so in the interactive hover; unmeasured models say nothing."""
+    per_head = make_per_head(FOUR_MODELS)
+    first = per_head["model"] == per_head["model"].iloc[0]
+    per_head["quant_sensitive"] = pd.array([pd.NA] * len(per_head), dtype="boolean")
+    per_head.loc[first, "quant_sensitive"] = False
+    per_head.loc[per_head.index[first][:3], "quant_sensitive"] = True
+    heads = tables_for(FOUR_MODELS, per_head)["head_categories"]
+    for draw in (nodes.plot_all_heads_phase_space, nodes.plot_family_grid):
+        fig = draw(heads, TASKS, CAT_PARAMS.pair, REP_PARAMS)
+        crosses = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "quant_sensitive"]
+        assert sum(len(c.get_offsets()) for c in crosses) == 3, draw.__name__
+        labels = [t.get_text() for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend
+                  for t in legend.get_texts()]
+        assert any(label.startswith("quant-sensitive (3)") for label in labels), labels
+    unmarked = nodes.plot_all_heads_phase_space(tables_for(FOUR_MODELS)["head_categories"], TASKS, CAT_PARAMS.pair,
+                                                REP_PARAMS)
+    assert not any("quant-sensitive" in t.get_text() for legend in unmarked.legends for t in legend.get_texts())
+    interactive = nodes.plot_interactive_phase_space(heads, TASKS, CAT_PARAMS.pair)
+    words = [row[10] for trace in interactive.data if trace.customdata is not None for row in trace.customdata]
+    assert words.count("yes") == 3 and "no" in words and "not measured" in words
+    assert all("quant-sensitive" in trace.hovertemplate for trace in interactive.data if trace.customdata is not None)
+
+
 def _config() -> OmegaConfigLoader:
     return OmegaConfigLoader(
         str(CONF), base_env="base", default_run_env="local",

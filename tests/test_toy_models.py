@@ -96,7 +96,8 @@ def _group(language: ToyLanguage, runs: list[train.ToyRun], training: ToyTrainin
     tokenizer = language.tokenizer()
     corpus = train.Corpus.generate(language, tokenizer.get_vocab(), training.corpus_size, 0)
     validation = train.Validation.from_prompts(make_toy_prompts(PARAMS, 1)[1], tokenizer)
-    return {t.run: t for t in train.train_group(runs, corpus, validation, training, len(tokenizer))}
+    return {t.run: t for t in train.train_group(runs, corpus, validation, training, len(tokenizer),
+                                                PARAMS.required_share)}
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +140,38 @@ def test_the_stacked_forward_is_gpt2s_and_a_model_trained_in_a_group_is_the_mode
     one, alone = together[runs[0]], _group(language, runs[:1], short)[runs[0]]
     assert not together[runs[1]].curves["loss"].equals(one.curves["loss"]), "another model, its own batches"
     with pytest.raises(ValueError, match="one size at one λ"):
-        next(train.train_group([runs[0], train.ToyRun(SMALL, 0.0, 0)], None, None, short, len(tokenizer)))
+        next(train.train_group([runs[0], train.ToyRun(SMALL, 0.0, 0)], None, None, short, len(tokenizer), 0.25))
     again = _group(language, runs[:1], short)[runs[0]]
     assert all(torch.equal(a, b) for a, b in zip(alone.model.state_dict().values(), again.model.state_dict().values(),
                                                  strict=True)), "the same seed trains the same model"
+
+
+class _Scripted:
+    """Validation accuracies fixed per kind (IOI, list, copy) for every model: a stopping rule without training."""
+
+    def __init__(self, accuracies: tuple[float, float, float]) -> None:
+        self.accuracies = torch.tensor(accuracies)
+
+    def accuracy(self, group: StackedGPT2) -> torch.Tensor:
+        return self.accuracies.repeat(len(group), 1)
+
+
+@pytest.mark.parametrize(("accuracies", "minority_steps", "stops_at", "converged"), [
+    ((0.0, 1.0, 1.0), 15, 25, True),   # λ = 0.1: lists converge at step 10 (evaluations 5, 10); IOI gets 15 more
+    ((0.0, 1.0, 1.0), 0, 10, True),    # no time for a minority objective
+    ((1.0, 1.0, 1.0), 15, 10, True),   # the minority converged with the rest
+    ((1.0, 0.5, 1.0), 15, 40, False),  # lists never converge: to `steps`
+])
+def test_a_model_converges_on_what_it_must_learn_then_gives_its_minority_objective_minority_steps(
+        language, accuracies: tuple[float, float, float], minority_steps: int, stops_at: int, converged: bool) -> None:
+    tokenizer = language.tokenizer()
+    corpus = train.Corpus.generate(language, tokenizer.get_vocab(), 200, 0)
+    short = PARAMS.training.model_copy(update={"steps": 40, "eval_every": 5, "warmup_steps": 5, "patience": 2,
+                                               "stop_accuracy": 0.975, "stall_evaluations": 100,
+                                               "minority_steps": minority_steps})
+    [trained] = train.train_group([train.ToyRun(SMALL, 0.1, 0)], corpus, _Scripted(accuracies), short,
+                                  len(tokenizer), 0.25)
+    assert len(trained.curves) == stops_at and trained.converged is converged
 
 
 @pytest.mark.integration

@@ -303,6 +303,7 @@ class ToyTraining(Settings):
     stop_accuracy: Annotated[float, need("an accuracy in (0, 1]", gt=0, le=1)]
     patience: Count
     stall_evaluations: Count
+    minority_steps: Size
     group_size: Count
 
 

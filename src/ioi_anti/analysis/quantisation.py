@@ -41,6 +41,24 @@ def head_changes(reference: pd.DataFrame, quantised: pd.DataFrame, tau: float, p
     return merged
 
 
+def mark_quant_sensitive(per_head: pd.DataFrame, requantised: pd.DataFrame | None, tau: float,
+                         pair: Pair) -> pd.DataFrame:
+    """``per_head`` with ``quant_sensitive`` (nullable boolean): whether a head's category at τ changes when its
+    model's weights are re-quantised (:func:`head_changes` against the ``requantised`` per-head tables); missing
+    (NA) for a model not measured re-quantised with the run's prompts and settings."""
+    out = per_head.copy()
+    out["quant_sensitive"] = pd.Series(pd.NA, index=out.index, dtype="boolean")
+    if requantised is not None:
+        requantised = requantised[requantised["model"].isin(set(out["model"]))]
+    if requantised is None or requantised.empty:
+        return out
+    ref = out[out["model"].isin(set(requantised["model"]))]
+    changed = head_changes(ref, requantised, tau, pair).set_index(list(KEYS))["changed"]
+    index = pd.MultiIndex.from_frame(out[list(KEYS)])
+    out["quant_sensitive"] = pd.array(changed.reindex(index).to_numpy(object), dtype="boolean")
+    return out
+
+
 def model_effects(changes: pd.DataFrame, pair: Pair) -> pd.DataFrame:
     """Per model and ``quantised_to``: the Pearson r and largest |Δ_q − Δ_ref| of each task's Δ over heads,
     the heads whose category changes (all, and those whose reference interval does not straddle τ), and the

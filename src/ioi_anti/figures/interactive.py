@@ -39,7 +39,14 @@ def _hover(pair: Pair) -> str:
     return (f"<b>%{{customdata[0]}} %{{customdata[1]}}</b><br>"
             f"{dx} %{{x:.3f}} [%{{customdata[2]:.3f}}, %{{customdata[3]:.3f}}] (%{{customdata[8]}})<br>"
             f"{dy} %{{y:.3f}} [%{{customdata[4]:.3f}}, %{{customdata[5]:.3f}}] (%{{customdata[9]}})<br>"
-            "category %{customdata[6]} (robust: %{customdata[7]})<extra></extra>")
+            "category %{customdata[6]} (robust: %{customdata[7]})<br>"
+            "quant-sensitive: %{customdata[10]}<extra></extra>")
+
+
+def _quant_words(shown: pd.DataFrame) -> pd.Series:
+    """Per head: whether its category (the run's pair) moves when its model is re-quantised, in words."""
+    flags = shown["quant_sensitive"] if "quant_sensitive" in shown.columns else pd.Series(pd.NA, index=shown.index)
+    return flags.astype("boolean").map({True: "yes", False: "no"}).fillna("not measured").astype(str)
 
 
 def _symbol(family: str, borderline: pd.Series) -> list[str]:
@@ -59,6 +66,7 @@ def _view(shown: pd.DataFrame, pair: Pair, tau: float) -> dict[str, Any]:
         "y_low": shown[f"delta_{y}_low"], "y_high": shown[f"delta_{y}_high"],
         "category": roles["category"], "robust": roles["category_robust"],
         "measured_x": shown.get(f"measured_by_{x}", exact), "measured_y": shown.get(f"measured_by_{y}", exact),
+        "quant_sensitive": _quant_words(shown),
     })
     limit = max(float(shown[[f"delta_{x}", f"delta_{y}"]].abs().max().max()) * 1.08, 2 * tau)
     models = {}

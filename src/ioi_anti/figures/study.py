@@ -202,6 +202,25 @@ def scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str]
         colour = pair.colours[str(category)]
         ax.scatter(rows[x], rows[y], s=size, marker=marker_of(str(family)),
                    facecolors="none" if borderline else colour, edgecolors=colour, linewidths=0.9, zorder=3)
+    moved = quant_sensitive(heads)
+    ax.scatter(moved[x], moved[y], s=size * 1.6, marker="x", color="black", linewidths=0.8, zorder=4,
+               gid="quant_sensitive")
+
+
+def quant_sensitive(heads: pd.DataFrame) -> pd.DataFrame:
+    """The heads whose category changes when their model is re-quantised (``quant_sensitive``; none where the
+    quantisation pipeline has not measured the model)."""
+    if "quant_sensitive" not in heads.columns:
+        return heads.iloc[:0]
+    return heads[heads["quant_sensitive"].astype("boolean").fillna(False).to_numpy(bool)]
+
+
+def quant_handles(heads: pd.DataFrame) -> list[Line2D]:
+    """The legend entry of the quant-sensitive cross, with its count, where any model was measured re-quantised."""
+    if "quant_sensitive" not in heads.columns or heads["quant_sensitive"].isna().all():
+        return []
+    return [Line2D([], [], marker="x", linestyle="none", color="black",
+                   label=f"quant-sensitive ({len(quant_sensitive(heads))}):\ncategory moves if re-quantised")]
 
 
 def symmetric_limit(values: pd.Series, tau: float) -> float:
@@ -255,7 +274,7 @@ def all_heads_phase_space(heads: pd.DataFrame, tau: float, style: FigureStyle | 
         fig.legend(handles=category_handles(pair, shown) + [weak_box], loc="outside right upper",
                    title="Category (heads)")
         fig.legend(handles=markers, loc="outside right center", title="Family")
-        fig.legend(handles=robust_handles(), loc="outside right lower", title="Interval")
+        fig.legend(handles=robust_handles() + quant_handles(shown), loc="outside right lower", title="Interval")
         n_models = shown["model"].nunique()
         figure_title(fig, f"All {len(shown)} heads of {n_models} model(s): {ablation_label(heads)} ablation, "
                           f"τ = {tau:g}\neffect on {pair.x.label} vs {pair.y.label}", flagged, flag_verb=verb)
@@ -330,7 +349,7 @@ def family_grid(heads: pd.DataFrame, tau: float, style: FigureStyle | None = Non
             axes[r, 0].set_ylabel(family, fontweight="bold", color=family_colour(family))
         fig.supxlabel(delta_label(pair, pair.x.name, hint=False, unit=delta_unit(heads)))
         fig.supylabel(delta_label(pair, pair.y.name, hint=False, unit=delta_unit(heads)))
-        handles = category_handles(pair) + robust_handles()
+        handles = category_handles(pair) + robust_handles() + quant_handles(heads)
         if free:
             free[0].legend(handles=handles, loc="center")
         else:

@@ -21,8 +21,7 @@ from ioi_anti.measure.partitions import fingerprint, model_tokens
 from ioi_anti.measure.plan import partition_settings
 from ioi_anti.measure.sweep import ModelSweep, baseline_table
 from ioi_anti.models.loading import load_quantised
-from ioi_anti.models.sources import check_run_models
-from ioi_anti.models.spec import ModelSpec
+from ioi_anti.models.spec import ModelSpec, resolve_models
 from ioi_anti.params import HeadAblation, Registry, Runtime
 from ioi_anti.tasks import load_task
 
@@ -47,17 +46,17 @@ def measure_requantised(spec: ModelSpec, tokens: pd.DataFrame, tasks: Sequence[s
             "tensors": tensors.assign(model=spec.model_id, quantisation=spec.quantisation, quantised_to=kind)}
 
 
-def is_intact(load: Callable[[], Measured], key: str) -> bool:
-    """Whether a saved partition reads back as both tables (a damaged one is logged and measured again)."""
+def read_intact(load: Callable[[], Measured], key: str) -> Measured | None:
+    """A saved partition's two tables, or None if it does not read back as both (logged: measured again)."""
     try:
         saved = load()
-        intact = isinstance(saved, dict) and all(isinstance(saved.get(k), pd.DataFrame) for k in ("heads", "tensors"))
     except Exception as error:  # noqa: BLE001 - any unreadable file is measured again, whatever the reader raises
         logger.warning("Saved partition %s is damaged (%s): measuring it again.", key, error)
-        return False
-    if not intact:
-        logger.warning("Saved partition %s is damaged (not the per-head and tensor tables): measuring it again.", key)
-    return intact
+        return None
+    if isinstance(saved, dict) and all(isinstance(saved.get(k), pd.DataFrame) for k in ("heads", "tensors")):
+        return saved
+    logger.warning("Saved partition %s is damaged (not the per-head and tensor tables): measuring it again.", key)
+    return None
 
 
 def requantised_key(spec: ModelSpec, tokens: pd.DataFrame, runtime: Runtime, params: HeadAblation, kind: str,
@@ -71,9 +70,10 @@ def requantised_key(spec: ModelSpec, tokens: pd.DataFrame, runtime: Runtime, par
 def requantised_plan(tokenised: dict[str, Callable[[], pd.DataFrame]], models: list[str], registry: Registry,
                      runtime: Runtime, params: HeadAblation, tasks: Sequence[str], kind: str,
                      seed: int) -> dict[str, Job]:
-    """Per model of the run, the key of its partition and the job that measures it."""
+    """Per model of the run, the key of its partition and the job that measures it (whether this machine can
+    load the model is checked where jobs are run: :func:`ioi_anti.models.sources.check_run_models`)."""
     plan = {}
-    for spec in check_run_models(models, registry):
+    for spec in resolve_models(models, registry):
         prompts = model_tokens(tokenised, spec.model_id)
         tokens = prompts[prompts["task"].isin(tasks)]
         key = requantised_key(spec, tokens, runtime, params, kind, seed)
@@ -85,8 +85,15 @@ def requantised_jobs(done: dict[str, Callable[[], Measured]], plan: dict[str, Jo
     """The jobs of ``plan`` not measured yet (or whose saved partition is damaged)."""
     todo = {}
     for key, job in plan.items():
-        if key in done and is_intact(done[key], key):
+        if key in done and read_intact(done[key], key) is not None:
             logger.info("%s re-quantised: already measured (%s): skipped.", job.model_id, key)
         else:
             todo[key] = job
     return todo
+
+
+def saved_requantised(done: dict[str, Callable[[], Measured]], plan: dict[str, Job]) -> dict[str, Measured]:
+    """Per model of ``plan`` measured re-quantised with exactly these prompts and settings (and intact), its
+    saved tables; models not measured so are left out."""
+    saved = {job.model_id: read_intact(done[key], key) for key, job in plan.items() if key in done}
+    return {model: tables for model, tables in saved.items() if tables is not None}

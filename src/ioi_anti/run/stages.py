@@ -45,7 +45,8 @@ def stage_settings(settings: RunSettings) -> dict[str, dict[str, Any]]:
             "data_generation": params["data_generation"], "baseline": params["baseline"], "seed": settings.seed,
             "runtime": numeric_runtime(settings.runtime),
         },
-        "head_ablation": {"head_ablation": sweep, "seed": settings.seed},
+        "head_ablation": {"head_ablation": sweep, "seed": settings.seed,  # quant_sensitive: against this type
+                          "requantise_to": settings.quantisation.requantise_to},
         "categorisation": {"categorisation": params["categorisation"], "seed": settings.seed},
         "hero_heads": {"hero_heads": heroes},
         "reporting": {"reporting": params["reporting"]},

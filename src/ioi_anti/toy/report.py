@@ -111,10 +111,11 @@ def toy_report(summary: pd.DataFrame, per_model: pd.DataFrame, accuracy: pd.Data
         f"- Training: the models of a size together, each with its own initialisation and batches; up to "
         f"{training.steps} steps of {training.batch_size} sequences, AdamW (lr {training.lr:g}), loss on the "
         f"trained tokens only. Every {training.eval_every} steps each model's accuracy on held-out validation "
-        f"prompts (another draw than the measured ones) is taken; a model stops once every kind it is trained on "
-        f"(a minority objective's too) is at least "
-        f"{training.stop_accuracy:.1%} accurate at {training.patience} evaluations in a row "
-        f"(converged), or after {training.stall_evaluations} evaluations without a new best (stalled).",
+        f"prompts (another draw than the measured ones) is taken; a model converges once every kind it must learn "
+        f"(of an objective with a share of at least {settings.required_share:.0%}) is at least "
+        f"{training.stop_accuracy:.1%} accurate at {training.patience} evaluations in a row, and stops when a "
+        f"minority objective has too or {training.minority_steps} steps later (a minority objective's time), or "
+        f"after {training.stall_evaluations} evaluations without a new best (stalled).",
         f"- Held out of training: {settings.language.heldout_share:.0%} of the combinations (template and name "
         "pair, or category and items, also as the start of a longer list); every prompt below is one of them.",
         f"- Learned: held-out top-1 accuracy of at least {settings.learned_accuracy:.0%} on every kind of prompt of "

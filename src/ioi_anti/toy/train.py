@@ -7,10 +7,12 @@ each keeps its own initialisation (``torch.manual_seed(seed)``), its own stream 
 corpus pre-generated as tensors (:class:`Corpus`), and its own optimiser state, and gives the same weights
 as trained alone. Training is next-token cross-entropy at the trained positions of each sequence, AdamW
 with a linear warm-up, then a constant learning rate. Every ``eval_every`` steps each model's top-1 accuracy on held-out
-validation prompts is measured (:class:`Validation`); a model whose accuracies have reached
-``stop_accuracy`` on every kind it is trained on, at ``patience`` evaluations in a row (converged), or
-whose best accuracy on those kinds has not improved for ``stall_evaluations`` evaluations (stalled),
-stops there and leaves the group. Each model keeps its loss and validation curves and the step it stopped at.
+validation prompts is measured (:class:`Validation`). A model *converges* when its accuracies on the kinds
+it must learn (:func:`required_kinds`) have reached ``stop_accuracy`` at ``patience`` evaluations in a row;
+it goes on for a minority objective (e.g. the 10 % of IOI at λ = 0.1) until that converges too or for
+``minority_steps`` more steps, and it stops early when its best accuracy on the kinds it is trained on has
+not improved for ``stall_evaluations`` evaluations (stalled). A model that stops leaves the group. Each
+model keeps its loss and validation curves and the step it stopped at.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def share(mix: float, kind: str) -> float:
 
 def required_kinds(mix: float, required_share: float) -> tuple[str, ...]:
     """The kinds a model trained at mix λ must learn: those of an objective with a share of at least
-    ``required_share`` (a model that misses one falls short; training waits for every kind it is trained on)."""
+    ``required_share`` (training converges on them; a model that misses one falls short)."""
     return tuple(kind for kind in KINDS if share(mix, kind) >= required_share)
 
 
@@ -184,10 +186,11 @@ def _leave(group: StackedGPT2, optimiser: torch.optim.AdamW, keep: list[int],
 
 
 def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, training: ToyTraining,
-                vocab_size: int) -> Iterator[Trained]:
-    """Train ``runs`` (one size, one λ) together; yield each model when it stops (converged or stalled on
-    every kind it is trained on, or at ``steps``). A model waits for its minority objective too (e.g. the 5 %
-    of lists at λ = 0.9), so that models trained mostly on one objective can be asked whether they share heads."""
+                vocab_size: int, required_share: float) -> Iterator[Trained]:
+    """Train ``runs`` (one size, one λ) together; yield each model when it stops: every kind it is trained on
+    converged, ``minority_steps`` after the kinds it must learn converged (a minority objective gets that
+    long, so that models trained mostly on one objective can be asked whether they share heads), stalled,
+    or at ``steps``. ``converged`` is whether the kinds it must learn converged."""
     if len({(run.size, run.mix) for run in runs}) != 1:
         raise ValueError("A group of toy models trains one size at one λ (their batches hold the same kinds).")
     config = toy_config(runs[0].size, vocab_size)
@@ -200,7 +203,9 @@ def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, trai
     streams = [np.random.default_rng([run.seed, int(round(run.mix * 1000)), 7]) for run in runs]
     curves: list[list[dict[str, float]]] = [[] for _ in runs]
     streak, best, stalled = [0] * len(runs), torch.zeros(len(runs), len(KINDS)), [0] * len(runs)
+    streak_required, required_at = [0] * len(runs), [None] * len(runs)
     needs = torch.tensor([[kind in run.kinds for kind in KINDS] for run in runs])
+    must = torch.tensor([[kind in required_kinds(run.mix, required_share) for kind in KINDS] for run in runs])
     progress = tqdm(range(training.steps), desc=f"toy {runs[0].size.name} x{len(runs)}", unit="step", leave=False)
     for step in progress:
         for param_group in optimiser.param_groups:
@@ -230,17 +235,23 @@ def train_group(runs: list[ToyRun], corpus: Corpus, validation: Validation, trai
         if (step + 1) % training.eval_every and not last:
             continue
         accuracy = validation.accuracy(group)
-        reached = ((accuracy >= training.stop_accuracy) | ~needs[active]).all(-1).tolist()
+        high = accuracy >= training.stop_accuracy
+        reached = (high | ~needs[active]).all(-1).tolist()
+        reached_required = (high | ~must[active]).all(-1).tolist()
         stopping = []
         for slot, i in enumerate(active):
             curves[i][-1] |= {f"val_{kind}": float(accuracy[slot, k]) for k, kind in enumerate(KINDS)}
             streak[i] = streak[i] + 1 if reached[slot] else 0
+            streak_required[i] = streak_required[i] + 1 if reached_required[slot] else 0
+            if required_at[i] is None and streak_required[i] >= training.patience:
+                required_at[i] = step + 1
             improved = bool(((accuracy[slot] > best[i]) & needs[i]).any())
             best[i] = torch.maximum(best[i], accuracy[slot])
             stalled[i] = 0 if improved else stalled[i] + 1
-            if last or streak[i] >= training.patience or stalled[i] >= training.stall_evaluations:
+            waited = required_at[i] is not None and step + 1 - required_at[i] >= training.minority_steps
+            if last or streak[i] >= training.patience or waited or stalled[i] >= training.stall_evaluations:
                 stopping.append(slot)
-                yield Trained(runs[i], group.model(slot), pd.DataFrame(curves[i]), streak[i] >= training.patience)
+                yield Trained(runs[i], group.model(slot), pd.DataFrame(curves[i]), required_at[i] is not None)
         if stopping:
             keep = [slot for slot in range(len(active)) if slot not in stopping]
             active = [active[slot] for slot in keep]
@@ -277,11 +288,10 @@ def loaded(run: ToyRun, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFa
 
 def settings_fingerprint(settings: ToyModels, seed: int) -> str:
     """What a trained model depends on besides its size, mix and seed: the language, the training, the
-    prompt settings, the kinds training waits for (a rule of the code, named so that models trained under
-    another rule are not reused) and the run's seed (its corpus and validation prompts): a hash of their
-    sorted JSON."""
+    prompt settings, the share that makes a kind required (when it converges) and the run's seed (its corpus
+    and validation prompts): a hash of their sorted JSON."""
     parts = {"language": settings.language.model_dump(), "training": settings.training.model_dump(),
-             "prompts": settings.prompts.model_dump(), "waits_for": "every trained kind", "seed": seed}
+             "prompts": settings.prompts.model_dump(), "required_share": settings.required_share, "seed": seed}
     return "t" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:11]
 
 
@@ -342,7 +352,7 @@ def training_jobs(done: dict[str, Callable[[], bytes]], settings: ToyModels,
     validation = Validation.from_prompts(toy_prompts(settings, seed_for(seed, "toy_validation"))[1], tokenizer)
 
     def start(runs: list[ToyRun]) -> Iterator[Trained]:
-        return train_group(runs, corpus, validation, settings.training, len(tokenizer))
+        return train_group(runs, corpus, validation, settings.training, len(tokenizer), settings.required_share)
 
     todo.sort(key=keys.__getitem__)  # the order the partitions are saved in: by size, then λ, then seed
     groups: dict[ToyRun, GroupTraining] = {}

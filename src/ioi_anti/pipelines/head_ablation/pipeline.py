@@ -1,4 +1,5 @@
-"""head_ablation pipeline: resumable per-layer sweep -> per-head table with intervals."""
+"""head_ablation pipeline: resumable per-layer sweep -> per-head table with intervals (and, where the
+quantisation pipeline has measured a model re-quantised, which heads are ``quant_sensitive``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                            *MODELS, "params:head_ablation", "params:categorisation"],
              "head_effects_partitions", name="sweep_heads"),
         Node(summarise_heads, ["params:tasks", "head_effects_partitions", "baseline_partitions", "tokenised_prompts",
-                               *MODELS, "params:head_ablation", "params:categorisation", "params:seed"],
+                               "requantised_sweeps_done", *MODELS, "params:head_ablation", "params:categorisation",
+                               "params:quantisation", "params:seed"],
              ["per_head", "attribution_agreement", "run_metadata"], name="summarise_heads"),
     ])

@@ -14,6 +14,7 @@ from ioi_anti.analysis import quantisation as compare
 from ioi_anti.analysis.categories import run_pair
 from ioi_anti.execution import Results, run_jobs
 from ioi_anti.measure.requantised import Measured, requantised_jobs, requantised_plan
+from ioi_anti.models.sources import check_run_models
 from ioi_anti.params import Categorisation, HeadAblation, Quantisation, Registry, Runtime, ToyModels
 from ioi_anti.report.quantisation import quantisation_report
 from ioi_anti.toy import measure
@@ -46,7 +47,9 @@ def sweep_requantised(done: dict[str, Callable[[], Measured]], tokenised: dict[s
                       tasks: list[str], models: list[str], registry: Registry, runtime: Runtime,
                       params: HeadAblation, categorisation: Categorisation, quantisation: Quantisation,
                       seed: int) -> Results:
-    """Every model of the run not measured yet re-quantised to ``requantise_to`` (one partition per model)."""
+    """Every model of the run not measured yet re-quantised to ``requantise_to`` (one partition per model); a
+    model this machine cannot load fails before any is measured."""
+    check_run_models(models, registry)
     pair = run_pair(tasks, categorisation.pair)
     plan = requantised_plan(tokenised, models, registry, runtime, params, pair.names, quantisation.requantise_to, seed)
     return run_jobs(requantised_jobs(done, plan), runtime, "re-quantised sweep")
