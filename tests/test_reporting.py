@@ -341,8 +341,8 @@ def test_interactive_phase_space_has_every_head_and_hover_numbers() -> None:
         pd.Series(sorted(families)))]
 
 
-def test_the_phase_spaces_cross_the_quant_sensitive_heads_and_say_so() -> None:
-    """Heads whose category moves when their model is re-quantised get a black cross in both static phase
+def test_the_phase_spaces_ring_the_quant_sensitive_heads_and_say_so() -> None:
+    """Heads whose category moves when their model is re-quantised get a black ring in both static phase
     spaces (with a counted legend entry) and say so in the interactive hover; unmeasured models say nothing."""
     per_head = make_per_head(FOUR_MODELS)
     first = per_head["model"] == per_head["model"].iloc[0]
@@ -352,8 +352,8 @@ def test_the_phase_spaces_cross_the_quant_sensitive_heads_and_say_so() -> None:
     heads = tables_for(FOUR_MODELS, per_head)["head_categories"]
     for draw in (nodes.plot_all_heads_phase_space, nodes.plot_family_grid):
         fig = draw(heads, TASKS, CAT_PARAMS.pair, REP_PARAMS)
-        crosses = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "quant_sensitive"]
-        assert sum(len(c.get_offsets()) for c in crosses) == 3, draw.__name__
+        rings = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "quant_sensitive"]
+        assert sum(len(c.get_offsets()) for c in rings) == 3, draw.__name__
         labels = [t.get_text() for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend
                   for t in legend.get_texts()]
         assert any(label.startswith("quant-sensitive (3)") for label in labels), labels

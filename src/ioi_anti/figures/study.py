@@ -203,8 +203,8 @@ def scatter_heads(ax: Axes, heads: pd.DataFrame, marker_of: Callable[[str], str]
         ax.scatter(rows[x], rows[y], s=size, marker=marker_of(str(family)),
                    facecolors="none" if borderline else colour, edgecolors=colour, linewidths=0.9, zorder=3)
     moved = quant_sensitive(heads)
-    ax.scatter(moved[x], moved[y], s=size * 1.6, marker="x", color="black", linewidths=0.8, zorder=4,
-               gid="quant_sensitive")
+    ax.scatter(moved[x], moved[y], s=size * 3.5, marker="o", facecolors="none", edgecolors="black", linewidths=0.7,
+               zorder=4, gid="quant_sensitive")  # a ring: unlike any family's marker
 
 
 def quant_sensitive(heads: pd.DataFrame) -> pd.DataFrame:
@@ -216,11 +216,12 @@ def quant_sensitive(heads: pd.DataFrame) -> pd.DataFrame:
 
 
 def quant_handles(heads: pd.DataFrame) -> list[Line2D]:
-    """The legend entry of the quant-sensitive cross, with its count, where any model was measured re-quantised."""
+    """The legend entry of the quant-sensitive ring, with its count, where any model was measured re-quantised."""
     if "quant_sensitive" not in heads.columns or heads["quant_sensitive"].isna().all():
         return []
-    return [Line2D([], [], marker="x", linestyle="none", color="black",
-                   label=f"quant-sensitive ({len(quant_sensitive(heads))}):\ncategory moves if re-quantised")]
+    return [Line2D([], [], marker="o", markersize=9, linestyle="none", markerfacecolor="none", color="black",
+                   markeredgewidth=0.7, label=f"quant-sensitive ({len(quant_sensitive(heads))}): ringed,\n"
+                                             "category moves if re-quantised")]
 
 
 def symmetric_limit(values: pd.Series, tau: float) -> float:

@@ -161,6 +161,7 @@ def quantisation_report(toy_effects: pd.DataFrame, toy_tensors: pd.DataFrame, ef
         *verdict(effects, heads, pair),
         "",
         "Heads whose category changes are `quant_sensitive` in `quant_heads`, and in `per_head` and the report's "
-        "phase spaces (a black ×) once `kedro run` runs again (its sweeps are saved: it re-tabulates and redraws).",
+        "phase spaces (ringed in black) once `kedro run` runs again (its sweeps are saved: it re-tabulates and "
+        "redraws).",
     ]
     return label_models("\n".join(lines), shipped) + "\n"
