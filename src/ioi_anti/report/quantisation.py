@@ -84,7 +84,9 @@ def verdict(effects: pd.DataFrame, heads: pd.DataFrame, pair: Pair) -> list[str]
         categories = ("robust: no head whose interval is clear of τ changes category"
                       + (f" ({row.n_changed} borderline heads do)" if row.n_changed else "")
                       if row.n_changed_settled == 0 else
-                      f"**not robust**: {row.n_changed_settled} heads whose interval is clear of τ change category")
+                      f"**not robust**: {row.n_changed_settled} "
+                      + ("head whose interval is clear of τ changes" if row.n_changed_settled == 1 else
+                         "heads whose interval is clear of τ change") + " category")
         correlation = (f"robust (r changes by {row.r_change:+.3f})" if abs(row.r_change) <= R_TOLERANCE else
                        f"**not robust** (r changes by {row.r_change:+.3f}, more than {R_TOLERANCE})")
         hero = ("robust: every shared head stays shared and none joins" if moved_shared.empty else
