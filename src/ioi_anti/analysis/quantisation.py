@@ -48,12 +48,11 @@ def mark_quant_sensitive(per_head: pd.DataFrame, requantised: pd.DataFrame | Non
     (NA) for a model not measured re-quantised with the run's prompts and settings."""
     out = per_head.copy()
     out["quant_sensitive"] = pd.Series(pd.NA, index=out.index, dtype="boolean")
-    if requantised is not None:
-        requantised = requantised[requantised["model"].isin(set(out["model"]))]
-    if requantised is None or requantised.empty:
+    measured = set(out["model"]) & (set(requantised["model"]) if requantised is not None else set())
+    if not measured:
         return out
-    ref = out[out["model"].isin(set(requantised["model"]))]
-    changed = head_changes(ref, requantised, tau, pair).set_index(list(KEYS))["changed"]
+    changed = head_changes(out[out["model"].isin(measured)], requantised[requantised["model"].isin(measured)], tau,
+                           pair).set_index(list(KEYS))["changed"]
     index = pd.MultiIndex.from_frame(out[list(KEYS)])
     out["quant_sensitive"] = pd.array(changed.reindex(index).to_numpy(object), dtype="boolean")
     return out

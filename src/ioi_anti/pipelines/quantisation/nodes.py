@@ -13,7 +13,7 @@ import pandas as pd
 from ioi_anti.analysis import quantisation as compare
 from ioi_anti.analysis.categories import run_pair
 from ioi_anti.execution import Results, run_jobs
-from ioi_anti.measure.requantised import Measured, requantised_jobs, requantised_plan
+from ioi_anti.measure.requantised import Measured, requantised_jobs, requantised_plan, saved_requantised
 from ioi_anti.models.sources import check_run_models
 from ioi_anti.params import Categorisation, HeadAblation, Quantisation, Registry, Runtime, ToyModels
 from ioi_anti.report.quantisation import quantisation_report
@@ -63,15 +63,17 @@ def compare_requantised(sweeps: dict[str, Callable[[], Measured]], tokenised: di
     per model, and per weight tensor (the change, and what the same type does to the tensor's values afresh)."""
     pair = run_pair(tasks, categorisation.pair)
     plan = requantised_plan(tokenised, models, registry, runtime, params, pair.names, quantisation.requantise_to, seed)
-    missing = [job.model_id for key, job in plan.items() if key not in sweeps]
+    saved = saved_requantised(sweeps, plan)
+    missing = [job.model_id for job in plan.values() if job.model_id not in saved]
     if missing:
         raise KeyError(f"Not measured re-quantised with these settings: {', '.join(missing)}; run "
                        "`kedro run --pipelines quantisation`.")
-    saved = [sweeps[key]() for key in plan]
     heads = compare.head_changes(reference[reference["model"].isin(models)],
-                                 pd.concat([s["heads"] for s in saved], ignore_index=True), categorisation.tau, pair)
+                                 pd.concat([s["heads"] for s in saved.values()], ignore_index=True),
+                                 categorisation.tau, pair)
     heads["quant_sensitive"] = heads["changed"]
-    return heads, compare.model_effects(heads, pair), pd.concat([s["tensors"] for s in saved], ignore_index=True)
+    return heads, compare.model_effects(heads, pair), pd.concat([s["tensors"] for s in saved.values()],
+                                                                ignore_index=True)
 
 
 def write_quantisation_report(toy_effects: pd.DataFrame, toy_tensors: pd.DataFrame, effects: pd.DataFrame,
