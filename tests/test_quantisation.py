@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from base_params import settings
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
+from tiny_models import tiny_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -21,8 +23,12 @@ from ioi_anti.analysis.quantisation import (
     straddles,
 )
 from ioi_anti.execution import Job
+from ioi_anti.measure import requantised
 from ioi_anti.measure.requantised import saved_requantised
+from ioi_anti.measure.sweep import Screen
+from ioi_anti.models.loading import load_tokenizer
 from ioi_anti.models.quantise import quantisable, quantise_weights, round_trip
+from ioi_anti.models.spec import ModelSpec
 from ioi_anti.params import GGUF_TYPES
 
 
@@ -160,3 +166,33 @@ def test_only_intact_partitions_saved_for_these_settings_are_read(caplog: pytest
     done = {"good/Q4_0-abc": lambda: tables, "damaged/Q4_0-abc": damaged, "good/Q4_0-old": lambda: tables}
     assert list(saved_requantised(done, plan)) == ["good"]
     assert "damaged/Q4_0-abc is damaged (truncated)" in caplog.text
+
+
+def test_a_screening_runs_re_quantised_sweep_measures_exactly_what_its_own_estimates_select(
+        tokens_by_task: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a ``screen`` run (``--env scale``) the re-quantised copy is screened like the reference: the heads its
+    own attribution estimates select are measured exactly (the values of an exact sweep of the same weights),
+    the rest keep their estimates; the key tells the two modes apart."""
+    base = settings(runtime__device="cpu", head_ablation__n_boot=50)
+    lm = tiny_model("llama", load_tokenizer(ModelSpec.from_registry("smollm2-135m", base.model_registry)),
+                    initializer_range=0.2)
+    monkeypatch.setattr(requantised, "load_quantised", lambda *_: (lm, pd.DataFrame({"name": ["w"]})))
+    tokens = pd.concat(tokens_by_task.values(), ignore_index=True)
+    runtime, params = base.runtime, base.head_ablation
+    screen = Screen(tau_min=0.05, margin=0.01, top_k=2)
+    measure = lambda rule: requantised.measure_requantised(  # noqa: E731
+        lm.spec, tokens, ("ioi", "anti"), runtime, params, rule, "Q4_0", 0)["heads"].set_index(["layer", "head"])
+    exact, screened = measure(None), measure(screen)
+    assert set(exact["mode"]) == {"exact"} and set(screened["mode"]) == {"screen"}
+    for task in ("ioi", "anti"):
+        chosen = screened[f"measured_by_{task}"] == "exact"
+        estimate = screened[f"attr_delta_{task}"].abs()
+        assert 2 <= chosen.sum() < len(screened), task
+        assert (chosen | (estimate < screen.tau_min - screen.margin)).all(), "an unselected head could reach τ"
+        np.testing.assert_allclose(screened.loc[chosen, f"delta_{task}"], exact.loc[chosen, f"delta_{task}"],
+                                   rtol=1e-6, atol=1e-7)
+        estimated = screened[~chosen]
+        np.testing.assert_array_equal(estimated[f"delta_{task}"], estimated[f"attr_delta_{task}"])
+    keys = {rule: requantised.requantised_key(lm.spec, tokens, runtime, params, rule, "Q4_0", 0)
+            for rule in (None, screen)}
+    assert len(set(keys.values())) == 2

@@ -52,7 +52,8 @@ def summarise_heads(
     per_head, agreement = head_tables(tasks, effects, baseline_partitions, tokenised, models, registry, runtime, params,
                                       categorisation, seed)
     pair = run_pair(tasks, categorisation.pair)
-    plan = requantised_plan(tokenised, models, registry, runtime, params, pair.names, quantisation.requantise_to, seed)
+    plan = requantised_plan(tokenised, models, registry, runtime, params, categorisation, pair.names,
+                            quantisation.requantise_to, seed)
     saved = [tables["heads"] for tables in saved_requantised(requantised, plan).values()]
     per_head = mark_quant_sensitive(per_head, pd.concat(saved, ignore_index=True) if saved else None,
                                     categorisation.tau, pair)

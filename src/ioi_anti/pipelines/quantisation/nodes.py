@@ -51,7 +51,8 @@ def sweep_requantised(done: dict[str, Callable[[], Measured]], tokenised: dict[s
     model this machine cannot load fails before any is measured."""
     check_run_models(models, registry)
     pair = run_pair(tasks, categorisation.pair)
-    plan = requantised_plan(tokenised, models, registry, runtime, params, pair.names, quantisation.requantise_to, seed)
+    plan = requantised_plan(tokenised, models, registry, runtime, params, categorisation, pair.names,
+                            quantisation.requantise_to, seed)
     return run_jobs(requantised_jobs(done, plan), runtime, "re-quantised sweep")
 
 
@@ -62,7 +63,8 @@ def compare_requantised(sweeps: dict[str, Callable[[], Measured]], tokenised: di
     """The run's models against themselves re-quantised: per head (``quant_sensitive``: its category changes),
     per model, and per weight tensor (the change, and what the same type does to the tensor's values afresh)."""
     pair = run_pair(tasks, categorisation.pair)
-    plan = requantised_plan(tokenised, models, registry, runtime, params, pair.names, quantisation.requantise_to, seed)
+    plan = requantised_plan(tokenised, models, registry, runtime, params, categorisation, pair.names,
+                            quantisation.requantise_to, seed)
     saved = saved_requantised(sweeps, plan)
     missing = [job.model_id for job in plan.values() if job.model_id not in saved]
     if missing:
