@@ -30,6 +30,7 @@ from ioi_anti.models.loading import load_tokenizer
 from ioi_anti.models.quantise import quantisable, quantise_weights, round_trip
 from ioi_anti.models.spec import ModelSpec
 from ioi_anti.params import GGUF_TYPES
+from ioi_anti.report.quantisation import how_measured
 
 
 def naive_q4_0(values: np.ndarray) -> np.ndarray:
@@ -196,3 +197,9 @@ def test_a_screening_runs_re_quantised_sweep_measures_exactly_what_its_own_estim
     keys = {rule: requantised.requantised_key(lm.spec, tokens, runtime, params, rule, "Q4_0", 0)
             for rule in (None, screen)}
     assert len(set(keys.values())) == 2
+
+
+def test_the_report_says_how_the_re_quantised_copies_were_measured() -> None:
+    exact, screened = pd.DataFrame({"mode": ["exact"] * 2}), pd.DataFrame({"mode": ["screen", "screen"]})
+    assert how_measured(exact) == "every head is measured again exactly"
+    assert "by screening" in how_measured(screened) and "exactly" in how_measured(screened)

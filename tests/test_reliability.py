@@ -197,6 +197,11 @@ def test_every_bad_setting_is_named_at_once_with_what_to_do() -> None:
     assert "needs `head_ablation.mode` = 'exact'" in problem
     (problem,) = settings_problems(with_(base, "data_generation.paper_anti.min_names", 2))
     assert "`data_generation.paper_anti.min_names` = 2" in problem
+    (problem,) = settings_problems(with_(base, "quantisation.models", ["gemma3-270m", "qwen2.5-coder-1.5b"]))
+    assert "`quantisation.models` names 'qwen2.5-coder-1.5b', not among this run's models" in problem
+    (problem,) = settings_problems(with_(base, "quantisation.models", []))
+    assert "`quantisation.models`" in problem and "null (every model of the run)" in problem
+    assert settings_problems(with_(base, "quantisation.models", ["gemma3-270m"])) == []
     (problem,) = settings_problems(with_(base, "runtime.tf32", "yes"))
     assert "`runtime.tf32` = 'yes'" in problem and "true or false" in problem
     if not torch.cuda.is_available():

@@ -341,6 +341,8 @@ class Quantisation(Settings):
     toy_types: Annotated[list[Annotated[GgufType, need(one_of(GGUF_TYPES))]],
                          need(f"a non-empty list of GGUF types ({one_of(GGUF_TYPES)})", min_length=1)]
     requantise_to: Annotated[GgufType, need(one_of(GGUF_TYPES, "the scheme the shipped models are re-quantised with"))]
+    models: Annotated[list[str] | None, need("null (every model of the run) or a non-empty list of the run's "
+                                             "model ids", min_length=1)]
 
 
 class Baseline(Settings):

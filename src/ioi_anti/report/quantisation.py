@@ -16,6 +16,15 @@ from ioi_anti.report.sections import quantisations
 R_TOLERANCE = 0.05
 
 
+def how_measured(reference: pd.DataFrame) -> str:
+    """How the re-quantised copies were swept: as the run's own sweep, exactly or by screening."""
+    if set(reference["mode"]) == {"exact"}:
+        return "every head is measured again exactly"
+    return ("its heads are measured again as the run measured them, by screening: exactly where the re-quantised "
+            "model's own attribution estimate could reach τ, by that estimate elsewhere (a head so estimated is weak "
+            "in both tables by the same rule)")
+
+
 def _median_min(values: pd.Series) -> str:
     return f"{values.median():.3f} ({values.min():.3f})"
 
@@ -135,9 +144,9 @@ def quantisation_report(toy_effects: pd.DataFrame, toy_tensors: pd.DataFrame, ef
         f"{', '.join(settings.toy_types)} and measured again with the same sweep, prompts and bootstrap "
         f"(τ = {toy_tau:g}).",
         f"- Sensitivity: the original float weights of the shipped models are not published with them, so each is "
-        f"re-quantised to {settings.requantise_to}, a 4-bit scheme independent of the one it shipped in, and every "
-        f"head is measured again exactly (τ = {tau:g}). A category that moves under a second 4-bit perturbation of "
-        "the same size may also have moved under the first.",
+        f"re-quantised to {settings.requantise_to}, a 4-bit scheme independent of the one it shipped in, and "
+        f"{how_measured(reference)} (τ = {tau:g}). A category that moves under a second 4-bit perturbation of the "
+        "same size may also have moved under the first.",
         "- A head *changes* when its category differs; *clear of τ* when the reference interval of neither task "
         "contains ±τ (so the measurement itself settled its side of τ).",
         "",

@@ -215,6 +215,16 @@ def _hero_problems(settings: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _quantisation_problems(settings: dict[str, Any]) -> list[str]:
+    if not {"quantisation", "models"} <= set(settings) or settings["quantisation"].models is None:
+        return []
+    outside = [m for m in settings["quantisation"].models if m not in settings["models"]]
+    if not outside:
+        return []
+    return [f"`quantisation.models` names {', '.join(map(repr, outside))}, not among this run's models "
+            f"{list(settings['models'])}: re-quantise models the run measures, or add them to `models`"]
+
+
 def settings_problems(params: Mapping[str, Any]) -> list[str]:
     """Every problem of a run's parameters, as Kedro read them (empty when the run can start)."""
     problems: list[str] = []
@@ -229,6 +239,7 @@ def settings_problems(params: Mapping[str, Any]) -> list[str]:
         problems += _model_problems(settings["models"], settings)
     problems += _device_problems(settings)
     problems += _hero_problems(settings)
+    problems += _quantisation_problems(settings)
     return problems
 
 

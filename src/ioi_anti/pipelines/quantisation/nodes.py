@@ -47,8 +47,9 @@ def sweep_requantised(done: dict[str, Callable[[], Measured]], tokenised: dict[s
                       tasks: list[str], models: list[str], registry: Registry, runtime: Runtime,
                       params: HeadAblation, categorisation: Categorisation, quantisation: Quantisation,
                       seed: int) -> Results:
-    """Every model of the run not measured yet re-quantised to ``requantise_to`` (one partition per model); a
-    model this machine cannot load fails before any is measured."""
+    """Every model of ``quantisation.models`` (by default the run's) not measured yet re-quantised to
+    ``requantise_to`` (one partition per model); a model this machine cannot load fails before any is measured."""
+    models = quantisation.models or models
     check_run_models(models, registry)
     pair = run_pair(tasks, categorisation.pair)
     plan = requantised_plan(tokenised, models, registry, runtime, params, categorisation, pair.names,
@@ -61,7 +62,9 @@ def compare_requantised(sweeps: dict[str, Callable[[], Measured]], tokenised: di
                         runtime: Runtime, params: HeadAblation, categorisation: Categorisation,
                         quantisation: Quantisation, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The run's models against themselves re-quantised: per head (``quant_sensitive``: its category changes),
-    per model, and per weight tensor (the change, and what the same type does to the tensor's values afresh)."""
+    per model, and per weight tensor (the change, and what the same type does to the tensor's values afresh);
+    the models of ``quantisation.models`` (by default the run's)."""
+    models = quantisation.models or models
     pair = run_pair(tasks, categorisation.pair)
     plan = requantised_plan(tokenised, models, registry, runtime, params, categorisation, pair.names,
                             quantisation.requantise_to, seed)
