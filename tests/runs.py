@@ -54,11 +54,13 @@ def jupyter_dirs(root: Path) -> dict[str, str]:
     return {f"JUPYTER_{kind}_DIR": str(root / kind.lower()) for kind in ("DATA", "RUNTIME", "CONFIG")}
 
 
-def run_in_process(root: Path, env: str | None = None, params: Mapping[str, Any] | None = None) -> None:
-    """``kedro run --env <env>`` of the project copy ``root`` in this process, through ``KedroSession``: for a
-    run that needs no second process, it saves the CLI's start and shares the models this process has
-    loaded (the model cache). The small settings apply, then ``params`` (nested as ``--params`` nests
-    dotted keys; a group given here is merged into theirs)."""
+def run_in_process(root: Path, env: str | None = None, params: Mapping[str, Any] | None = None,
+                   pipelines: list[str] | None = None, to_outputs: list[str] | None = None) -> None:
+    """``kedro run --env <env> [--pipelines ...] [--to-outputs ...]`` of the project copy ``root`` in this process,
+    through ``KedroSession``: for a run whose log no test reads, it saves the CLI's start (importing torch,
+    transformers and Kedro again) and shares the models this process has loaded (the model cache). The small
+    settings apply, then ``params`` (nested as ``--params`` nests dotted keys; a group given here is merged
+    into theirs)."""
     runtime: dict[str, Any] = {}
     for setting in SMALL.split(","):  # the small settings, as kedro() gives them
         dotted, value = setting.split("=")
@@ -71,7 +73,7 @@ def run_in_process(root: Path, env: str | None = None, params: Mapping[str, Any]
         runtime[key] = {**runtime[key], **value} if isinstance(value, dict) and key in runtime else value
     bootstrap_project(root)
     with KedroSession.create(project_path=root, env=env, runtime_params=runtime) as session:
-        session.run()
+        session.run(pipeline_names=pipelines, to_outputs=to_outputs)
 
 
 def latest(root: Path, pattern: str) -> Path:

@@ -137,7 +137,7 @@ def test_screening_finds_exactly_the_strong_heads_of_the_exact_run(project: Path
     heads at both τ of the run, and their values, are the exact run's."""
     project = copy_run(project, tmp_path / "run")
     exact = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
-    kedro(project, "--pipelines", "head_ablation", params="head_ablation.mode=screen")
+    run_in_process(project, params={"head_ablation": {"mode": "screen"}}, pipelines=["head_ablation"])
     screened = pd.read_parquet(latest(project, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     assert set(screened["mode"]) == {"screen"}
     keys = ["model", "layer", "head"]
@@ -213,20 +213,22 @@ def test_html_report_renders_every_figure_and_the_interactive_phase_space(projec
 
 FOUR_TASKS = ["ioi", "anti", "induction", "factual"]
 PAIR_OF_TASKS = ("induction", "agreement")
-SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in ("ioi", "anti", "induction", "factual")
-                       for key, value in (("n_prompts", 6), ("mean_pool_per_template", 1)))
+SMALL_TASK = {"n_prompts": 6, "mean_pool_per_template": 1}
+SMALL_TASKS = ",".join(f"data_generation.{task}.{key}={value}" for task in FOUR_TASKS
+                       for key, value in SMALL_TASK.items())
 
 
 @pytest.fixture(scope="module")
 def tasks_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Gemma-3 alone, six prompts per task: four tasks (given in an environment: `--params` cannot hold a
-    list of several) measured up to the per-head table, then the whole run with a task of the user's own
-    added (examples/ on PYTHONPATH) and categorised on the pair induction and that task; the second run's log."""
+    list of several) measured up to the per-head table (in this process), then the whole run with a task of the
+    user's own added (examples/ on PYTHONPATH) and categorised on the pair induction and that task; the second
+    run's log."""
     root = copy_project(tmp_path_factory.mktemp("tasks"))
     env = root / "conf" / "tasks"
     env.mkdir()
     (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"], "tasks": FOUR_TASKS}))
-    kedro(root, "--env", "tasks", "--to-outputs", "per_head", params=SMALL_TASKS)
+    run_in_process(root, "tasks", {"data_generation": dict.fromkeys(FOUR_TASKS, SMALL_TASK)}, to_outputs=["per_head"])
     (env / "parameters.yml").write_text(yaml.safe_dump({"models": ["gemma3-270m"],
                                                         "tasks": [*FOUR_TASKS, "agreement_task:agreement"],
                                                         "categorisation": {"pair": list(PAIR_OF_TASKS)}}))
@@ -359,9 +361,10 @@ def _the_quantisation_pipeline_measures_toy_models_and_the_runs_model_and_resume
     assert report.startswith("# Quantised weights") and "## Verdict" in report and "smollm2-135m (Q4_1)" in report
     assert "every head is measured again exactly" in report
     assert "- Toy models in Q8_0: 0 of 16 heads clear of τ change category" in report
-    again = kedro(root, "--pipelines", "quantisation", "--env", "toy", "--nodes", "sweep_requantised")
+    # resumed (nothing left to measure), and per_head re-tabulated from the saved sweeps, in one run
+    again = kedro(root, "--pipelines", "head_ablation,quantisation", "--env", "toy", "--to-outputs",
+                  "requantised_sweeps,per_head")
     assert "smollm2-135m re-quantised: already measured" in again.stdout + again.stderr
-    kedro(root, "--pipelines", "head_ablation", "--env", "toy")  # the sweeps are saved: it re-tabulates
     per_head = pd.read_parquet(latest(root, "data/07_model_output/per_head.parquet/*/per_head.parquet"))
     marked = per_head.merge(heads[["model", "layer", "head", "quant_sensitive"]], on=["model", "layer", "head"])
     assert len(marked) == 30 * 9 and marked["quant_sensitive_x"].notna().all()
