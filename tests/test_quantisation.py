@@ -30,7 +30,7 @@ from ioi_anti.models.loading import load_tokenizer
 from ioi_anti.models.quantise import quantisable, quantise_weights, round_trip
 from ioi_anti.models.spec import ModelSpec
 from ioi_anti.params import GGUF_TYPES
-from ioi_anti.report.quantisation import how_measured
+from ioi_anti.report.quantisation import how_measured, verdict
 
 
 def naive_q4_0(values: np.ndarray) -> np.ndarray:
@@ -203,3 +203,13 @@ def test_the_report_says_how_the_re_quantised_copies_were_measured() -> None:
     exact, screened = pd.DataFrame({"mode": ["exact"] * 2}), pd.DataFrame({"mode": ["screen", "screen"]})
     assert how_measured(exact) == "every head is measured again exactly"
     assert "by screening" in how_measured(screened) and "exactly" in how_measured(screened)
+
+
+def test_the_verdict_counts_borderline_heads_in_words() -> None:
+    effects = pd.DataFrame({"model": ["one", "two"], "n_changed": [1, 5], "n_changed_settled": [0, 0],
+                            "r_change": [-0.001, 0.056]})
+    heads = pd.DataFrame({"model": ["one"], "layer": [18], "head": [9], "changed": [True], "category_ref": ["weak"],
+                          "category": ["IOI-only"]})
+    one, two = verdict(effects, heads, PAPER_PAIR)
+    assert "(1 borderline head does)" in one and "the correlation robust (r changes by -0.001)" in one
+    assert "(5 borderline heads do)" in two and "**not robust** (r changes by +0.056, more than 0.05)" in two

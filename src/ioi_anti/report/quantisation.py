@@ -91,7 +91,8 @@ def verdict(effects: pd.DataFrame, heads: pd.DataFrame, pair: Pair) -> list[str]
         moved_shared = model_heads[model_heads["changed"] & ((model_heads["category_ref"] == shared)
                                                             | (model_heads["category"] == shared))]
         categories = ("robust: no head whose interval is clear of τ changes category"
-                      + (f" ({row.n_changed} borderline heads do)" if row.n_changed else "")
+                      + (f" ({row.n_changed} borderline {'head does' if row.n_changed == 1 else 'heads do'})"
+                         if row.n_changed else "")
                       if row.n_changed_settled == 0 else
                       f"**not robust**: {row.n_changed_settled} "
                       + ("head whose interval is clear of τ changes" if row.n_changed_settled == 1 else
