@@ -146,7 +146,7 @@ def quantisation_report(toy_effects: pd.DataFrame, toy_tensors: pd.DataFrame, ef
         f"(τ = {toy_tau:g}).",
         f"- Sensitivity: the original float weights of the shipped models are not published with them, so each is "
         f"re-quantised to {settings.requantise_to}, a 4-bit scheme independent of the one it shipped in, and "
-        f"{how_measured(reference)} (τ = {tau:g}). A category that moves under a second 4-bit perturbation of the "
+        f"{how_measured(reference)}, at τ = {tau:g}. A category that moves under a second 4-bit perturbation of the "
         "same size may also have moved under the first.",
         "- A head *changes* when its category differs; *clear of τ* when the reference interval of neither task "
         "contains ±τ (so the measurement itself settled its side of τ).",
